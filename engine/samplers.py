@@ -1,0 +1,191 @@
+"""DDPM and DDIM samplers, every step written as one coefficient-form update.
+
+Every sampler step in this file is the same affine update with per-step scalars:
+
+    x̂₀     = (x_t − s₁·ε) / s₀          s₀ = √ᾱ_t, s₁ = √(1 − ᾱ_t)       (predict x_0 from ε)
+    x̂₀     = clip(x̂₀, −c, c)            only if clip_sample is set
+    x_prev = a·x̂₀ + b·x_t + c·ε + σ·z   z ~ N(0, I) from the Philox generator (philox.py)
+
+A sampler only computes the table of (s₀, s₁, a, b, c, σ) once; `apply_update` applies a
+row of it.  The fused CUDA kernel (kernels/) implements exactly `apply_update`, so one
+kernel serves DDPM, DDIM and any η.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
+from ddpmrt.engine.schedule import NoiseSchedule
+
+SPACINGS = ("leading", "trailing", "linspace", "quad")
+
+# Columns of a coefficient table.
+S0, S1, A, B, C, SIGMA = range(6)
+
+
+def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading") -> np.ndarray:
+    """Descending int64 timesteps in [0, T-1], as in diffusers' `timestep_spacing`.
+
+    leading:  arange(S) · (T // S), reversed              (DDPM/DDIM papers, diffusers' default)
+    trailing: round(arange(T, 0, −T/S)) − 1               (always starts at T − 1)
+    linspace: round(linspace(0, T − 1, S)), reversed
+    quad:     floor(linspace(0, √(0.8 T), S)²), reversed  (DDIM paper's CIFAR-10 choice)
+    """
+    T, S = num_train_timesteps, num_steps
+    if not 1 <= S <= T:
+        raise UserError(f"number of steps must lie in [1, {T}] (the training timesteps), got {S}")
+    if spacing == "leading":
+        ts = np.arange(S) * (T // S)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / S)) - 1
+    elif spacing == "linspace":
+        ts = np.round(np.linspace(0, T - 1, S))
+    elif spacing == "quad":
+        ts = np.floor(np.linspace(0, np.sqrt(T * 0.8), S) ** 2)
+    else:
+        raise UserError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    ts = np.unique(ts.astype(np.int64))[::-1]  # descending; drops repeats of tiny spacings
+    if ts.size != S:
+        raise UserError(f"spacing {spacing!r} gives only {ts.size} distinct timesteps for {S} steps; "
+                        "use fewer steps or another spacing")
+    return np.ascontiguousarray(ts)
+
+
+def apply_update(x_t: np.ndarray, eps: np.ndarray, coeffs: np.ndarray, clip_sample: float | None,
+                 noise: np.ndarray | None) -> np.ndarray:
+    """One sampler step from a coefficient row (s₀, s₁, a, b, c, σ); float32 in, float32 out."""
+    s0, s1, a, b, c, sigma = (np.float32(v) for v in coeffs)
+    x_t = np.asarray(x_t, np.float32)
+    eps = np.asarray(eps, np.float32)
+    x0 = (x_t - s1 * eps) / s0
+    if clip_sample is not None:
+        x0 = np.clip(x0, -clip_sample, clip_sample)
+    x_prev = a * x0 + b * x_t + c * eps
+    if sigma > 0:
+        if noise is None:
+            raise ValueError("this step adds noise (sigma > 0): pass noise")
+        x_prev = x_prev + sigma * np.asarray(noise, np.float32)
+    return x_prev.astype(np.float32, copy=False)
+
+
+class Sampler:
+    """Shared loop: subclasses fill `self.coefficients` (one row per step)."""
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int, spacing: str, clip_sample: float | None):
+        self.schedule = schedule
+        self.num_steps = int(num_steps)
+        self.spacing = spacing
+        self.clip_sample = None if clip_sample is None else float(clip_sample)
+        self.timesteps = make_timesteps(schedule.num_train_timesteps, self.num_steps, spacing)
+        abar = schedule.alphas_cumprod
+        # ᾱ of each step's timestep and of the previous (next-in-table) one; 1 after the last.
+        self.alpha_bar = abar[self.timesteps]
+        self.alpha_bar_prev = np.append(abar[self.timesteps[1:]], 1.0)
+        self.coefficients = self._coefficients()  # (num_steps, 6) float64
+
+    @property
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def _coefficients(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self, x_t: np.ndarray, eps: np.ndarray, i: int, noise: np.ndarray | None = None) -> np.ndarray:
+        """One update at timesteps[i]; `noise` is needed where σ_i > 0."""
+        return apply_update(x_t, eps, self.coefficients[i], self.clip_sample, noise)
+
+    def sample(self, model, shape, seed: int = 0, x_T: np.ndarray | None = None, progress: bool = True,
+               image_indices=None) -> np.ndarray:
+        """Run the whole reverse process; returns float32 images in the model's space [-1, 1].
+
+        `model(x_t, t)` takes float32 NCHW and int64 (N,) timesteps and returns ε.
+        Noise comes from philox.gaussian_noise keyed by (seed, image index, step), so image k
+        is the same whether generated alone (image_indices=[k]) or in a batch.
+        """
+        n, image_shape = int(shape[0]), tuple(int(s) for s in shape[1:])
+        if image_indices is None:
+            image_indices = np.arange(n)
+        image_indices = np.asarray(image_indices, np.int64)
+        if image_indices.shape != (n,):
+            raise ValueError(f"image_indices must have {n} entries")
+        if x_T is None:
+            x = gaussian_noise(seed, image_indices, 0, STREAM_INITIAL, image_shape)
+        else:
+            x = np.array(x_T, dtype=np.float32)
+            if x.shape != (n, *image_shape):
+                raise ValueError(f"x_T has shape {x.shape}, expected {(n, *image_shape)}")
+        for i in tqdm(range(self.num_steps), desc=type(self).__name__, disable=not progress, leave=False):
+            t = np.full(n, self.timesteps[i], dtype=np.int64)
+            eps = np.asarray(model(x, t), dtype=np.float32)
+            if not np.isfinite(eps).all():
+                raise UserError(f"the model returned NaN or Inf at step {i} (t = {self.timesteps[i]}); "
+                                "an fp16 model may overflow here: try the fp32 model or engine")
+            noise = None
+            if self.coefficients[i, SIGMA] > 0:
+                noise = gaussian_noise(seed, image_indices, i, STREAM_STEP, image_shape)
+            x = self.step(x, eps, i, noise)
+        return x
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2020, eq. 12), η = 0 deterministic, η = 1 DDPM-like."""
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0,
+                 spacing: str = "leading", clip_sample: float | None = None):
+        if eta < 0:
+            raise UserError(f"eta must be >= 0, got {eta}")
+        self.eta = float(eta)
+        super().__init__(schedule, num_steps, spacing, clip_sample)
+
+    @property
+    def config(self) -> dict:
+        return {"sampler": "ddim", "num_steps": self.num_steps, "eta": self.eta,
+                "spacing": self.spacing, "clip_sample": self.clip_sample}
+
+    def _coefficients(self) -> np.ndarray:
+        abar, abar_prev = self.alpha_bar, self.alpha_bar_prev
+        # 1. x̂₀ = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t                                    (eq. 12, "predicted x_0")
+        s0, s1 = np.sqrt(abar), np.sqrt(1 - abar)
+        # 2. σ_t(η) = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)                (eq. 16)
+        sigma = self.eta * np.sqrt((1 - abar_prev) / (1 - abar)) * np.sqrt(1 - abar / abar_prev)
+        # 3. x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε + σ z                 (eq. 12)
+        a = np.sqrt(abar_prev)
+        c = np.sqrt(np.clip(1 - abar_prev - sigma ** 2, 0.0, None))
+        b = np.zeros_like(a)
+        return np.stack([s0, s1, a, b, c, sigma], axis=1)
+
+
+class DDPMSampler(Sampler):
+    """Ancestral DDPM (Ho et al. 2020, eq. 6-7), respaced when num_steps < T."""
+
+    VARIANCES = ("fixed_small", "fixed_large")
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int | None = None, variance: str = "fixed_small",
+                 clip_sample: float | None = 1.0, spacing: str = "leading"):
+        if variance not in self.VARIANCES:
+            raise UserError(f"unknown variance {variance!r}; choose one of {', '.join(self.VARIANCES)}")
+        self.variance = variance
+        super().__init__(schedule, num_steps or schedule.num_train_timesteps, spacing, clip_sample)
+
+    @property
+    def config(self) -> dict:
+        return {"sampler": "ddpm", "num_steps": self.num_steps, "variance": self.variance,
+                "spacing": self.spacing, "clip_sample": self.clip_sample}
+
+    def _coefficients(self) -> np.ndarray:
+        abar, abar_prev = self.alpha_bar, self.alpha_bar_prev
+        # 1. Respaced betas: β'_t = 1 − ᾱ_t / ᾱ_prev (= β_t when every timestep is used).
+        beta = 1 - abar / abar_prev
+        # 2. x̂₀ = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t                                        (eq. 15)
+        s0, s1 = np.sqrt(abar), np.sqrt(1 - abar)
+        # 3. Posterior mean μ̃ = √ᾱ_prev β'/(1−ᾱ_t) x̂₀ + √(1−β') (1−ᾱ_prev)/(1−ᾱ_t) x_t   (eq. 7)
+        a = np.sqrt(abar_prev) * beta / (1 - abar)
+        b = np.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar)
+        # 4. σ² = β̃ = (1−ᾱ_prev)/(1−ᾱ_t) β' (fixed_small) or β' (fixed_large); no noise at the last step.
+        var = (1 - abar_prev) / (1 - abar) * beta if self.variance == "fixed_small" else beta.copy()
+        var[-1] = 0.0
+        sigma = np.sqrt(var)
+        return np.stack([s0, s1, a, b, np.zeros_like(a), sigma], axis=1)

@@ -1,0 +1,218 @@
+"""The ε-predicting U-Net of Ho et al. 2020 ("Denoising Diffusion Probabilistic Models").
+
+Layout (paper appendix B, and the authors' `diffusion_tf/models/unet.py`):
+
+    x ─ conv_in ─┬─ [ResBlock × num_res_blocks (+ attention)] ─ Downsample ─ ... ─┐
+                 │                                                               middle: Res, Attn, Res
+    eps ─ conv_out ─ GroupNorm/SiLU ─ [ResBlock × (num_res_blocks + 1) (+ attention)] ─ Upsample ─ ...
+
+Every ResBlock receives the timestep embedding (sinusoidal, then a 2-layer MLP) and every
+decoder block concatenates the matching encoder activation (skip connection).
+
+The configuration is a plain dataclass so that it can be written to a checkpoint's
+config.json and to ONNX metadata, and read back without any code but this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass
+class UNetConfig:
+    image_channels: int = 3
+    image_size: int = 32
+    ch: int = 128                          # base channel count
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)  # channels per level = ch * mult
+    num_res_blocks: int = 2                # ResBlocks per level in the encoder
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    norm_groups: int = 32
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        d = dict(d)
+        for key in ("ch_mult", "attn_resolutions"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+# Named configurations.  `cifar10` is the paper's 35.7 M-parameter CIFAR-10 model.
+# `tiny` is small enough to train on two CPU cores and to ship inside the package.
+CONFIGS = {
+    "cifar10": UNetConfig(),
+    "tiny": UNetConfig(image_channels=1, image_size=16, ch=32, ch_mult=(1, 2, 2),
+                       num_res_blocks=1, attn_resolutions=(8,), dropout=0.1),
+}
+
+
+def get_config(name: str, **overrides) -> UNetConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model config {name!r}; choose one of {sorted(CONFIGS)}")
+    return dataclasses.replace(CONFIGS[name], **overrides)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Transformer positions, as in DDPM).
+
+    Computed in fp32 whatever the module's dtype: sin/cos of t up to 1000 need the mantissa.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1))
+    args = t.to(torch.float32)[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm whose statistics are computed in fp32 even when the module runs in fp16.
+
+    Mean and variance over a 32×32×C/G group overflow or lose precision in half; the
+    cast back keeps the activations (and the exported ONNX graph) in the module's dtype.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return GroupNorm32(min(groups, channels), channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = _norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_ch, out_ch)
+        self.norm2 = _norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        # 1×1 projection of the shortcut only where the channel count changes.
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all spatial positions, with a residual connection."""
+
+    def __init__(self, ch: int, groups: int):
+        super().__init__()
+        self.norm = _norm(ch, groups)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, c, h * w).unbind(1)
+        # Logits and softmax in fp32: in fp16 the logits of a 256-position row can
+        # overflow and the softmax loses its small weights.
+        logits = torch.einsum("ncq,nck->nqk", q.float(), k.float()) * (c ** -0.5)
+        weights = torch.softmax(logits, dim=-1).to(v.dtype)
+        out = torch.einsum("nqk,nck->ncq", weights, v).reshape(n, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """eps = UNet(x, t): x (N,C,H,W) in [-1, 1], t (N,) int64 in [0, T-1]."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        temb_ch = 4 * c.ch
+        self.temb = nn.Sequential(nn.Linear(c.ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch))
+        self.conv_in = nn.Conv2d(c.image_channels, c.ch, 3, padding=1)
+
+        # Encoder: remember every activation's channel count for the skip connections.
+        self.down = nn.ModuleList()
+        skip_chs = [c.ch]
+        ch, res = c.ch, c.image_size
+        for level, mult in enumerate(c.ch_mult):
+            for _ in range(c.num_res_blocks):
+                blocks = [ResBlock(ch, c.ch * mult, temb_ch, c.dropout, c.norm_groups)]
+                ch = c.ch * mult
+                if res in c.attn_resolutions:
+                    blocks.append(AttnBlock(ch, c.norm_groups))
+                self.down.append(nn.ModuleList(blocks))
+                skip_chs.append(ch)
+            if level != len(c.ch_mult) - 1:
+                self.down.append(nn.ModuleList([Downsample(ch)]))
+                skip_chs.append(ch)
+                res //= 2
+
+        self.mid = nn.ModuleList([
+            ResBlock(ch, ch, temb_ch, c.dropout, c.norm_groups),
+            AttnBlock(ch, c.norm_groups),
+            ResBlock(ch, ch, temb_ch, c.dropout, c.norm_groups),
+        ])
+
+        # Decoder: one more ResBlock per level than the encoder, each eating one skip.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.ch_mult))):
+            for _ in range(c.num_res_blocks + 1):
+                blocks = [ResBlock(ch + skip_chs.pop(), c.ch * mult, temb_ch, c.dropout, c.norm_groups)]
+                ch = c.ch * mult
+                if res in c.attn_resolutions:
+                    blocks.append(AttnBlock(ch, c.norm_groups))
+                self.up.append(nn.ModuleList(blocks))
+            if level != 0:
+                self.up.append(nn.ModuleList([Upsample(ch)]))
+                res *= 2
+
+        self.norm_out = _norm(ch, c.norm_groups)
+        self.conv_out = nn.Conv2d(ch, c.image_channels, 3, padding=1)
+
+    @staticmethod
+    def _run(blocks: nn.ModuleList, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            h = block(h, temb) if isinstance(block, ResBlock) else block(h)
+        return h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = timestep_embedding(t, self.config.ch).to(self.conv_in.weight.dtype)
+        temb = self.temb(temb)
+        hs = [self.conv_in(x)]
+        for blocks in self.down:
+            hs.append(self._run(blocks, hs[-1], temb))
+        h = self._run(self.mid, hs[-1], temb)
+        for blocks in self.up:
+            if isinstance(blocks[0], ResBlock):
+                h = torch.cat([h, hs.pop()], dim=1)
+            h = self._run(blocks, h, temb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

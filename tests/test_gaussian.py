@@ -1,0 +1,64 @@
+"""Closed-form check: on Gaussian data with the optimal ε, samplers reproduce the data distribution."""
+
+import numpy as np
+import pytest
+
+from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
+from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
+
+SCHEDULE = NoiseSchedule.linear(1000)
+SHAPE = (2, 2, 2)  # 8 dimensions
+
+
+@pytest.fixture(scope="module")
+def data():
+    return GaussianData.random(SHAPE, SCHEDULE, seed=3)
+
+
+def test_optimal_eps_is_the_posterior_mean_of_the_noise(data):
+    # Monte Carlo: E[ε | x_t] estimated by regression on simulated pairs matches ε*.
+    rng = np.random.default_rng(0)
+    t = 400
+    x0 = data.sample_data(200_000, seed=1).reshape(200_000, -1).astype(np.float64)
+    eps = rng.standard_normal(x0.shape)
+    abar = SCHEDULE.alphas_cumprod[t]
+    xt = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps
+    design = np.hstack([xt, np.ones((len(xt), 1))])
+    coef, *_ = np.linalg.lstsq(design, eps, rcond=None)
+    m_op, m = data._eps_operator(t)
+    np.testing.assert_allclose(coef[:-1].T, m_op, atol=0.01)
+    np.testing.assert_allclose(coef[-1], m, atol=0.01)
+
+
+@pytest.mark.parametrize("sampler", [DDIMSampler(SCHEDULE, 20), DDIMSampler(SCHEDULE, 20, eta=1.0),
+                                     DDPMSampler(SCHEDULE, 50, clip_sample=None)],
+                         ids=["ddim20", "ddim20-eta1", "ddpm50"])
+def test_samples_follow_the_predicted_distribution(data, sampler):
+    n = 8192
+    samples = sampler.sample(data, (n, *SHAPE), seed=0, progress=False)
+    mean, cov = empirical_moments(samples)
+    p_mean, p_cov = data.predicted_moments(sampler)
+    # Sampling error of n draws: ~ sqrt(var / n) for the mean, ~ var·sqrt(2/n) for the covariance.
+    scale = np.sqrt(np.diag(p_cov))
+    assert np.all(np.abs(mean - p_mean) < 5 * scale / np.sqrt(n))
+    assert np.max(np.abs(cov - p_cov)) < 6 * np.max(np.diag(p_cov)) * np.sqrt(2 / n)
+
+
+def test_error_shrinks_with_steps(data):
+    w2 = {}
+    for steps in (2, 5, 10, 50, 250):
+        p_mean, p_cov = data.predicted_moments(DDIMSampler(SCHEDULE, steps))
+        w2[steps] = w2_gaussian(p_mean, p_cov, data.mean, data.cov)
+    values = [w2[s] for s in sorted(w2)]
+    assert all(a > b for a, b in zip(values, values[1:])), w2
+    assert w2[250] < 0.02 and w2[2] > 5 * w2[50]
+    # Full ancestral DDPM with 1000 steps is (near) exact too.
+    p_mean, p_cov = data.predicted_moments(DDPMSampler(SCHEDULE, clip_sample=None))
+    assert w2_gaussian(p_mean, p_cov, data.mean, data.cov) < 0.02
+
+
+def test_w2_closed_form():
+    cov = np.diag([1.0, 4.0])
+    # Same covariance: W2 is the mean distance; same mean: sum of (sqrt differences)² for diagonal.
+    assert w2_gaussian(np.zeros(2), cov, np.array([3.0, 4.0]), cov) == pytest.approx(5.0)
+    assert w2_gaussian(np.zeros(2), cov, np.zeros(2), np.eye(2)) == pytest.approx(1.0)
