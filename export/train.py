@@ -161,6 +161,7 @@ def train(args: TrainArgs) -> Path:
                         f"(the {args.model} U-Net's downsampling); pass --image-size")
     schedule = _schedule(args)
 
+    torch.manual_seed(args.seed)  # initial weights (DDP also broadcasts rank 0's)
     model = UNet(model_config).to(device)
     ema = UNet(model_config).to(device).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())

@@ -1,0 +1,136 @@
+"""The trainer: exact resume, signals, distributed training, data errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, run_cli
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file  # noqa: E402
+
+from ddpmrt.export.train import TrainArgs, train  # noqa: E402
+
+FAST = dict(dataset="digits", model="tiny", batch_size=4, sample_every=0, save_every=1000, log_every=5,
+            progress=False, warmup=5, device="cpu")
+
+
+def _state(out):
+    return torch.load(out / "training_state.pt", weights_only=True)
+
+
+def test_resume_continues_exactly(tmp_path):
+    train(TrainArgs(out=str(tmp_path / "straight"), iters=20, **FAST))
+    train(TrainArgs(out=str(tmp_path / "split"), iters=10, **FAST))
+    assert _state(tmp_path / "split")["step"] == 10
+    train(TrainArgs(out=str(tmp_path / "split"), iters=20, resume=True, **FAST))
+
+    a, b = _state(tmp_path / "straight"), _state(tmp_path / "split")
+    assert a["step"] == b["step"] == 20
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    ema_a, ema_b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # The run really trained: the weights moved from their initialisation.
+    fresh = _state(tmp_path / "split")
+    assert not torch.equal(fresh["model"]["conv_in.weight"], fresh["ema"]["conv_in.weight"])
+
+
+def test_checkpoint_directory_contents(tmp_path):
+    out = tmp_path / "run"
+    train(TrainArgs(out=str(out), iters=5, **{**FAST, "sample_every": 5}))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["ch"] == 32 and config["image_shape"] == [1, 16, 16]
+    assert config["schedule"] == {"kind": "linear", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+    assert config["data"]["num_images"] == 1797 and config["training"]["step"] == 5
+    assert config["training"]["batch_size"] == 4 and config["prediction_type"] == "epsilon"
+    assert "ddpmrt_version" in config
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 5 and np.isfinite(log[-1]["loss"]) and log[-1]["it_per_s"] > 0
+    assert (out / "samples" / "step_0000005.png").stat().st_size > 0
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ddpmrt.export", "train", "--dataset", "digits", "--iters", "100000",
+                             "--batch-size", "4", "--save-every", "100000", "--sample-every", "0", "--log-every", "1",
+                             "--no-progress", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "--resume" in stdout and "Traceback" not in stderr
+    step = _state(out)["step"]
+    assert step >= 3 and json.loads((out / "config.json").read_text())["training"]["step"] == step
+    train(TrainArgs(out=str(out), iters=step + 2, resume=True, **FAST))
+    assert _state(out)["step"] == step + 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    result = subprocess.run([*torchrun, "-m", "ddpmrt.export", "train", "--dataset", "digits", "--iters", "4",
+                             "--batch-size", "4", "--sample-every", "0", "--log-every", "2", "--device", "cpu",
+                             "--no-progress", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["world_size"] == 2 and config["training"]["step"] == 4
+    assert result.stdout.count("ddpmrt train:") == 1  # only rank 0 reports and writes
+    state = _state(out)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize("setup,args,fragment", [
+    ("empty_dir", ["--dataset", "{tmp}/empty"], "no images found"),
+    ("bad_image", ["--dataset", "{tmp}/bad"], "cannot read image"),
+    ("bad_npz", ["--dataset", "{tmp}/bad.npz"], "expected images of shape"),
+    ("npz_keys", ["--dataset", "{tmp}/keys.npz"], "name the image array 'images'"),
+    (None, ["--dataset", "{tmp}/nothing-here"], "not found"),
+    (None, ["--dataset", "digits", "--model", "huge"], "unknown model config"),
+    ("existing_run", ["--dataset", "digits", "--out", "{tmp}/existing"], "pass --resume"),
+    (None, ["--dataset", "digits", "--resume", "--out", "{tmp}/fresh"], "nothing to resume"),
+    (None, ["--dataset", "digits", "--precision", "fp16", "--device", "cpu"], "needs a CUDA GPU"),
+])
+def test_bad_training_input(tmp_path, setup, args, fragment):
+    if setup == "empty_dir":
+        (tmp_path / "empty").mkdir()
+    elif setup == "bad_image":
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "broken.png").write_bytes(b"not a png at all")
+    elif setup == "bad_npz":
+        np.savez(tmp_path / "bad.npz", images=np.zeros((4, 5, 7, 2), np.uint8))
+    elif setup == "npz_keys":
+        np.savez(tmp_path / "keys.npz", a=np.zeros((4, 8, 8), np.uint8), b=np.zeros(3))
+    elif setup == "existing_run":
+        (tmp_path / "existing").mkdir()
+        (tmp_path / "existing" / "training_state.pt").write_bytes(b"x")
+    argv = ["train", "--iters", "2", "--out", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in args]]
+    assert_user_error(run_cli(*argv, timeout=120), fragment)
+
+
+def test_trains_on_a_folder_and_an_npz(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    train(TrainArgs(**{**FAST, "dataset": str(folder), "image_size": 16}, out=str(tmp_path / "a"), iters=2))
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["image_shape"] == [3, 16, 16]
+    np.save(tmp_path / "arr.npy", rng.integers(0, 255, (5, 16, 16), dtype=np.uint8))
+    train(TrainArgs(**{**FAST, "dataset": str(tmp_path / "arr.npy")}, out=str(tmp_path / "b"), iters=2))
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["num_images"] == 5
