@@ -29,7 +29,9 @@ def _sample(ns: argparse.Namespace) -> None:
         raise UserError(f"--out {out} must end in .png (a grid) or .npz (array 'images')")
     if ns.batch < 1:
         raise UserError("--batch must be at least 1")
-    model = load_model(ns.model, backend=ns.backend, device=ns.device)
+    schedule, image_shape = _description(ns)
+    model = load_model(ns.model, backend=ns.backend, device=ns.device, threads=ns.threads,
+                       schedule=schedule, image_shape=image_shape)
     if ns.sampler == "ddim":
         sampler = DDIMSampler(model.schedule, num_steps=ns.steps, eta=ns.eta, spacing=ns.spacing,
                               clip_sample=ns.clip_sample)
@@ -40,6 +42,136 @@ def _sample(ns: argparse.Namespace) -> None:
     images = sampler.sample(model, (ns.batch, *model.image_shape), seed=ns.seed, progress=not ns.quiet)
     save_images(images, out)
     print(f"wrote {ns.batch} samples ({ns.sampler.upper()}, {sampler.num_steps} steps, seed {ns.seed}) to {out}")
+
+
+def _description(ns: argparse.Namespace):
+    """--schedule / --image-shape: what a model file without ddpmrt metadata cannot say itself."""
+    from ddpmrt.engine.metadata import parse_image_shape_arg, parse_schedule_arg
+
+    schedule = parse_schedule_arg(ns.schedule) if getattr(ns, "schedule", None) else None
+    image_shape = parse_image_shape_arg(ns.image_shape) if getattr(ns, "image_shape", None) else None
+    return schedule, image_shape
+
+
+def _export_source(ns: argparse.Namespace, precision: str):
+    from ddpmrt.export.sources import from_checkpoint, from_diffusers
+
+    schedule, _ = _description(ns)
+    if ns.from_diffusers:
+        return from_diffusers(ns.from_diffusers, precision, schedule)
+    if not ns.model:
+        raise UserError("name a model: a checkpoint directory, a shipped model name, or --from-diffusers DIR")
+    return from_checkpoint(ns.model, precision)
+
+
+def _batch_arg(text: str):
+    if text == "dynamic":
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise UserError(f"--batch {text!r}: use dynamic or a positive integer")
+
+
+def _export_onnx(ns: argparse.Namespace) -> None:
+    from ddpmrt.export.onnx_export import export_onnx
+
+    out = Path(ns.out)
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"--out {out} must end in .onnx")
+    source = _export_source(ns, ns.precision)
+    result = export_onnx(source.module, source.metadata, out, opset=ns.opset, batch=_batch_arg(ns.batch),
+                         unwrap=source.unwrap)
+    size_mb = out.stat().st_size / 1e6
+    print(f"wrote {out} ({ns.precision}, {size_mb:.1f} MB) in {result.seconds:.1f} s")
+
+
+def _onnx_is_current(path: Path, metadata, opset: int) -> bool:
+    """An existing ONNX file exported from the same weights, precision, opset and ddpmrt version."""
+    import onnx
+
+    from ddpmrt.export.engine_build import read_onnx_metadata
+
+    if not path.is_file():
+        return False
+    try:
+        existing = read_onnx_metadata(path)
+        model_opset = max(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    except (UserError, ValueError):
+        return False
+    return (existing.source_sha256 == metadata.source_sha256 and existing.precision == metadata.precision
+            and existing.ddpmrt_version == metadata.ddpmrt_version and model_opset == opset)
+
+
+def _export_engine(ns: argparse.Namespace) -> None:
+    from ddpmrt.engine.tensorrt_flavour import import_flavour
+    from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata
+    from ddpmrt.export.sources import sha256_file
+
+    plan = Path(ns.out)
+    if plan.suffix.lower() not in (".plan", ".engine"):
+        raise UserError(f"--out {plan} must end in .plan (or .engine)")
+    flavour = import_flavour(ns.flavour)          # fail early, before a long export
+    targets = parse_targets(ns.targets, flavour)
+    profile = BatchProfile.parse(ns.batch)
+
+    if ns.model and ns.model.lower().endswith(".onnx") and not ns.from_diffusers:
+        onnx_path = Path(ns.model)
+        if not onnx_path.is_file():
+            raise UserError(f"{onnx_path} not found")
+        schedule, image_shape = _description(ns)
+        try:
+            metadata = read_onnx_metadata(onnx_path)
+        except UserError:
+            if schedule is None or image_shape is None:
+                raise
+            from ddpmrt.engine.metadata import ModelMetadata
+
+            import onnx
+            x = next(i for i in onnx.load(str(onnx_path), load_external_data=False).graph.input if i.name == "x")
+            precision = "fp16" if x.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else "fp32"
+            metadata = ModelMetadata(schedule=schedule, image_shape=image_shape, precision=precision)
+    else:
+        from ddpmrt.export.onnx_export import export_onnx
+
+        source = _export_source(ns, ns.precision)
+        onnx_path = plan.with_suffix(".onnx")
+        metadata = source.metadata
+        if _onnx_is_current(onnx_path, metadata, ns.opset):
+            print(f"{onnx_path} is up to date")
+        else:
+            result = export_onnx(source.module, metadata, onnx_path, opset=ns.opset, unwrap=source.unwrap)
+            print(f"wrote {onnx_path} ({metadata.precision}) in {result.seconds:.1f} s")
+
+    result = build_engine(onnx_path, plan, metadata, sha256_file(onnx_path), flavour, profile, targets,
+                          ns.optimization_level, force=ns.force)
+    what = (f"{flavour.name} {flavour.version}, {metadata.precision}, batch {profile}, "
+            f"targets {','.join(result.sidecar['targets'])}")
+    size_mb = result.sidecar["engine_bytes"] / 1e6
+    if result.cached:
+        print(f"{plan} is up to date ({what}, {size_mb:.1f} MB); --force rebuilds")
+    else:
+        print(f"built {plan} ({what}) in {result.seconds:.1f} s, {size_mb:.1f} MB")
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    _add_export_source_args(p)
+    p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
+    p.add_argument("--out", required=True, help="output engine (.plan); its ONNX and sidecar .plan.json go beside it")
+    p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="engine precision (default fp16)")
+    p.add_argument("--batch", default="1:8:64", help="N (static shape) or MIN:OPT:MAX (default 1:8:64)")
+    p.add_argument("--targets", default="auto",
+                   help="auto (this GPU, else the flavour's defaults), current, or e.g. sm86,sm89 (TensorRT-RTX)")
+    p.add_argument("--flavour", default="auto", help="auto, tensorrt or tensorrt-rtx")
+    p.add_argument("--optimization-level", type=int, help="builder optimization level (0-5)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
+    p.set_defaults(func=_export_engine)
+
+
+def _add_export_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="checkpoint directory or shipped model name")
+    p.add_argument("--from-diffusers", metavar="DIR", help="a saved diffusers UNet2DModel directory instead")
+    p.add_argument("--schedule", help="noise schedule where the source has none: linear[:T:start:end] or cosine[:T]")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sample", help="sample images from a model")
-    p.add_argument("model", help="checkpoint directory or shipped model name (e.g. digits)")
+    p.add_argument("model", help="checkpoint directory, shipped model name (e.g. digits), .onnx or .plan file")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
@@ -82,11 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-sample", type=float, default=None, help="clip x̂₀ to ±C (DDPM default 1.0)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto", help="auto or torch")
+    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto: by file type)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime (default: all cores)")
+    p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata: linear[:T:start:end] or cosine[:T]")
+    p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
     p.add_argument("--out", required=True, help="a .png grid or a .npz with array 'images'")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser("export-onnx", help="export a model to self-describing ONNX (fp32 or fp16), validated")
+    _add_export_source_args(p)
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--batch", default="dynamic", help="dynamic (default) or a fixed batch size")
+    p.set_defaults(func=_export_onnx)
+
+    p = sub.add_parser("export-engine", help="export and build an FP16 TensorRT / TensorRT-RTX engine")
+    _add_engine_args(p)
     return parser
 
 
@@ -104,6 +249,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_engine_main(argv: list[str] | None = None) -> int:
-    print("export-engine: not implemented yet (see the export issue); use `ddpmrt train` and `ddpmrt sample`",
-          file=sys.stderr)
-    return 2
+    """The `export-engine` console script: `ddpmrt export-engine` under its own name."""
+    argv = sys.argv[1:] if argv is None else argv
+    return main(["export-engine", *argv])

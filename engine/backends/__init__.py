@@ -2,6 +2,10 @@
 
 Every loaded model also carries `schedule` (a NoiseSchedule) and `image_shape` (C, H, W),
 read from the model file itself, so a sampler needs nothing else.
+
+    checkpoint directory / shipped name  -> torch        (PyTorch, lazily imported)
+    .onnx                                -> onnxruntime  (CPU, or CUDA with onnxruntime-gpu)
+    .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
 """
 
 from __future__ import annotations
@@ -9,13 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.metadata import ModelMetadata
+from ddpmrt.engine.schedule import NoiseSchedule
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
+ENGINE_SUFFIXES = (".plan", ".engine")
 
 
 def shipped_models() -> list[str]:
+    if not SHIPPED_MODELS_DIR.is_dir():
+        return []
     return sorted(p.name for p in SHIPPED_MODELS_DIR.iterdir() if (p / "config.json").is_file())
 
 
@@ -27,19 +36,50 @@ def resolve_model_path(model: str | Path) -> Path:
     shipped = SHIPPED_MODELS_DIR / str(model)
     if (shipped / "config.json").is_file():
         return shipped
-    raise UserError(f"model {str(model)!r} not found: give a checkpoint directory or a shipped model "
-                    f"({', '.join(shipped_models()) or 'none installed'})")
+    raise UserError(f"model {str(model)!r} not found: give a checkpoint directory, an .onnx or .plan file, "
+                    f"or a shipped model ({', '.join(shipped_models()) or 'none installed'})")
 
 
-def load_model(model: str | Path, backend: str = "auto", device: str = "cpu"):
-    """Load a checkpoint directory or shipped model name as a sampler-ready callable."""
+def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", threads: int | None = None,
+               schedule: NoiseSchedule | None = None, image_shape=None):
+    """Load a model file as a sampler-ready callable.
+
+    `schedule` and `image_shape` describe an ONNX file that carries no ddpmrt metadata
+    (a file with metadata ignores them).
+    """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise UserError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     path = resolve_model_path(model)
+    suffix = path.suffix.lower()
+
     if path.is_dir():
+        if backend not in ("auto", "torch"):
+            raise UserError(f"{path.name} is a checkpoint, which runs on the torch backend; for {backend}, "
+                            "export it first (ddpmrt export-onnx / export-engine)")
         from ddpmrt.engine.backends.torch_backend import load_checkpoint
 
         return load_checkpoint(path, device)
-    raise UserError(f"{path} is not a checkpoint directory; this version samples checkpoints (torch backend)")
+
+    if suffix == ".onnx":
+        if backend not in ("auto", "onnxruntime"):
+            raise UserError(f"{path.name} is an ONNX model: use --backend onnxruntime, or build an engine "
+                            "for tensorrt with export-engine")
+        from ddpmrt.engine.backends.onnxruntime_backend import OnnxRuntimeModel
+
+        described = None
+        if schedule is not None and image_shape is not None:
+            described = ModelMetadata(schedule=schedule, image_shape=image_shape)
+        return OnnxRuntimeModel(path, device=device, threads=threads, fallback_metadata=described)
+
+    if suffix in ENGINE_SUFFIXES:
+        if backend not in ("auto", "tensorrt"):
+            raise UserError(f"{path.name} is a TensorRT engine: use --backend tensorrt (or sample the .onnx it "
+                            "was built from with onnxruntime)")
+        from ddpmrt.engine.backends.tensorrt_backend import TensorRTModel
+
+        return TensorRTModel(path)
+
+    raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx or .plan")
+

@@ -1,0 +1,103 @@
+"""The ONNX Runtime backend: the embedded default on a CPU, CUDA with onnxruntime-gpu.
+
+Runs with I/O binding: the output buffer of each batch size is allocated once and reused
+every step, so a sampling loop does no per-step allocation inside ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.metadata import PREFIX, ModelMetadata
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("the onnxruntime backend needs ONNX Runtime: pip install 'ddpmrt[onnxruntime]' "
+                        "(or 'ddpmrt[gpu]' for CUDA)") from None
+    return ort
+
+
+def cuda_available() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+class OnnxRuntimeModel:
+    """eps = model(x_t, t) on NumPy arrays, through an ONNX Runtime session."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
+                 fallback_metadata: ModelMetadata | None = None):
+        ort = _import_ort()
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("--device cuda needs onnxruntime-gpu (pip install 'ddpmrt[gpu]'); "
+                                "or use --device cpu")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph types
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot load {self.path.name} with ONNX Runtime ({first}); "
+                            "the file is truncated or not an ONNX model: re-export it") from None
+        # The file's own metadata; the caller's description only for files that carry none.
+        props = self.session.get_modelmeta().custom_metadata_map
+        has_metadata = any(key.startswith(PREFIX) for key in props)
+        self.metadata = (ModelMetadata.from_strings(props, self.path.name) if has_metadata or fallback_metadata is None
+                         else fallback_metadata)
+        self.schedule = self.metadata.schedule
+        self.image_shape = self.metadata.image_shape
+        self.device = device
+        self._check_signature()
+        self._binding = self.session.io_binding()
+        self._outputs: dict[int, object] = {}  # batch size -> OrtValue reused every call
+
+    def _check_signature(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != {"x", "t"} or outputs != ["eps"]:
+            raise UserError(f"{self.path.name} has inputs {sorted(inputs)} and outputs {outputs}; "
+                            "ddpmrt expects inputs x, t and output eps (export with `ddpmrt export-onnx`)")
+        x_type = inputs["x"].type
+        expected = "tensor(float16)" if self.metadata.precision == "fp16" else "tensor(float)"
+        if x_type != expected:
+            # A file without metadata: trust the graph's input type.
+            self.metadata.precision = "fp16" if x_type == "tensor(float16)" else "fp32"
+        batch_dim = inputs["x"].shape[0]
+        self.static_batch = batch_dim if isinstance(batch_dim, int) else None
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        ort = _import_ort()
+        n = len(x)
+        if self.static_batch is not None and n != self.static_batch:
+            raise UserError(f"{self.path.name} was exported for batch {self.static_batch}, got {n}; "
+                            "sample with that --batch or re-export with --batch dynamic")
+        x = np.ascontiguousarray(x, dtype=self.metadata.input_dtype)
+        t = np.ascontiguousarray(t, dtype=np.int64)
+        self._binding.bind_cpu_input("x", x)
+        self._binding.bind_cpu_input("t", t)
+        out = self._outputs.get(n)
+        if out is None:
+            device = "cuda" if self.device == "cuda" else "cpu"
+            out = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, self.metadata.input_dtype, device, 0)
+            self._outputs[n] = out
+        self._binding.bind_ortvalue_output("eps", out)
+        self.session.run_with_iobinding(self._binding)
+        return out.numpy().astype(np.float32, copy=True)

@@ -1,0 +1,80 @@
+"""Small helpers over NVIDIA's cuda-python runtime binding, every return code checked.
+
+As in TensorRT's samples/python/common_runtime.py: each cudart call returns (err, *values);
+`check` turns a non-success code into an exception naming the call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddpmrt.engine.errors import UserError
+
+
+def cudart():
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        raise UserError("GPU backends need NVIDIA's cuda-python: pip install cuda-python") from None
+    return runtime
+
+
+class CudaError(RuntimeError):
+    pass
+
+
+def check(result, what: str):
+    """Unpack a cudart result tuple, raising CudaError on failure."""
+    rt = cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != rt.cudaError_t.cudaSuccess:
+        _, name = rt.cudaGetErrorName(err)
+        raise CudaError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def device_compute_capability(device: int = 0) -> tuple[int, int] | None:
+    """(major, minor) of a visible GPU, or None where there is no GPU or no driver."""
+    try:
+        rt = cudart()
+    except UserError:
+        return None
+    err, count = rt.cudaGetDeviceCount()
+    if err != rt.cudaError_t.cudaSuccess or count <= device:
+        return None
+    major = check(rt.cudaDeviceGetAttribute(rt.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute")
+    minor = check(rt.cudaDeviceGetAttribute(rt.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute")
+    return int(major), int(minor)
+
+
+class DeviceBuffer:
+    """A device allocation of `nbytes`, freed with the object."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = int(nbytes)
+        self.ptr = int(check(cudart().cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
+
+    def copy_from_host(self, array: np.ndarray, stream) -> None:
+        rt = cudart()
+        if array.nbytes > self.nbytes:
+            raise ValueError(f"{array.nbytes} bytes do not fit a {self.nbytes}-byte buffer")
+        check(rt.cudaMemcpyAsync(self.ptr, array.ctypes.data, array.nbytes,
+                                 rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync H2D")
+
+    def copy_to_host(self, array: np.ndarray, stream) -> None:
+        rt = cudart()
+        check(rt.cudaMemcpyAsync(array.ctypes.data, self.ptr, array.nbytes,
+                                 rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync D2H")
+
+    def free(self) -> None:
+        if self.ptr:
+            check(cudart().cudaFree(self.ptr), "cudaFree")
+            self.ptr = 0
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:
+            pass

@@ -1,0 +1,192 @@
+"""Building TensorRT / TensorRT-RTX engines from ddpmrt ONNX models.
+
+    build_engine(onnx, out.plan, profile, targets, flavour)  ->  out.plan + out.plan.json
+
+The sidecar (`model.plan.json`) holds everything the runtime needs (the ONNX model's ddpmrt
+metadata, tensor dtypes, the optimization profile, flavour and version, GPU targets, ONNX
+sha256) and the cache key.  A build whose key matches an existing engine is skipped.
+
+Precision is the ONNX model's: an fp16 engine is built from the fp16 ONNX in a strongly typed
+network (TensorRT 11 and TensorRT-RTX have no FP16 builder flag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddpmrt.engine import __version__
+from ddpmrt.engine.cuda_runtime import device_compute_capability
+from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.metadata import ModelMetadata
+from ddpmrt.engine.tensorrt_flavour import RTX_TARGETS, Flavour
+
+SIDECAR_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    min: int
+    opt: int
+    max: int
+
+    @property
+    def static(self) -> bool:
+        return self.min == self.opt == self.max
+
+    @classmethod
+    def parse(cls, text: str) -> "BatchProfile":
+        """`N` (static shape) or `MIN:OPT:MAX`."""
+        try:
+            values = [int(v) for v in str(text).split(":")]
+        except ValueError:
+            values = []
+        if len(values) == 1:
+            values *= 3
+        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+            raise UserError(f"--batch {text!r}: use N, or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
+        return cls(*values)
+
+    def __str__(self) -> str:
+        return str(self.min) if self.static else f"{self.min}:{self.opt}:{self.max}"
+
+
+def sidecar_path(plan: Path) -> Path:
+    return plan.with_name(plan.name + SIDECAR_SUFFIX)
+
+
+def parse_targets(text: str, flavour: Flavour) -> list[str]:
+    """`auto`: this GPU if one is visible, else the flavour's defaults; `current`; or `sm86,sm89,...`."""
+    targets = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if targets == ["auto"]:
+        if device_compute_capability() is not None:
+            return ["current"]
+        if not flavour.is_rtx:
+            raise UserError("full TensorRT builds engines on a GPU and none is visible; install TensorRT-RTX "
+                            "(--flavour tensorrt-rtx) to build ahead of time for --targets sm86,sm89,...")
+        return []  # TensorRT-RTX's default set (sm80, sm86, sm89, sm120)
+    if not flavour.is_rtx:
+        if targets != ["current"]:
+            raise UserError("full TensorRT builds for the GPU it runs on: use --targets current, "
+                            "or --flavour tensorrt-rtx for explicit targets")
+        return targets
+    for target in targets:
+        if target != "current" and target not in RTX_TARGETS:
+            hopper = " (Hopper GPUs are not TensorRT-RTX targets: use --flavour tensorrt there)" if target == "sm90" else ""
+            raise UserError(f"unknown target {target!r}; choose current or {', '.join(RTX_TARGETS)}{hopper}")
+    if "current" in targets and device_compute_capability() is None:
+        raise UserError("--targets current needs a visible GPU; name the targets instead, e.g. --targets sm86,sm89")
+    return targets
+
+
+def cache_key(onnx_sha256: str, flavour: Flavour, profile: BatchProfile, targets: list[str], optimization_level) -> str:
+    fields = {"onnx": onnx_sha256, "flavour": flavour.name, "version": flavour.version, "profile": str(profile),
+              "targets": targets, "optimization_level": optimization_level, "ddpmrt": __version__}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class BuildResult:
+    plan: Path
+    sidecar: dict
+    seconds: float
+    cached: bool
+
+
+def _parse_onnx(flavour: Flavour, builder, network, logger, onnx_path: Path) -> None:
+    parser = flavour.trt.OnnxParser(network, logger)
+    # parse_from_file resolves external data next to the model, unlike parse(bytes).
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise UserError(f"{flavour.name} cannot parse {onnx_path.name}: {errors[:300]}")
+
+
+def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha256: str, flavour: Flavour,
+                 profile: BatchProfile, targets: list[str], optimization_level: int | None = None,
+                 force: bool = False) -> BuildResult:
+    plan, sidecar_file = Path(plan), sidecar_path(Path(plan))
+    key = cache_key(onnx_sha256, flavour, profile, targets, optimization_level)
+    if not force and plan.is_file() and sidecar_file.is_file():
+        try:
+            existing = json.loads(sidecar_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            existing = {}
+        if existing.get("cache_key") == key and existing.get("engine_bytes") == plan.stat().st_size:
+            return BuildResult(plan, existing, 0.0, cached=True)
+
+    trt = flavour.trt
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(flavour.network_flags())
+    _parse_onnx(flavour, builder, network, logger, onnx_path)
+
+    config = builder.create_builder_config()
+    if optimization_level is not None:
+        config.builder_optimization_level = int(optimization_level)
+    trt_profile = builder.create_optimization_profile()
+    c, h, w = metadata.image_shape
+    trt_profile.set_shape("x", (profile.min, c, h, w), (profile.opt, c, h, w), (profile.max, c, h, w))
+    trt_profile.set_shape("t", (profile.min,), (profile.opt,), (profile.max,))
+    config.add_optimization_profile(trt_profile)
+    if flavour.is_rtx and targets:
+        config.num_compute_capabilities = len(targets)
+        for index, target in enumerate(targets):
+            config.set_compute_capability(flavour.compute_capability(target), index)
+    timing_cache_file = plan.with_name(plan.name + ".timing-cache")
+    if flavour.has_timing_cache:
+        previous = timing_cache_file.read_bytes() if timing_cache_file.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(previous), ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(f"{flavour.name} could not build an engine from {onnx_path.name}; "
+                        "run with a lower --optimization-level or check the ONNX with `ddpmrt export-onnx`")
+    seconds = time.perf_counter() - start
+    with atomic_write(plan) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    if flavour.has_timing_cache:
+        with atomic_write(timing_cache_file) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    sidecar = {
+        "format": "ddpmrt-engine-1",
+        "metadata": metadata.to_strings(),
+        "tensors": {"x": metadata.precision, "t": "int64", "eps": metadata.precision},
+        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max, "static": profile.static},
+        "flavour": flavour.name,
+        "flavour_version": flavour.version,
+        "targets": targets or ["default"],
+        "optimization_level": optimization_level,
+        "onnx": onnx_path.name,
+        "onnx_sha256": onnx_sha256,
+        "engine_bytes": plan.stat().st_size,
+        "build_seconds": round(seconds, 2),
+        "built_with_gpu": list(device_compute_capability() or []),
+        "ddpmrt_version": __version__,
+        "cache_key": key,
+    }
+    with atomic_write(sidecar_file) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return BuildResult(plan, sidecar, seconds, cached=False)
+
+
+def read_onnx_metadata(onnx_path: Path) -> ModelMetadata:
+    """The ddpmrt metadata of an ONNX file (UserError if absent or the file is damaged)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:
+        raise UserError(f"cannot read {onnx_path.name}: it is truncated or not an ONNX model; re-export it") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    metadata = ModelMetadata.from_strings(props, onnx_path.name)
+    x_type = next((i.type.tensor_type.elem_type for i in model.graph.input if i.name == "x"), None)
+    if x_type is not None:
+        metadata.precision = "fp16" if x_type == onnx.TensorProto.FLOAT16 else "fp32"
+    return metadata
+

@@ -1,0 +1,125 @@
+"""`ddpmrt export-onnx`: a trained ε-U-Net as a self-describing ONNX model (fp32 or fp16).
+
+    inputs  x (N, C, H, W) float32 or float16,  t (N,) int64
+    output  eps (N, C, H, W), same dtype as x
+
+The fp16 model is exported from a half-precision module, so every tensor is typed by the
+exporter itself: a blind float32→float16 graph converter leaves mixed-type nodes that
+TensorRT's strongly typed parser rejects.  GroupNorm statistics and the attention softmax stay
+in fp32 inside the module (unet.py says why), and so they do in the graph.
+
+`metadata_props` carries everything a runtime needs to sample (schedule, image shape,
+prediction type, precision, model config, source hash, version): see MODEL_METADATA_KEYS in
+ddpmrt.engine.metadata.  Every export validates itself against PyTorch in fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.metadata import ModelMetadata
+
+# Validation targets (max, mean absolute error against PyTorch fp32 on the same inputs).
+TOLERANCES = {"fp32": (1e-4, 1e-5), "fp16": (2e-2, 2e-3)}
+VALIDATION_TIMESTEPS = (0, 10, 250, 500, 750, 999)
+
+
+@dataclass
+class ExportedModel:
+    path: Path
+    metadata: ModelMetadata
+    max_abs_error: float
+    mean_abs_error: float
+    seconds: float
+
+
+class _EpsOnly(torch.nn.Module):
+    """Adapts a module whose forward returns more than ε (diffusers returns an output object)."""
+
+    def __init__(self, module: torch.nn.Module, unwrap):
+        super().__init__()
+        self.module, self.unwrap = module, unwrap
+
+    def forward(self, x, t):
+        return self.unwrap(self.module(x, t))
+
+
+def _export(module: torch.nn.Module, example: tuple, path: Path, opset: int, dynamic_batch: bool) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = ({0: batch}, {0: batch}) if dynamic_batch else None
+    # The exporter reports progress on stdout and through logging; keep the CLI's output to our lines.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, example, input_names=["x", "t"], output_names=["eps"],
+                                    opset_version=opset, dynamic_shapes=shapes, dynamo=True, verbose=False,
+                                    external_data=False, optimize=True)
+    program.save(str(path), external_data=False)
+
+
+def validate(onnx_path: Path, reference: torch.nn.Module, metadata: ModelMetadata, batch: int = 4) -> tuple[float, float]:
+    """Max and mean |ε_onnx − ε_torch_fp32| with ONNX Runtime on a fixed batch over several timesteps."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *metadata.image_shape)).astype(np.float32)
+    errors = []
+    for t_value in VALIDATION_TIMESTEPS:
+        t = np.full(batch, min(t_value, metadata.schedule.num_train_timesteps - 1), np.int64)
+        eps = session.run(None, {"x": x.astype(metadata.input_dtype), "t": t})[0].astype(np.float32)
+        with torch.inference_mode():
+            ref = reference(torch.from_numpy(x), torch.from_numpy(t)).float().numpy()
+        errors.append(np.abs(eps - ref))
+    errors = np.concatenate([e.ravel() for e in errors])
+    return float(errors.max()), float(errors.mean())
+
+
+def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, opset: int = 18,
+                batch: str | int = "dynamic", unwrap=None, check: bool = True) -> ExportedModel:
+    """Export `module` (an fp32 ε-model) at metadata.precision, validate it, and write it atomically."""
+    import onnx
+
+    out = Path(out)
+    start = time.perf_counter()
+    reference = copy.deepcopy(module).float().eval()
+    if unwrap is not None:
+        reference = _EpsOnly(reference, unwrap)
+    exported = copy.deepcopy(reference)
+    if metadata.precision == "fp16":
+        exported = exported.half()
+    dynamic = batch == "dynamic"
+    n = 2 if dynamic else int(batch)
+    example = (torch.randn(n, *metadata.image_shape, dtype=torch.float16 if metadata.precision == "fp16" else torch.float32),
+               torch.zeros(n, dtype=torch.int64))
+
+    with atomic_write(out) as tmp:
+        try:
+            _export(exported.eval(), example, tmp, opset, dynamic)
+        except Exception as exc:  # the exporter's failures are long; keep their first line
+            raise UserError(f"ONNX export failed: {str(exc).splitlines()[0][:300]}") from exc
+        model = onnx.load(str(tmp))
+        metadata.write_to(model)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+        max_err = mean_err = float("nan")
+        if check:
+            max_err, mean_err = validate(tmp, reference, metadata)
+            max_tol, mean_tol = TOLERANCES[metadata.precision]
+            line = (f"validated {out.name} ({metadata.precision}) against PyTorch fp32 with ONNX Runtime: "
+                    f"max abs error {max_err:.2e}, mean {mean_err:.2e}")
+            print(line)
+            if not (max_err <= max_tol and mean_err <= mean_tol):
+                raise UserError(f"{line}: above the {metadata.precision} limits ({max_tol:g} max, {mean_tol:g} mean); "
+                                "the export is wrong, try --precision fp32 or another --opset")
+    return ExportedModel(out, metadata, max_err, mean_err, time.perf_counter() - start)

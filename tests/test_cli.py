@@ -1,0 +1,82 @@
+"""`ddpmrt sample` as a user runs it, and what bad input gets."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import assert_user_error, run_cli
+
+pytest.importorskip("torch")
+
+
+def test_sample_png_and_npz(tmp_path):
+    png, npz = tmp_path / "grid.png", tmp_path / "out" / "images.npz"
+    result = run_cli("sample", "digits", "--steps", "5", "--batch", "4", "--seed", "3", "--out", str(png), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 4 samples" in result.stdout
+    with Image.open(png) as img:
+        assert img.format == "PNG" and min(img.size) >= 32
+    result = run_cli("sample", "digits", "--sampler", "ddpm", "--steps", "10", "--batch", "3", "--out", str(npz), "--quiet")
+    assert result.returncode == 0, result.stderr
+    images = np.load(npz)["images"]
+    assert images.dtype == np.uint8 and images.shape == (3, 16, 16, 1)
+    assert images.std() > 10  # not a blank image
+
+
+def test_same_seed_same_images(tmp_path):
+    outs = []
+    for name in ("a.npz", "b.npz"):
+        result = run_cli("sample", "digits", "--steps", "4", "--eta", "1", "--batch", "2", "--seed", "7",
+                         "--out", str(tmp_path / name), "--quiet")
+        assert result.returncode == 0, result.stderr
+        outs.append(np.load(tmp_path / name)["images"])
+    np.testing.assert_array_equal(*outs)
+
+
+@pytest.fixture
+def damaged_checkpoints(tmp_path):
+    from ddpmrt.engine.backends import resolve_model_path
+
+    shipped = resolve_model_path("digits")
+    bad_json = tmp_path / "bad_json"
+    shutil.copytree(shipped, bad_json)
+    (bad_json / "config.json").write_text("{ not json")
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(shipped, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    truncated = tmp_path / "truncated"
+    shutil.copytree(shipped, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    wrong = tmp_path / "wrong"
+    shutil.copytree(shipped, wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    config["model"]["ch"] = 64
+    (wrong / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize("model,extra,fragment", [
+    ("no-such-model", [], "not found"),
+    ("digits", ["--steps", "0"], "number of steps"),
+    ("digits", ["--steps", "5000"], "number of steps"),
+    ("digits", ["--backend", "tpu"], "unknown backend"),
+    ("{tmp}/bad_json", [], "not valid JSON"),
+    ("{tmp}/no_weights", [], "no model.safetensors"),
+    ("{tmp}/truncated", [], "cannot read"),
+    ("{tmp}/wrong", [], "does not match its config.json"),
+    ("{tmp}", [], "not a ddpmrt checkpoint"),
+])
+def test_bad_sample_input(damaged_checkpoints, model, extra, fragment):
+    out = damaged_checkpoints / "o.png"
+    result = run_cli("sample", model.format(tmp=damaged_checkpoints), "--steps", "3", "--batch", "2", *extra,
+                     "--out", str(out))
+    assert_user_error(result, fragment)
+    assert not out.exists()
+
+
+def test_bad_output_suffix(tmp_path):
+    assert_user_error(run_cli("sample", "digits", "--out", str(tmp_path / "x.jpg")), ".png")

@@ -1,0 +1,35 @@
+"""Install layout: the runtime is torch-free and nothing generic lands in site-packages."""
+
+import json
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+
+def _python(code: str, cwd) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_engine_import_does_not_import_torch(tmp_path):
+    out = _python("import sys, json, ddpmrt.engine as e\n"
+                  "e.DDIMSampler(e.NoiseSchedule.linear(), 10)\n"
+                  "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'diffusers'))))",
+                  cwd=tmp_path)
+    assert json.loads(out) == []
+
+
+def test_no_generic_top_level_packages(tmp_path):
+    # Run outside the repository so the source folders engine/ and export/ are not on sys.path.
+    out = _python("import importlib.util as u, json\n"
+                  "print(json.dumps([u.find_spec(n) is None for n in ('engine', 'export', 'kernels', 'benchmarks', 'tests')]))\n",
+                  cwd=tmp_path)
+    assert json.loads(out) == [True] * 5
+    out = _python("import ddpmrt.engine, ddpmrt.export; print(ddpmrt.engine.__name__, ddpmrt.export.__name__)", cwd=tmp_path)
+    assert out.split() == ["ddpmrt.engine", "ddpmrt.export"]
+
+
+def test_console_scripts_are_declared():
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts") if ep.value.startswith("ddpmrt.")}
+    assert scripts == {"ddpmrt": "ddpmrt.export.cli:main", "export-engine": "ddpmrt.export.cli:export_engine_main"}

@@ -1,0 +1,54 @@
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ddpmrt.export.unet import CONFIGS, UNet, UNetConfig, count_parameters, get_config, timestep_embedding  # noqa: E402
+
+
+def test_cifar10_config_has_the_papers_parameter_count():
+    n = count_parameters(UNet(get_config("cifar10")))
+    assert abs(n - 35.7e6) / 35.7e6 < 0.01, n
+
+
+def test_tiny_is_small():
+    assert count_parameters(UNet(get_config("tiny"))) <= 2_000_000
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_forward_shape_and_timestep_dependence(name):
+    cfg = get_config(name)
+    model = UNet(cfg).eval()
+    x = torch.randn(2, cfg.image_channels, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0, 999]))
+        other = model(x, torch.tensor([500, 999]))
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert not torch.allclose(out[0], other[0]) and torch.allclose(out[1], other[1], atol=1e-6)
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = get_config("tiny", image_channels=3)
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_half_precision_module_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = UNet(get_config("tiny")).eval()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        ref = model(x, t)
+        half = model.half()(x.half(), t)
+    assert half.dtype == torch.float16
+    assert (half.float() - ref).abs().max() < 2e-2
+
+
+def test_sinusoidal_embedding():
+    emb = timestep_embedding(torch.tensor([0, 1]), 8)
+    assert emb.shape == (2, 8)
+    assert torch.allclose(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    assert emb[1, 0] == pytest.approx(torch.sin(torch.tensor(1.0)).item())
+
+
+def test_unknown_config_name():
+    with pytest.raises(ValueError, match="unknown model config"):
+        get_config("huge")
