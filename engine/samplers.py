@@ -111,6 +111,8 @@ class Sampler:
         image_indices = np.asarray(image_indices, np.int64)
         if image_indices.shape != (n,):
             raise ValueError(f"image_indices must have {n} entries")
+        if hasattr(model, "check_batch"):  # engines with fixed batch ranges say so before any work
+            model.check_batch(n)
         if x_T is None:
             x = gaussian_noise(seed, image_indices, 0, STREAM_INITIAL, image_shape)
         else:

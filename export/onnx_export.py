@@ -114,7 +114,7 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
         onnx.save(model, str(tmp))
         max_err = mean_err = float("nan")
         if check:
-            max_err, mean_err = validate(tmp, reference, metadata)
+            max_err, mean_err = validate(tmp, reference, metadata, batch=4 if dynamic else n)
             max_tol, mean_tol = TOLERANCES[metadata.precision]
             line = (f"validated {out.name} ({metadata.precision}) against PyTorch fp32 with ONNX Runtime: "
                     f"max abs error {max_err:.2e}, mean {mean_err:.2e}")

@@ -83,12 +83,15 @@ class OnnxRuntimeModel:
         batch_dim = inputs["x"].shape[0]
         self.static_batch = batch_dim if isinstance(batch_dim, int) else None
 
-    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        ort = _import_ort()
-        n = len(x)
+    def check_batch(self, n: int) -> None:
         if self.static_batch is not None and n != self.static_batch:
             raise UserError(f"{self.path.name} was exported for batch {self.static_batch}, got {n}; "
                             "sample with that --batch or re-export with --batch dynamic")
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        ort = _import_ort()
+        n = len(x)
+        self.check_batch(n)
         x = np.ascontiguousarray(x, dtype=self.metadata.input_dtype)
         t = np.ascontiguousarray(t, dtype=np.int64)
         self._binding.bind_cpu_input("x", x)

@@ -63,7 +63,7 @@ def check_compatible(plan: Path, sidecar: dict, compute_capability: tuple[int, i
                         "rebuild with `export-engine --targets current`, or use --backend onnxruntime")
 
 
-def check_batch(n: int, profile: dict, name: str) -> None:
+def check_batch_in_profile(n: int, profile: dict, name: str) -> None:
     if not profile["min"] <= n <= profile["max"]:
         raise UserError(f"batch {n} is outside {name}'s profile ({profile['min']} to {profile['max']}); "
                         f"sample with a batch in that range or rebuild with `export-engine --batch MIN:OPT:MAX`")
@@ -116,8 +116,11 @@ class TensorRTModel:
                 raise CudaError(f"set_tensor_address({name}) failed")
         self._batch = None
 
+    def check_batch(self, n: int) -> None:
+        check_batch_in_profile(n, self.profile, self.path.name)
+
     def _set_batch(self, n: int) -> None:
-        check_batch(n, self.profile, self.path.name)
+        self.check_batch(n)
         if n != self._batch:
             if not (self._context.set_input_shape("x", (n, *self.image_shape)) and self._context.set_input_shape("t", (n,))):
                 raise CudaError(f"set_input_shape for batch {n} failed")

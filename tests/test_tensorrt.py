@@ -1,0 +1,294 @@
+"""TensorRT engines: builds with TensorRT-RTX here (no GPU needed), the sidecar and cache, every
+error message, and the run path against ONNX Runtime wherever a GPU and a flavour exist."""
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, run_cli
+from helpers import make_checkpoint
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from ddpmrt.engine.cuda_runtime import device_compute_capability  # noqa: E402
+from ddpmrt.engine.backends import tensorrt_backend  # noqa: E402
+from ddpmrt.engine.backends.tensorrt_backend import check_batch_in_profile, check_compatible  # noqa: E402
+from ddpmrt.engine.tensorrt_flavour import Flavour, import_flavour  # noqa: E402
+
+try:
+    import tensorrt_rtx
+except ImportError:
+    tensorrt_rtx = None
+needs_rtx = pytest.mark.skipif(tensorrt_rtx is None, reason="needs TensorRT-RTX: pip install tensorrt-rtx")
+HAS_GPU = device_compute_capability() is not None
+
+
+def _installed_flavour():
+    try:
+        return import_flavour("auto")
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=2)
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory):
+    """A TensorRT-RTX engine of the tiny model, built ahead of time for sm86 and sm89."""
+    if tensorrt_rtx is None:
+        pytest.skip("needs TensorRT-RTX: pip install tensorrt-rtx")
+    plan = tmp_path_factory.mktemp("engine") / "tiny.plan"
+    result = run_cli("export-engine", str(tiny), "--out", str(plan), "--batch", "1:4:16", "--targets", "sm86,sm89",
+                     "--flavour", "tensorrt-rtx")
+    assert result.returncode == 0, result.stderr
+    return plan, result.stdout
+
+
+@needs_rtx
+def test_build_writes_onnx_engine_and_sidecar(built):
+    plan, stdout = built
+    assert "built" in stdout and " s, " in stdout and "MB" in stdout   # build time and engine size
+    assert plan.with_suffix(".onnx").is_file() and plan.stat().st_size > 100_000
+    sidecar = json.loads(Path(str(plan) + ".json").read_text())
+    assert sidecar["flavour"] == "tensorrt-rtx" and sidecar["flavour_version"] == tensorrt_rtx.__version__
+    assert sidecar["profile"] == {"min": 1, "opt": 4, "max": 16, "static": False}
+    assert sidecar["targets"] == ["sm86", "sm89"] and sidecar["tensors"]["x"] == "fp16"
+    assert sidecar["engine_bytes"] == plan.stat().st_size
+    from ddpmrt.export.sources import sha256_file
+    assert sidecar["onnx_sha256"] == sha256_file(plan.with_suffix(".onnx"))
+    assert json.loads(sidecar["metadata"]["ddpmrt.image_shape"]) == [1, 16, 16]
+
+
+@needs_rtx
+def test_engine_cache(built, tiny):
+    plan, _ = built
+    mtime = plan.stat().st_mtime_ns
+    args = ["export-engine", str(tiny), "--out", str(plan), "--batch", "1:4:16", "--targets", "sm86,sm89",
+            "--flavour", "tensorrt-rtx"]
+    again = run_cli(*args)
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
+    assert plan.stat().st_mtime_ns == mtime
+    forced = run_cli(*args, "--force")
+    assert forced.returncode == 0 and "built" in forced.stdout
+    assert plan.stat().st_mtime_ns != mtime
+
+
+@needs_rtx
+def test_key_change_rebuilds_static_shape(tiny, tmp_path):
+    plan = tmp_path / "static.plan"
+    base = ["export-engine", str(tiny), "--out", str(plan), "--targets", "sm86", "--flavour", "tensorrt-rtx"]
+    assert run_cli(*base, "--batch", "4").returncode == 0
+    assert json.loads(Path(str(plan) + ".json").read_text())["profile"]["static"] is True
+    result = run_cli(*base, "--batch", "8")
+    assert result.returncode == 0 and "built" in result.stdout
+    assert json.loads(Path(str(plan) + ".json").read_text())["profile"]["max"] == 8
+
+
+@needs_rtx
+def test_shipped_digits_engine_builds(tmp_path):
+    plan = tmp_path / "digits.plan"
+    result = run_cli("export-engine", "digits", "--out", str(plan), "--targets", "sm86,sm89,sm120")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(Path(str(plan) + ".json").read_text())["metadata"]["ddpmrt.source"] == "digits"
+
+
+@needs_rtx
+@pytest.mark.slow
+def test_cifar10_engine_builds(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "cifar10", "cifar10")
+    plan = tmp_path / "cifar10.plan"
+    result = run_cli("export-engine", str(ckpt), "--out", str(plan), "--precision", "fp16", "--batch", "1:8:64",
+                     "--targets", "sm86")
+    assert result.returncode == 0, result.stderr
+    assert plan.stat().st_size > 30e6  # 35.7 M fp16 weights
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--targets", "sm90", "--flavour", "tensorrt-rtx"], "Hopper"),
+    (["--targets", "sm86", "--flavour", "tensorrt"], "not installed"),
+    (["--flavour", "tensorrt-llm"], "unknown TensorRT flavour"),
+    (["--batch", "8:4:16", "--flavour", "tensorrt-rtx"], "MIN <= OPT <= MAX"),
+    (["--batch", "abc", "--flavour", "tensorrt-rtx"], "--batch"),
+])
+def test_export_engine_argument_errors(tiny, tmp_path, args, fragment):
+    if tensorrt_rtx is None and "tensorrt-rtx" in args:
+        pytest.skip("needs TensorRT-RTX: pip install tensorrt-rtx")
+    plan = tmp_path / "x.plan"
+    assert_user_error(run_cli("export-engine", str(tiny), "--out", str(plan), *args), fragment)
+    assert not plan.exists()
+
+
+@needs_rtx
+def test_export_engine_input_errors(built, tmp_path):
+    plan, _ = built
+    onnx_file = plan.with_suffix(".onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(onnx_file.read_bytes()[:4000])
+    assert_user_error(run_cli("export-engine", str(bad), "--out", str(tmp_path / "a.plan"), "--targets", "sm86"),
+                      "truncated")
+    import onnx
+    model = onnx.load(str(onnx_file))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    assert_user_error(run_cli("export-engine", str(bare), "--out", str(tmp_path / "b.plan"), "--targets", "sm86"),
+                      "--schedule and --image-shape")
+    result = run_cli("export-engine", str(bare), "--out", str(tmp_path / "b.plan"), "--targets", "sm86",
+                     "--schedule", "linear", "--image-shape", "1,16,16", "--batch", "2")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "a.plan").exists()
+
+
+# -- the run path: checks made before deserializing --------------------------------------------
+
+
+def _sidecar(plan):
+    return json.loads(Path(str(plan) + ".json").read_text())
+
+
+def _rtx():
+    return Flavour("tensorrt-rtx", tensorrt_rtx, tensorrt_rtx.__version__) if tensorrt_rtx else \
+        Flavour("tensorrt-rtx", None, "1.7.1.116")
+
+
+@needs_rtx
+def test_compatibility_checks(built):
+    plan, _ = built
+    sidecar = _sidecar(plan)
+    flavour = _rtx()
+    check_compatible(plan, sidecar, (8, 6), flavour)           # an sm86 GPU runs it
+    with pytest.raises(Exception, match="this GPU is sm90.*--targets current"):
+        check_compatible(plan, sidecar, (9, 0), flavour)
+    with pytest.raises(Exception, match="needs an NVIDIA GPU.*onnxruntime"):
+        check_compatible(plan, sidecar, None, flavour)
+    with pytest.raises(Exception, match="built with tensorrt-rtx 0.1.*rebuild"):
+        check_compatible(plan, {**sidecar, "flavour_version": "0.1"}, (8, 6), flavour)
+    with pytest.raises(Exception, match="truncated"):
+        check_compatible(plan, {**sidecar, "engine_bytes": 5}, (8, 6), flavour)
+    default_targets = {**sidecar, "targets": ["default"]}
+    check_compatible(plan, default_targets, (12, 0), flavour)
+    current = {**sidecar, "targets": ["current"], "built_with_gpu": [8, 9]}
+    check_compatible(plan, current, (8, 9), flavour)
+    with pytest.raises(Exception, match="this GPU is sm86"):
+        check_compatible(plan, current, (8, 6), flavour)
+
+
+def test_batch_outside_profile_names_the_range():
+    check_batch_in_profile(8, {"min": 1, "max": 64}, "m.plan")
+    with pytest.raises(Exception, match=r"batch 65 is outside m.plan's profile \(1 to 64\)"):
+        check_batch_in_profile(65, {"min": 1, "max": 64}, "m.plan")
+
+
+@needs_rtx
+@pytest.mark.skipif(HAS_GPU, reason="checks the message given where no GPU is visible")
+def test_sampling_an_engine_without_gpu(built, tmp_path):
+    plan, _ = built
+    out = tmp_path / "o.png"
+    assert_user_error(run_cli("sample", str(plan), "--out", str(out)), "needs an NVIDIA GPU")
+    assert not out.exists()
+
+
+@needs_rtx
+def test_damaged_engine_and_sidecar(built, tmp_path):
+    plan, _ = built
+    copy = tmp_path / "copy.plan"
+    copy.write_bytes(plan.read_bytes()[:1000])
+    assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "no sidecar")
+    Path(str(copy) + ".json").write_text(Path(str(plan) + ".json").read_text())
+    assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "truncated")
+    Path(str(copy) + ".json").write_text("{")
+    assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")
+    sidecar = _sidecar(plan)
+    copy.write_bytes(plan.read_bytes())
+    Path(str(copy) + ".json").write_text(json.dumps({**sidecar, "flavour": "tensorrt"}))
+    if _installed_flavour() is None or _installed_flavour().name != "tensorrt":
+        assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "pip install tensorrt")
+
+
+def test_no_flavour_message_names_pip(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name.startswith("tensorrt") else real(name, *a))
+    with pytest.raises(Exception, match="pip install tensorrt-rtx"):
+        import_flavour("auto")
+
+
+# -- the backend only uses API that exists ---------------------------------------------------------
+
+# Which TensorRT class each object in tensorrt_backend.py is.
+OBJECT_CLASSES = {"_runtime": "Runtime", "_engine": "ICudaEngine", "_context": "IExecutionContext",
+                  "runtime_config": "IRuntimeConfig"}
+
+
+def _attributes_used() -> dict[str, set[str]]:
+    tree = ast.parse(Path(tensorrt_backend.__file__).read_text())
+    used: dict[str, set[str]] = {cls: set() for cls in OBJECT_CLASSES.values()}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+            if name in OBJECT_CLASSES:
+                used[OBJECT_CLASSES[name]].add(node.attr)
+    return used
+
+
+@needs_rtx
+def test_backend_calls_only_methods_of_installed_tensorrt_rtx():
+    used = _attributes_used()
+    assert used["IExecutionContext"] >= {"set_input_shape", "set_tensor_address", "execute_async_v3"}
+    for cls, names in used.items():
+        missing = sorted(n for n in names if not hasattr(getattr(tensorrt_rtx, cls), n))
+        assert not missing, f"{cls} has no {missing} in tensorrt_rtx {tensorrt_rtx.__version__}"
+    for name in ("Logger", "Runtime", "CudaGraphStrategy"):
+        assert hasattr(tensorrt_rtx, name)
+    assert hasattr(tensorrt_rtx.CudaGraphStrategy, "WHOLE_GRAPH_CAPTURE")
+
+
+def test_backend_calls_only_existing_cuda_runtime_functions():
+    cudart = pytest.importorskip("cuda.bindings.runtime")
+    import ddpmrt.engine.backends.tensorrt_backend as b
+    import ddpmrt.engine.cuda_runtime as c
+    names = set()
+    for module in (b, c):
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "rt":
+                names.add(node.attr)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call) and \
+                    getattr(node.value.func, "id", None) == "cudart":
+                names.add(node.attr)
+    assert {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamCreateWithFlags"} <= names
+    assert not sorted(n for n in names if not hasattr(cudart, n))
+
+
+# -- on a GPU with a TensorRT flavour --------------------------------------------------------------
+
+needs_gpu_and_trt = pytest.mark.skipif(not HAS_GPU or _installed_flavour() is None,
+                                       reason="needs an NVIDIA GPU, cuda-python and TensorRT or TensorRT-RTX")
+
+
+@needs_gpu_and_trt
+def test_engine_matches_onnxruntime_on_gpu(tiny, tmp_path):
+    from ddpmrt.engine import DDIMSampler, load_model
+
+    plan = tmp_path / "gpu.plan"
+    result = run_cli("export-engine", str(tiny), "--out", str(plan), "--targets", "current", "--batch", "1:4:8")
+    assert result.returncode == 0, result.stderr
+    trt_model = load_model(plan)
+    ort_model = load_model(plan.with_suffix(".onnx"))
+    x = np.random.default_rng(0).standard_normal((4, 1, 16, 16)).astype(np.float32)
+    t = np.array([0, 10, 500, 999])
+    np.testing.assert_allclose(trt_model(x, t), ort_model(x, t), atol=2e-2)
+    sampler = DDIMSampler(trt_model.schedule, 10)
+    a = sampler.sample(trt_model, (4, 1, 16, 16), seed=0, progress=False)
+    b = sampler.sample(ort_model, (4, 1, 16, 16), seed=0, progress=False)
+    assert np.abs(a - b).max() < 0.05
+    assert_user_error(run_cli("sample", str(plan), "--batch", "9", "--out", str(tmp_path / "o.png")), "1 to 8")
