@@ -1,0 +1,199 @@
+// The fused sampler update: one pass over memory per step, for every sampler (DDPM, DDIM, any eta).
+//
+//     x0     = (x_t - s1 * eps) / s0            predicted x_0
+//     x0     = clamp(x0, -clip, clip)           if clip > 0
+//     x_prev = a * x0 + b * x_t + c * eps + sigma * z,   z from Philox (philox.h)
+//
+// This is engine/samplers.py's apply_update.  The coefficients (s0, s1, a, b, c, sigma) of every
+// step live in a device table, so one captured CUDA graph serves a whole run.  eps is read as
+// fp16 or fp32 (what the network wrote), x is updated in place in fp32, and an fp16 copy of
+// x_prev can be written for the next network input: the cast, the update and the noise that a
+// framework would launch as separate kernels.  12 bytes per element with fp16 eps: bandwidth-bound.
+//
+// The same source compiles with nvcc (CMake, C ABI below) and with NVRTC at run time (the
+// Python runtime), so it includes nothing but philox.h.
+#include "philox.h"
+
+namespace ddpmrt {
+
+const int COEFFS_PER_STEP = 6;  // s0, s1, a, b, c, sigma
+
+__device__ __forceinline__ float half_to_float(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ unsigned short float_to_half(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+struct Coefficients {
+    float s0, s1, a, b, c, sigma;
+};
+
+__device__ __forceinline__ float update_one(float xt, float e, float z, const Coefficients& k, float clip) {
+    float x0 = (xt - k.s1 * e) / k.s0;
+    if (clip > 0.0f) x0 = fminf(fmaxf(x0, -clip), clip);
+    return k.a * x0 + k.b * xt + k.c * e + k.sigma * z;
+}
+
+}  // namespace ddpmrt
+
+// One thread per block of four elements of one image: the four normals of one Philox call.
+// `vectorized` (decided by the host: elements_per_image % 4 == 0 and 16-byte aligned buffers)
+// turns the four loads and stores of each array into one.
+extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const void* __restrict__ eps,
+                                                unsigned short* __restrict__ x_half,
+                                                const float* __restrict__ coeff_table, int step, int eps_is_half,
+                                                float clip, unsigned long long seed, unsigned int first_image,
+                                                unsigned int elements_per_image, unsigned int n_images,
+                                                int vectorized) {
+    using namespace ddpmrt;
+    const float* row = coeff_table + (long long)step * COEFFS_PER_STEP;
+    const Coefficients k = {row[0], row[1], row[2], row[3], row[4], row[5]};
+    const unsigned int groups_per_image = (elements_per_image + 3u) / 4u;
+    const unsigned long long total = (unsigned long long)groups_per_image * n_images;
+
+    for (unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; g < total;
+         g += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned int image = (unsigned int)(g / groups_per_image);
+        const unsigned int group = (unsigned int)(g % groups_per_image);
+        const unsigned long long base = (unsigned long long)image * elements_per_image + 4ull * group;
+        float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (k.sigma > 0.0f) normal4(seed, first_image + image, (unsigned int)step, STREAM_STEP, group, z);
+
+        if (vectorized) {
+            float4 xt = *reinterpret_cast<const float4*>(x + base);
+            float e[4];
+            if (eps_is_half) {
+                const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(eps) + base);
+                e[0] = half_to_float((unsigned short)(raw.x & 0xFFFFu));
+                e[1] = half_to_float((unsigned short)(raw.x >> 16));
+                e[2] = half_to_float((unsigned short)(raw.y & 0xFFFFu));
+                e[3] = half_to_float((unsigned short)(raw.y >> 16));
+            } else {
+                const float4 ev = *reinterpret_cast<const float4*>(static_cast<const float*>(eps) + base);
+                e[0] = ev.x, e[1] = ev.y, e[2] = ev.z, e[3] = ev.w;
+            }
+            float4 out;
+            out.x = update_one(xt.x, e[0], z[0], k, clip);
+            out.y = update_one(xt.y, e[1], z[1], k, clip);
+            out.z = update_one(xt.z, e[2], z[2], k, clip);
+            out.w = update_one(xt.w, e[3], z[3], k, clip);
+            *reinterpret_cast<float4*>(x + base) = out;
+            if (x_half) {
+                uint2 h;
+                h.x = (unsigned int)float_to_half(out.x) | ((unsigned int)float_to_half(out.y) << 16);
+                h.y = (unsigned int)float_to_half(out.z) | ((unsigned int)float_to_half(out.w) << 16);
+                *reinterpret_cast<uint2*>(x_half + base) = h;
+            }
+        } else {
+            const unsigned int count = min(4u, elements_per_image - 4u * group);
+            for (unsigned int lane = 0; lane < count; ++lane) {
+                const unsigned long long i = base + lane;
+                const float e = eps_is_half ? half_to_float(static_cast<const unsigned short*>(eps)[i])
+                                            : static_cast<const float*>(eps)[i];
+                const float out = update_one(x[i], e, z[lane], k, clip);
+                x[i] = out;
+                if (x_half) x_half[i] = float_to_half(out);
+            }
+        }
+    }
+}
+
+// x_T: standard normal noise from the STREAM_INITIAL stream, with an optional fp16 copy.
+extern "C" __global__ void ddpmrt_initial_noise_kernel(float* __restrict__ x, unsigned short* __restrict__ x_half,
+                                                       unsigned long long seed, unsigned int first_image,
+                                                       unsigned int elements_per_image, unsigned int n_images) {
+    using namespace ddpmrt;
+    const unsigned int groups_per_image = (elements_per_image + 3u) / 4u;
+    const unsigned long long total = (unsigned long long)groups_per_image * n_images;
+    for (unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; g < total;
+         g += (unsigned long long)gridDim.x * blockDim.x) {
+        const unsigned int image = (unsigned int)(g / groups_per_image);
+        const unsigned int group = (unsigned int)(g % groups_per_image);
+        float z[4];
+        normal4(seed, first_image + image, 0u, STREAM_INITIAL, group, z);
+        const unsigned long long base = (unsigned long long)image * elements_per_image + 4ull * group;
+        const unsigned int count = min(4u, elements_per_image - 4u * group);
+        for (unsigned int lane = 0; lane < count; ++lane) {
+            x[base + lane] = z[lane];
+            if (x_half) x_half[base + lane] = float_to_half(z[lane]);
+        }
+    }
+}
+
+#if !defined(__CUDACC_RTC__)
+// ---- C ABI of the shared library (CMake build; NVRTC users launch the kernels themselves) ----
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#if defined(_WIN32)
+#define DDPMRT_API extern "C" __declspec(dllexport)
+#else
+#define DDPMRT_API extern "C" __attribute__((visibility("default")))
+#endif
+
+enum DdpmrtStatus {
+    DDPMRT_OK = 0,
+    DDPMRT_NULL_POINTER = 1,       // x, eps or the coefficient table is null
+    DDPMRT_MISALIGNED = 2,         // x or the fp16 copy not aligned to its element size
+    DDPMRT_UNSUPPORTED_DTYPE = 3,  // eps dtype other than fp32 (0) or fp16 (1)
+    DDPMRT_BAD_SIZE = 4,           // zero images or elements, or a negative step
+    DDPMRT_LAUNCH_FAILED = 5,      // cudaGetLastError after the launch: see cudaGetErrorString
+};
+
+DDPMRT_API const char* ddpmrt_status_string(int status) {
+    switch (status) {
+        case DDPMRT_OK: return "ok";
+        case DDPMRT_NULL_POINTER: return "x, eps and the coefficient table must be device pointers, not null";
+        case DDPMRT_MISALIGNED: return "x must be 4-byte aligned, eps and the fp16 copy aligned to their element size";
+        case DDPMRT_UNSUPPORTED_DTYPE: return "eps dtype must be 0 (fp32) or 1 (fp16)";
+        case DDPMRT_BAD_SIZE: return "element and image counts must be positive and the step non-negative";
+        case DDPMRT_LAUNCH_FAILED: return "the kernel launch failed (see cudaGetLastError)";
+        default: return "unknown status";
+    }
+}
+
+static bool aligned(const void* p, uintptr_t n) { return (reinterpret_cast<uintptr_t>(p) % n) == 0; }
+
+static unsigned int grid_for(unsigned long long groups, int threads) {
+    const unsigned long long blocks = (groups + threads - 1) / threads;
+    return (unsigned int)(blocks < 65535ull * 32 ? blocks : 65535ull * 32);  // grid-stride loop covers the rest
+}
+
+// eps_dtype: 0 fp32, 1 fp16.  x_half may be null.  coeff_table: (num_steps, 6) float32 on the device.
+DDPMRT_API int ddpmrt_update(float* x, const void* eps, int eps_dtype, void* x_half, const float* coeff_table,
+                             int step, float clip, unsigned long long seed, unsigned int first_image,
+                             unsigned int elements_per_image, unsigned int n_images, cudaStream_t stream) {
+    if (!x || !eps || !coeff_table) return DDPMRT_NULL_POINTER;
+    if (eps_dtype != 0 && eps_dtype != 1) return DDPMRT_UNSUPPORTED_DTYPE;
+    if (elements_per_image == 0 || n_images == 0 || step < 0) return DDPMRT_BAD_SIZE;
+    const uintptr_t eps_size = eps_dtype ? 2 : 4;
+    if (!aligned(x, 4) || !aligned(eps, eps_size) || (x_half && !aligned(x_half, 2))) return DDPMRT_MISALIGNED;
+    const int vectorized = elements_per_image % 4 == 0 && aligned(x, 16) && aligned(eps, 4 * eps_size) &&
+                           (!x_half || aligned(x_half, 8));
+    const unsigned long long groups = (unsigned long long)((elements_per_image + 3u) / 4u) * n_images;
+    const int threads = 256;
+    ddpmrt_update_kernel<<<grid_for(groups, threads), threads, 0, stream>>>(
+        x, eps, static_cast<unsigned short*>(x_half), coeff_table, step, eps_dtype, clip, seed, first_image,
+        elements_per_image, n_images, vectorized);
+    return cudaGetLastError() == cudaSuccess ? DDPMRT_OK : DDPMRT_LAUNCH_FAILED;
+}
+
+DDPMRT_API int ddpmrt_initial_noise(float* x, void* x_half, unsigned long long seed, unsigned int first_image,
+                                    unsigned int elements_per_image, unsigned int n_images, cudaStream_t stream) {
+    if (!x) return DDPMRT_NULL_POINTER;
+    if (elements_per_image == 0 || n_images == 0) return DDPMRT_BAD_SIZE;
+    if (!aligned(x, 4) || (x_half && !aligned(x_half, 2))) return DDPMRT_MISALIGNED;
+    const unsigned long long groups = (unsigned long long)((elements_per_image + 3u) / 4u) * n_images;
+    const int threads = 256;
+    ddpmrt_initial_noise_kernel<<<grid_for(groups, threads), threads, 0, stream>>>(
+        x, static_cast<unsigned short*>(x_half), seed, first_image, elements_per_image, n_images);
+    return cudaGetLastError() == cudaSuccess ? DDPMRT_OK : DDPMRT_LAUNCH_FAILED;
+}
+#endif  // !__CUDACC_RTC__
