@@ -137,6 +137,14 @@ def test_export_errors_leave_no_file(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".*tmp"))
 
 
+@pytest.mark.parametrize("precision,max_tol,mean_tol", [("fp32", 1e-4, 1e-5), ("fp16", 2e-2, 2e-3)])
+def test_shipped_digits_exports_within_tolerance(tmp_path, precision, max_tol, mean_tol):
+    result = run_cli("export-onnx", "digits", "--out", str(tmp_path / "d.onnx"), "--precision", precision)
+    assert result.returncode == 0, result.stderr
+    max_err, mean_err = _errors(result.stdout)
+    assert max_err <= max_tol and mean_err <= mean_tol
+
+
 @pytest.mark.slow
 def test_cifar10_config_exports_within_tolerance(tmp_path):
     ckpt = make_checkpoint(tmp_path / "cifar10", "cifar10")

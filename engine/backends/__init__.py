@@ -41,11 +41,11 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-               schedule: NoiseSchedule | None = None, image_shape=None):
+               schedule: NoiseSchedule | None = None, image_shape=None, cuda_graph: bool = False):
     """Load a model file as a sampler-ready callable.
 
     `schedule` and `image_shape` describe an ONNX file that carries no ddpmrt metadata
-    (a file with metadata ignores them).
+    (a file with metadata ignores them).  `cuda_graph` replays TensorRT engines as CUDA graphs.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -79,7 +79,7 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
                             "was built from with onnxruntime)")
         from ddpmrt.engine.backends.tensorrt_backend import TensorRTModel
 
-        return TensorRTModel(path)
+        return TensorRTModel(path, cuda_graph=cuda_graph)
 
     raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx or .plan")
 

@@ -7,8 +7,12 @@ is among the engine's targets.  Each failure is one line naming the fix.
 Running: x, t and eps live in device buffers allocated once for the profile's largest batch,
 with fixed tensor addresses; a call copies x and t in, runs `execute_async_v3` on a
 non-blocking stream and copies eps out.  `run_on_device` skips both copies so that a sampling
-loop on the GPU can keep x on the device.  TensorRT-RTX can capture the execution as a CUDA
-graph itself (`cuda_graph=True`, static shapes).
+loop on the GPU can keep x on the device.
+
+`cuda_graph=True` replays the network as a CUDA graph: TensorRT-RTX captures it itself
+(CudaGraphStrategy.WHOLE_GRAPH_CAPTURE); with full TensorRT this backend captures
+`execute_async_v3` once per batch size, after one ordinary run at that shape (TensorRT needs
+it to settle its shape-dependent state), and replays it with cudaGraphLaunch.
 """
 
 from __future__ import annotations
@@ -115,6 +119,10 @@ class TensorRTModel:
             if not self._context.set_tensor_address(name, buffer.ptr):
                 raise CudaError(f"set_tensor_address({name}) failed")
         self._batch = None
+        # Full TensorRT: graphs captured by us, one per batch size (addresses never change).
+        self._capture_graphs = cuda_graph and not self.flavour.is_rtx
+        self._graphs: dict[int, object] = {}
+        self._runs_at_shape = 0
 
     def check_batch(self, n: int) -> None:
         check_batch_in_profile(n, self.profile, self.path.name)
@@ -125,12 +133,32 @@ class TensorRTModel:
             if not (self._context.set_input_shape("x", (n, *self.image_shape)) and self._context.set_input_shape("t", (n,))):
                 raise CudaError(f"set_input_shape for batch {n} failed")
             self._batch = n
+            self._runs_at_shape = 0
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self.stream):
+            raise CudaError("execute_async_v3 failed")
+
+    def _capture(self) -> object:
+        rt = cudart()
+        check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+              "cudaStreamBeginCapture")
+        try:
+            self._execute()
+        finally:
+            graph = check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
+        return check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
 
     def run_on_device(self, n: int) -> None:
         """Run the network on the device buffers (x_device, t_device -> eps_device), asynchronously."""
         self._set_batch(n)
-        if not self._context.execute_async_v3(self.stream):
-            raise CudaError("execute_async_v3 failed")
+        if not self._capture_graphs or self._runs_at_shape == 0:
+            self._execute()  # the first run at a shape is always an ordinary one
+        else:
+            if n not in self._graphs:
+                self._graphs[n] = self._capture()
+            check(cudart().cudaGraphLaunch(self._graphs[n], self.stream), "cudaGraphLaunch")
+        self._runs_at_shape += 1
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         n = len(x)
