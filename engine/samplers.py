@@ -13,6 +13,8 @@ kernel serves DDPM, DDIM and any η.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -71,6 +73,11 @@ def apply_update(x_t: np.ndarray, eps: np.ndarray, coeffs: np.ndarray, clip_samp
     return x_prev.astype(np.float32, copy=False)
 
 
+@contextlib.contextmanager
+def _no_stage(name: str):
+    yield
+
+
 class Sampler:
     """Shared loop: subclasses fill `self.coefficients` (one row per step)."""
 
@@ -98,13 +105,16 @@ class Sampler:
         return apply_update(x_t, eps, self.coefficients[i], self.clip_sample, noise)
 
     def sample(self, model, shape, seed: int = 0, x_T: np.ndarray | None = None, progress: bool = True,
-               image_indices=None) -> np.ndarray:
+               image_indices=None, stage=None) -> np.ndarray:
         """Run the whole reverse process; returns float32 images in the model's space [-1, 1].
 
         `model(x_t, t)` takes float32 NCHW and int64 (N,) timesteps and returns ε.
         Noise comes from philox.gaussian_noise keyed by (seed, image index, step), so image k
         is the same whether generated alone (image_indices=[k]) or in a batch.
+        `stage(name)`, if given, returns a context manager wrapped around each "network" call
+        and each "update" (noise and step): the profiler's hook.
         """
+        stage = stage or _no_stage
         n, image_shape = int(shape[0]), tuple(int(s) for s in shape[1:])
         if image_indices is None:
             image_indices = np.arange(n)
@@ -121,14 +131,16 @@ class Sampler:
                 raise ValueError(f"x_T has shape {x.shape}, expected {(n, *image_shape)}")
         for i in tqdm(range(self.num_steps), desc=type(self).__name__, disable=not progress, leave=False):
             t = np.full(n, self.timesteps[i], dtype=np.int64)
-            eps = np.asarray(model(x, t), dtype=np.float32)
-            if not np.isfinite(eps).all():
-                raise UserError(f"the model returned NaN or Inf at step {i} (t = {self.timesteps[i]}); "
-                                "an fp16 model may overflow here: try the fp32 model or engine")
-            noise = None
-            if self.coefficients[i, SIGMA] > 0:
-                noise = gaussian_noise(seed, image_indices, i, STREAM_STEP, image_shape)
-            x = self.step(x, eps, i, noise)
+            with stage("network"):
+                eps = np.asarray(model(x, t), dtype=np.float32)
+            with stage("update"):
+                if not np.isfinite(eps).all():
+                    raise UserError(f"the model returned NaN or Inf at step {i} (t = {self.timesteps[i]}); "
+                                    "an fp16 model may overflow here: try the fp32 model or engine")
+                noise = None
+                if self.coefficients[i, SIGMA] > 0:
+                    noise = gaussian_noise(seed, image_indices, i, STREAM_STEP, image_shape)
+                x = self.step(x, eps, i, noise)
         return x
 
 

@@ -193,3 +193,18 @@ def test_export_from_diffusers(diffusers_dir, tmp_path):
 def test_diffusers_dir_errors(diffusers_dir, tmp_path):
     assert_user_error(run_cli("export-onnx", "--from-diffusers", str(tmp_path), "--out", str(tmp_path / "a.onnx")),
                       "not a saved diffusers UNet2DModel")
+
+
+@pytest.mark.parametrize("name", ["tiny", "cifar10"])
+def test_weights_convert_to_diffusers(name):
+    pytest.importorskip("diffusers")
+    from ddpmrt.export.diffusers_convert import to_diffusers
+    from ddpmrt.export.unet import UNet, get_config
+
+    torch.manual_seed(0)
+    model = UNet(get_config(name)).eval()
+    unet = to_diffusers(model)
+    c = model.config
+    x, t = torch.randn(2, c.image_channels, c.image_size, c.image_size), torch.tensor([3, 877])
+    with torch.no_grad():
+        assert (model(x, t) - unet(x, t).sample).abs().max() < 1e-4
