@@ -20,8 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import make_checkpoint  # noqa: E402
+from ddpmrt.export.checkpoint import write_random_checkpoint
 
 
 def environment() -> dict:
@@ -58,7 +57,7 @@ def main() -> None:
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = make_checkpoint(Path(tmp) / "cifar10", "cifar10")
+        ckpt = write_random_checkpoint(Path(tmp) / "cifar10", "cifar10")
         for i in range(args.repeats):
             plan = Path(tmp) / f"run{i}" / "cifar10.plan"
             start = time.perf_counter()

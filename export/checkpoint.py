@@ -79,3 +79,15 @@ def load_unet(directory: Path, device: str = "cpu") -> tuple[UNet, dict]:
         raise UserError(f"{weights} does not match its config.json (missing {len(missing)}, unexpected "
                         f"{len(unexpected)} tensors); the checkpoint is inconsistent")
     return model.to(device).eval(), config
+
+
+def write_random_checkpoint(directory: Path, config_name: str, seed: int = 0) -> Path:
+    """A checkpoint of a named config with random weights: for benchmarks and export checks."""
+    from ddpmrt.export.unet import get_config
+
+    torch.manual_seed(seed)
+    config = get_config(config_name)
+    save_weights(Path(directory) / WEIGHTS_FILE, UNet(config))
+    write_json(Path(directory) / CONFIG_FILE, make_config(config, NoiseSchedule.linear(1000), {"name": "random"},
+                                                          {"random_weights": True, "seed": seed}, 0))
+    return Path(directory)

@@ -153,6 +153,44 @@ def _export_engine(ns: argparse.Namespace) -> None:
         print(f"built {plan} ({what}) in {result.seconds:.1f} s, {size_mb:.1f} MB")
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{option} {text!r}: use positive integers separated by commas, e.g. 1,8,64")
+    return values
+
+
+def _bench(ns: argparse.Namespace) -> None:
+    import tempfile
+
+    from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.export.bench import run_bench
+    from ddpmrt.export.checkpoint import write_random_checkpoint
+    from ddpmrt.export.unet import CONFIGS
+
+    batches = _int_list(ns.batch, "--batch")
+    if ns.runs < 1 or ns.warmup < 0 or ns.steps < 1:
+        raise UserError("--runs and --steps must be positive and --warmup non-negative")
+    with tempfile.TemporaryDirectory() as tmp:
+        if ns.random_weights:
+            if ns.random_weights not in CONFIGS:
+                raise UserError(f"--random-weights {ns.random_weights!r}: choose one of {', '.join(sorted(CONFIGS))}")
+            checkpoint = write_random_checkpoint(Path(tmp) / ns.random_weights, ns.random_weights)
+        elif ns.model:
+            checkpoint = resolve_model_path(ns.model)
+            if not checkpoint.is_dir():
+                raise UserError(f"{checkpoint} is not a checkpoint directory; bench needs the weights (it exports them itself)")
+        else:
+            raise UserError("name a checkpoint or shipped model, or pass --random-weights cifar10")
+        run_bench(checkpoint, Path(ns.out), batches=batches, steps=ns.steps, runs=ns.runs,
+                           warmup=ns.warmup, threads=ns.threads, compare_diffusers=not ns.no_diffusers,
+                           progress=not ns.quiet)
+    print((Path(ns.out) / "bench.md").read_text(encoding="utf-8"))
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     _add_export_source_args(p)
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
@@ -233,6 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-engine", help="export and build an FP16 TensorRT / TensorRT-RTX engine")
     _add_engine_args(p)
+
+    p = sub.add_parser("bench", help="profile every available backend against diffusers")
+    p.add_argument("model", nargs="?", help="checkpoint directory or shipped model name")
+    p.add_argument("--random-weights", metavar="CONFIG", help="bench a named U-Net config (tiny, cifar10) with random weights")
+    p.add_argument("--batch", default="1,8,64", help="batch sizes (default 1,8,64)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps per loop (default 20)")
+    p.add_argument("--runs", type=int, default=10, help="timed loops per configuration (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed loops first (default 2)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: torch's)")
+    p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
+    p.add_argument("--out", default="bench", help="report directory (default ./bench)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_bench)
     return parser
 
 

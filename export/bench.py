@@ -1,0 +1,191 @@
+"""`ddpmrt bench`: profile every available backend and compare with diffusers on the same weights.
+
+For each backend and batch size: network, update and host time per step, time per image,
+images per second and peak memory; medians and spreads over `runs` loops after `warmup`.
+diffusers' DDIMPipeline runs the same weights (converted, diffusers_convert.py) with the same
+steps, batch and threads, in the same process, and the report gives the ratios.
+
+Writes bench.json (with the environment), bench.md and bench.png into the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpmrt.engine import DDIMSampler, load_model, to_uint8
+from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.profiling import environment, profile_sampler, summarize
+from ddpmrt.export.checkpoint import load_unet
+from ddpmrt.export.onnx_export import export_onnx
+from ddpmrt.export.sources import from_checkpoint
+
+
+def _backends(checkpoint: Path, work: Path, threads: int) -> tuple[dict, dict]:
+    """name -> loaded model for every backend that runs here; name -> why not, for the others."""
+    from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
+    from ddpmrt.engine.cuda_runtime import device_compute_capability
+
+    models, missing = {"torch-cpu": load_model(checkpoint, backend="torch")}, {}
+    source = from_checkpoint(checkpoint, "fp32")
+    onnx_path = work / "model-fp32.onnx"
+    if not onnx_path.is_file():
+        export_onnx(source.module, source.metadata, onnx_path)
+    models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
+    if torch.cuda.is_available():
+        models["torch-cuda"] = load_model(checkpoint, backend="torch", device="cuda")
+    else:
+        missing["torch-cuda"] = "needs a CUDA GPU"
+    missing["torch-cuda-graph"] = "needs the fused update kernel and CUDA-graph loop (kernels issue)"
+    if ort_cuda():
+        models["onnxruntime-cuda"] = load_model(onnx_path, backend="onnxruntime", device="cuda")
+    else:
+        missing["onnxruntime-cuda"] = "needs onnxruntime-gpu and a GPU"
+    if device_compute_capability() is None:
+        missing["tensorrt"] = "needs an NVIDIA GPU and TensorRT or TensorRT-RTX"
+    else:
+        try:
+            from ddpmrt.engine.tensorrt_flavour import import_flavour
+            from ddpmrt.export.engine_build import BatchProfile, build_engine
+            from ddpmrt.export.sources import sha256_file
+
+            flavour = import_flavour("auto")
+            source16 = from_checkpoint(checkpoint, "fp16")
+            onnx16 = work / "model-fp16.onnx"
+            if not onnx16.is_file():
+                export_onnx(source16.module, source16.metadata, onnx16)
+            plan = work / "model-fp16.plan"
+            build_engine(onnx16, plan, source16.metadata, sha256_file(onnx16), flavour, BatchProfile(1, 8, 256), ["current"])
+            models["tensorrt"] = load_model(plan, backend="tensorrt")
+        except UserError as exc:
+            missing["tensorrt"] = str(exc)
+    return models, missing
+
+
+def _diffusers_pipeline(checkpoint: Path, device: str):
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from ddpmrt.export.diffusers_convert import to_diffusers
+
+    module, config = load_unet(checkpoint, device)
+    sched = config["schedule"]
+    if sched["kind"] != "linear":
+        raise UserError("the diffusers comparison supports linear schedules")
+    scheduler = DDIMScheduler(num_train_timesteps=sched["num_train_timesteps"], beta_start=sched["beta_start"],
+                              beta_end=sched["beta_end"], beta_schedule="linear", clip_sample=False,
+                              set_alpha_to_one=True, timestep_spacing="leading")
+    pipe = DDIMPipeline(unet=to_diffusers(module), scheduler=scheduler).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int) -> dict:
+    totals = []
+    for run in range(warmup + runs):
+        start = time.perf_counter()
+        pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, generator=torch.Generator().manual_seed(run),
+             output_type="np")
+        if run >= warmup:
+            totals.append(time.perf_counter() - start)
+    return {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "total_s": summarize(totals),
+            "ms_per_image": summarize(1e3 * t / batch for t in totals),
+            "images_per_s": summarize(batch / t for t in totals)}
+
+
+def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, runs: int = 10, warmup: int = 2,
+              threads: int | None = None, compare_diffusers: bool = True, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    models, missing = _backends(checkpoint, out, threads)
+    results = []
+    jobs = [(name, b) for name in models for b in batches]
+    pipe = _diffusers_pipeline(checkpoint, "cpu") if compare_diffusers else None
+    with tqdm(total=len(jobs) + (len(batches) if pipe else 0), disable=not progress, desc="bench") as bar:
+        for name, batch in jobs:
+            model = models[name]
+            sampler = DDIMSampler(model.schedule, num_steps=steps)
+            row = profile_sampler(model, sampler, batch, runs=runs, warmup=warmup)
+            row["backend"] = name
+            results.append(row)
+            bar.update(1)
+        diffusers_rows = []
+        if pipe is not None:
+            for batch in batches:
+                row = _time_diffusers(pipe, batch, steps, runs, warmup)
+                row["backend"] = "diffusers-DDIMPipeline-cpu"
+                diffusers_rows.append(row)
+                bar.update(1)
+    for row in results:
+        ref = next((d for d in diffusers_rows if d["batch"] == row["batch"]), None)
+        if ref:
+            row["speedup_vs_diffusers"] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
+    module, config = load_unet(checkpoint)
+    report = {"model": {"source": str(checkpoint), "config": config["model"], "image_shape": config["image_shape"]},
+              "sampler": {"name": "ddim", "steps": steps, "eta": 0.0}, "results": results,
+              "diffusers": diffusers_rows, "unavailable": missing, "environment": environment(threads)}
+    write_report(report, out)
+    return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    with atomic_write(out / "bench.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    env = report["environment"]
+    lines = [f"# ddpmrt bench: DDIM-{report['sampler']['steps']}, {report['model']['config'].get('ch')}-channel U-Net "
+             f"{'x'.join(map(str, report['model']['image_shape']))}", "",
+             f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {env['threads']} threads)"
+             + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU")
+             + f"; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, diffusers {env.get('diffusers')}.",
+             "Medians over the runs after warm-up (spread: 25th-75th percentile of ms/image).", "",
+             "| backend | batch | network ms/step | update ms/step | host ms/step | ms/image (p25-p75) | images/s | vs diffusers |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["results"]:
+        ms = r["ms_per_image"]
+        ratio = f"{r['speedup_vs_diffusers']:.2f}x" if "speedup_vs_diffusers" in r else ""
+        lines.append(f"| {r['backend']} | {r['batch']} | {r['network_ms_per_step']['median']:.2f} | "
+                     f"{r['update_ms_per_step']['median']:.3f} | {r['host_ms_per_step']['median']:.3f} | "
+                     f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | {r['images_per_s']['median']:.1f} | {ratio} |")
+    for d in report["diffusers"]:
+        ms = d["ms_per_image"]
+        lines.append(f"| {d['backend']} | {d['batch']} | | | | {ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | "
+                     f"{d['images_per_s']['median']:.1f} | 1.00x |")
+    if report["unavailable"]:
+        lines += ["", "Not measured here:", ""] + [f"- {k}: {v}" for k, v in report["unavailable"].items()]
+    lines += ["", "![time per image](bench.png)", ""]
+    with atomic_write(out / "bench.md") as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+    _plot(report, out / "bench.png")
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"] + report["diffusers"]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(backends)
+    for i, backend in enumerate(backends):
+        values = [next((r["ms_per_image"]["median"] for r in rows if r["backend"] == backend and r["batch"] == b), np.nan)
+                  for b in batches]
+        ax.bar(np.arange(len(batches)) + i * width, values, width, label=backend)
+    ax.set_xticks(np.arange(len(batches)) + width * (len(backends) - 1) / 2, [f"batch {b}" for b in batches])
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per image (median)")
+    ax.set_title(f"DDIM-{report['sampler']['steps']} end to end")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
