@@ -191,6 +191,49 @@ def _bench(ns: argparse.Namespace) -> None:
     print((Path(ns.out) / "bench.md").read_text(encoding="utf-8"))
 
 
+def _report(ns: argparse.Namespace) -> None:
+    from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.engine.samplers import SPACINGS
+    from ddpmrt.export.report import parse_samplers, run_report
+
+    checkpoint = resolve_model_path(ns.model)
+    if not checkpoint.is_dir():
+        raise UserError(f"{checkpoint} is not a checkpoint directory; report needs the weights")
+    if ns.spacing not in SPACINGS:
+        raise UserError(f"unknown spacing {ns.spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if ns.samples < 2:
+        raise UserError("--samples must be at least 2")
+    run_report(checkpoint, Path(ns.out), parse_samplers(ns.samplers), num_samples=ns.samples, spacing=ns.spacing,
+               threads=ns.threads, progress=not ns.quiet)
+    print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))
+
+
+def _demo(ns: argparse.Namespace) -> None:
+    """The README's first command: shipped model -> ONNX -> engine (if a flavour is installed) -> report."""
+    import time
+
+    from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.engine.tensorrt_flavour import import_flavour
+    from ddpmrt.export.report import QUICK, run_report
+
+    start = time.perf_counter()
+    out = Path(ns.out)
+    checkpoint = resolve_model_path("digits")
+    print(f"ddpmrt demo: the shipped 'digits' model ({checkpoint}) -> {out}/")
+    try:
+        flavour = import_flavour("auto")
+    except UserError as exc:
+        print(f"skipping the engine build: {exc}")
+    else:
+        engine_args = argparse.Namespace(model=str(checkpoint), from_diffusers=None, schedule=None, image_shape=None,
+                                         opset=18, out=str(out / "digits-fp16.plan"), precision="fp16", batch="1:64:256",
+                                         targets="auto", flavour=flavour.name, optimization_level=None, force=False)
+        _export_engine(engine_args)
+    run_report(checkpoint, out, QUICK, num_samples=ns.samples, threads=ns.threads, progress=not ns.quiet)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"ddpmrt demo: done in {time.perf_counter() - start:.0f} s; open {out / 'report.md'}")
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     _add_export_source_args(p)
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
@@ -284,6 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench", help="report directory (default ./bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("report", help="quality against latency per sampler and step count (offline metrics)")
+    p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")
+    p.add_argument("--samplers", default="full", help="quick, full (default), or e.g. ddim:20,ddim:50:1,ddpm:1000")
+    p.add_argument("--samples", type=int, default=500, help="images per sampler (default 500)")
+    p.add_argument("--spacing", default="leading", help="timestep spacing (default leading)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--out", default="report", help="report directory (default ./report)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("demo", help="export, build and sample the shipped model; write a report (a few minutes on a CPU)")
+    p.add_argument("--out", default="demo", help="report directory (default ./demo)")
+    p.add_argument("--samples", type=int, default=256, help="images per sampler (default 256)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_demo)
     return parser
 
 
