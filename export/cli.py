@@ -1,4 +1,4 @@
-"""The `ddpmrt` command line: train, sample (and, from the export issue on, export-onnx / export-engine).
+"""The `ddpmrt` command line: train, sample, export-onnx, export-engine, bench, report, demo.
 
 torch is imported only by the subcommands that need it, so `ddpmrt sample` on an ONNX
 model works in an environment without PyTorch.  User mistakes (UserError) are printed as
@@ -118,18 +118,7 @@ def _export_engine(ns: argparse.Namespace) -> None:
         onnx_path = Path(ns.model)
         if not onnx_path.is_file():
             raise UserError(f"{onnx_path} not found")
-        schedule, image_shape = _description(ns)
-        try:
-            metadata = read_onnx_metadata(onnx_path)
-        except UserError:
-            if schedule is None or image_shape is None:
-                raise
-            from ddpmrt.engine.metadata import ModelMetadata
-
-            import onnx
-            x = next(i for i in onnx.load(str(onnx_path), load_external_data=False).graph.input if i.name == "x")
-            precision = "fp16" if x.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else "fp32"
-            metadata = ModelMetadata(schedule=schedule, image_shape=image_shape, precision=precision)
+        metadata = read_onnx_metadata(onnx_path, *_description(ns))
     else:
         from ddpmrt.export.onnx_export import export_onnx
 

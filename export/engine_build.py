@@ -175,8 +175,12 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
     return BuildResult(plan, sidecar, seconds, cached=False)
 
 
-def read_onnx_metadata(onnx_path: Path) -> ModelMetadata:
-    """The ddpmrt metadata of an ONNX file (UserError if absent or the file is damaged)."""
+def read_onnx_metadata(onnx_path: Path, schedule=None, image_shape=None) -> ModelMetadata:
+    """The ddpmrt metadata of an ONNX file; `schedule` and `image_shape` describe a file without any.
+
+    Precision always comes from the graph's x input.  UserError for a damaged file, or for a
+    file without metadata when no description is given.
+    """
     import onnx
 
     try:
@@ -184,9 +188,10 @@ def read_onnx_metadata(onnx_path: Path) -> ModelMetadata:
     except Exception:
         raise UserError(f"cannot read {onnx_path.name}: it is truncated or not an ONNX model; re-export it") from None
     props = {p.key: p.value for p in model.metadata_props}
-    metadata = ModelMetadata.from_strings(props, onnx_path.name)
     x_type = next((i.type.tensor_type.elem_type for i in model.graph.input if i.name == "x"), None)
-    if x_type is not None:
-        metadata.precision = "fp16" if x_type == onnx.TensorProto.FLOAT16 else "fp32"
+    precision = "fp16" if x_type == onnx.TensorProto.FLOAT16 else "fp32"
+    if not any(key.startswith("ddpmrt.") for key in props) and schedule is not None and image_shape is not None:
+        return ModelMetadata(schedule=schedule, image_shape=image_shape, precision=precision)
+    metadata = ModelMetadata.from_strings(props, onnx_path.name)
+    metadata.precision = precision
     return metadata
-
