@@ -1,0 +1,116 @@
+"""The fused update kernel at run time: NVRTC compiles kernels/ddpm_update.cu on first use.
+
+Python users need no CMake: the same source the CMake build uses is compiled by NVRTC
+(through cuda-python) for the GPU's architecture, and the binary is cached on disk keyed by
+the source hash, the architecture and the NVRTC version, so later runs load it directly.
+
+    cubin = compile_update_kernel("sm_90")             # works without a GPU (NVRTC only)
+    kernel = FusedUpdate()                             # needs a GPU: loads the module
+    kernel.update(x_ptr, eps_ptr, "fp16", coeffs_ptr, step=i, ..., stream=stream)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+
+from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.io import atomic_write
+
+SOURCE = "ddpm_update.cu"
+HEADERS = ("philox.h",)
+OPTIONS = ("-std=c++17", "-lineinfo")  # no --use_fast_math: the noise must match the NumPy generator
+EPS_DTYPES = {"fp32": 0, "fp16": 1}
+
+
+def cache_dir() -> Path:
+    """$DDPMRT_CACHE_DIR, else the platform's user cache folder."""
+    if os.environ.get("DDPMRT_CACHE_DIR"):
+        return Path(os.environ["DDPMRT_CACHE_DIR"])
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "ddpmrt" / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpmrt"
+
+
+def kernel_sources() -> dict[str, bytes]:
+    package = resources.files("ddpmrt.kernels")
+    return {name: package.joinpath(name).read_bytes() for name in (SOURCE, *HEADERS)}
+
+
+def _nvrtc():
+    try:
+        from cuda.bindings import nvrtc
+
+        nvrtc.nvrtcVersion()
+    except Exception:
+        raise UserError("the fused CUDA kernel is compiled with NVRTC, which is not installed: "
+                        "pip install 'ddpmrt[gpu]' (cuda-python and nvidia-cuda-nvrtc)") from None
+    return nvrtc
+
+
+def _check(nvrtc, result, what: str):
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise RuntimeError(f"{what} failed: {nvrtc.nvrtcGetErrorString(err)[1].decode()}")
+    return values[0] if len(values) == 1 else values
+
+
+def compile_update_kernel(arch: str) -> bytes:
+    """The cubin of the fused kernels for `arch` (e.g. "sm_90"), from the disk cache or NVRTC."""
+    if not (arch.startswith("sm_") and arch[3:].isdigit()):
+        raise UserError(f"GPU architecture {arch!r} not understood; expected sm_XY, e.g. sm_90")
+    nvrtc = _nvrtc()
+    sources = kernel_sources()
+    version = ".".join(map(str, _check(nvrtc, nvrtc.nvrtcVersion(), "nvrtcVersion")))
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        digest.update(name.encode() + b"\0" + sources[name])
+    digest.update(f"{arch}|{version}|{' '.join(OPTIONS)}".encode())
+    cached = cache_dir() / f"ddpm_update-{digest.hexdigest()[:20]}-{arch}.cubin"
+    if cached.is_file():
+        return cached.read_bytes()
+
+    headers = list(HEADERS)
+    program = _check(nvrtc, nvrtc.nvrtcCreateProgram(sources[SOURCE], SOURCE.encode(), len(headers),
+                                                     [sources[h] for h in headers], [h.encode() for h in headers]),
+                     "nvrtcCreateProgram")
+    try:
+        options = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in OPTIONS)]
+        err, = nvrtc.nvrtcCompileProgram(program, len(options), options)
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            size = _check(nvrtc, nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
+            log = b" " * size
+            nvrtc.nvrtcGetProgramLog(program, log)
+            if b"invalid value for --gpu-architecture" in log:
+                raise UserError(f"NVRTC {version} cannot compile for {arch}: update nvidia-cuda-nvrtc")
+            raise RuntimeError(f"NVRTC failed to compile {SOURCE} for {arch}:\n{log.decode(errors='replace')}")
+        size = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc, nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+    finally:
+        nvrtc.nvrtcDestroyProgram(program)
+    with atomic_write(cached) as tmp:
+        tmp.write_bytes(cubin)
+    return cubin
+
+
+def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr: int, coeffs_ptr: int,
+                           elements_per_image: int, n_images: int, step: int, num_steps: int) -> bool:
+    """Validate a launch as the C ABI does; returns whether the vectorized path applies."""
+    if eps_dtype not in EPS_DTYPES:
+        raise UserError(f"eps dtype {eps_dtype!r} is not supported; the kernel reads fp32 or fp16")
+    if not x_ptr or not eps_ptr or not coeffs_ptr:
+        raise ValueError("x, eps and the coefficient table must be device pointers, not null")
+    if elements_per_image < 1 or n_images < 1:
+        raise ValueError("element and image counts must be positive")
+    if not 0 <= step < num_steps:
+        raise ValueError(f"step {step} outside the coefficient table (0 to {num_steps - 1})")
+    eps_size = 2 if eps_dtype == "fp16" else 4
+    if x_ptr % 4 or eps_ptr % eps_size or (x_half_ptr and x_half_ptr % 2):
+        raise ValueError("misaligned buffer: x must be 4-byte aligned, eps and the fp16 copy aligned to their "
+                         "element size")
+    return (elements_per_image % 4 == 0 and x_ptr % 16 == 0 and eps_ptr % (4 * eps_size) == 0
+            and (not x_half_ptr or x_half_ptr % 8 == 0))
