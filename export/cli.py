@@ -32,12 +32,11 @@ def _sample(ns: argparse.Namespace) -> None:
     schedule, image_shape = _description(ns)
     model = load_model(ns.model, backend=ns.backend, device=ns.device, threads=ns.threads,
                        schedule=schedule, image_shape=image_shape, cuda_graph=ns.cuda_graph)
+    clip = ns.clip_sample if ns.clip_sample > 0 else None
     if ns.sampler == "ddim":
-        sampler = DDIMSampler(model.schedule, num_steps=ns.steps, eta=ns.eta, spacing=ns.spacing,
-                              clip_sample=ns.clip_sample)
+        sampler = DDIMSampler(model.schedule, num_steps=ns.steps, eta=ns.eta, spacing=ns.spacing, clip_sample=clip)
     else:
-        sampler = DDPMSampler(model.schedule, num_steps=ns.steps, variance=ns.variance,
-                              clip_sample=ns.clip_sample if ns.clip_sample is not None else 1.0,
+        sampler = DDPMSampler(model.schedule, num_steps=ns.steps, variance=ns.variance, clip_sample=clip,
                               spacing=ns.spacing)
     images = sampler.sample(model, (ns.batch, *model.image_shape), seed=ns.seed, progress=not ns.quiet)
     save_images(images, out)
@@ -281,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
     p.add_argument("--spacing", choices=SPACINGS, default="leading")
     p.add_argument("--variance", choices=["fixed_small", "fixed_large"], default="fixed_small", help="DDPM only")
-    p.add_argument("--clip-sample", type=float, default=None, help="clip x̂₀ to ±C (DDPM default 1.0)")
+    p.add_argument("--clip-sample", type=float, default=1.0,
+                   help="clip x̂₀ to ±C, as diffusers does (default 1.0: images lie in [-1, 1]); 0 turns it off")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto: by file type)")

@@ -41,10 +41,12 @@ def label(spec) -> str:
 
 def make_sampler(spec, schedule, spacing: str, for_gaussian: bool = False):
     kind, steps, eta = spec
+    # Images: x̂₀ clipped to [-1, 1] (ddpmrt sample's and diffusers' default); the Gaussian check
+    # needs the linear, unclipped update.
+    clip = None if for_gaussian else 1.0
     if kind == "ddim":
-        return DDIMSampler(schedule, num_steps=steps, eta=eta, spacing=spacing)
-    # DDPM clips x̂₀ to [-1, 1] on images (the usual setting); the Gaussian check needs the linear update.
-    return DDPMSampler(schedule, num_steps=steps, spacing=spacing, clip_sample=None if for_gaussian else 1.0)
+        return DDIMSampler(schedule, num_steps=steps, eta=eta, spacing=spacing, clip_sample=clip)
+    return DDPMSampler(schedule, num_steps=steps, spacing=spacing, clip_sample=clip)
 
 
 def _onnx_model(module, metadata, path: Path, threads: int | None):
