@@ -47,7 +47,7 @@ def save_images(images: np.ndarray, path) -> None:
     u8 = to_uint8(images)
     if path.suffix.lower() == ".png":
         grid = make_grid(u8)
-        save_png(grid, path, scale=max(1, 256 // max(grid.shape[:2])))
+        save_png(grid, path, scale=max(1, 512 // max(grid.shape[:2])))  # small images: enlarge to ~512 px
     elif path.suffix.lower() == ".npz":
         with atomic_write(path) as tmp:
             with open(tmp, "wb") as f:
