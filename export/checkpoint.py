@@ -74,10 +74,12 @@ def load_unet(directory: Path, device: str = "cpu") -> tuple[UNet, dict]:
         raise UserError(f"{directory} has no {WEIGHTS_FILE}; the checkpoint is incomplete") from None
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise UserError(f"cannot read {weights}: {exc}; the file is damaged, re-save the checkpoint") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{weights} does not match its config.json (missing {len(missing)}, unexpected "
-                        f"{len(unexpected)} tensors); the checkpoint is inconsistent")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise UserError(f"{weights} does not match its config.json ({first[:160]}); the checkpoint is "
+                        "inconsistent: restore the pair or retrain") from None
     return model.to(device).eval(), config
 
 
