@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 from ddpmrt.engine.io import atomic_write
 
 

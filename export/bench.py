@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from ddpmrt.engine import DDIMSampler, load_model, to_uint8
+from ddpmrt.engine import DDIMSampler, load_model
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.profiling import environment, profile_sampler, summarize
 from ddpmrt.export.checkpoint import load_unet
 from ddpmrt.export.onnx_export import export_onnx
+from ddpmrt.export.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.sources import from_checkpoint
 
 
@@ -68,9 +68,8 @@ def _backends(checkpoint: Path, work: Path, threads: int) -> tuple[dict, dict]:
 
 
 def _diffusers_pipeline(checkpoint: Path, device: str):
-    from diffusers import DDIMPipeline, DDIMScheduler
-
     from ddpmrt.export.diffusers_convert import to_diffusers
+    from diffusers import DDIMPipeline, DDIMScheduler
 
     module, config = load_unet(checkpoint, device)
     sched = config["schedule"]
@@ -160,16 +159,12 @@ def write_report(report: dict, out: Path) -> None:
     if report["unavailable"]:
         lines += ["", "Not measured here:", ""] + [f"- {k}: {v}" for k, v in report["unavailable"].items()]
     lines += ["", "![time per image](bench.png)", ""]
-    with atomic_write(out / "bench.md") as tmp:
-        tmp.write_text("\n".join(lines), encoding="utf-8")
+    write_markdown(out / "bench.md", lines)
     _plot(report, out / "bench.png")
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = report["results"] + report["diffusers"]
     backends = list(dict.fromkeys(r["backend"] for r in rows))
@@ -186,6 +181,4 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_title(f"DDIM-{report['sampler']['steps']} end to end")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from ddpmrt.engine.errors import UserError
+from PIL import Image, ImageDraw
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SHAPE_NAMES = ("circle", "square", "triangle")

@@ -17,8 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model, make_grid, save_png, to_uint8
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
@@ -26,6 +24,7 @@ from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.profiling import environment
 from ddpmrt.export.checkpoint import read_config
 from ddpmrt.export.onnx_export import export_onnx
+from ddpmrt.export.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.sources import from_checkpoint
 
 # (sampler, steps, eta) — the list; QUICK is what the demo runs.
@@ -57,7 +56,6 @@ def _onnx_model(module, metadata, path: Path, threads: int | None):
 
 def _gaussian_model(schedule, work: Path, threads: int | None):
     import torch  # noqa: F401  (the module below is torch)
-
     from ddpmrt.engine import __version__
     from ddpmrt.engine.metadata import ModelMetadata
     from ddpmrt.export.quality import GaussianEpsModule
@@ -140,16 +138,12 @@ def _write(report: dict, out: Path) -> None:
         lines.append(f"| {r['label']} | {r['ms_per_image']:.2f} | {learned} | "
                      f"{r['gaussian_w2_to_data']:.3f} ({r['gaussian_w2_theory_to_data']:.3f}) |")
     lines += ["", "![quality against latency](quality_vs_latency.png)", ""]
-    with atomic_write(out / "report.md") as tmp:
-        tmp.write_text("\n".join(lines), encoding="utf-8")
+    write_markdown(out / "report.md", lines)
     _plot(report, out / "quality_vs_latency.png")
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = report["rows"]
     learned = "fid" in rows[0]
@@ -169,9 +163,7 @@ def _plot(report: dict, path: Path) -> None:
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_samplers(text: str):

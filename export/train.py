@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import time
@@ -23,17 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
+from ddpmrt.engine.backends.torch_backend import TorchModel
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.images import make_grid, save_png, to_uint8
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.samplers import DDIMSampler
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.engine.backends.torch_backend import TorchModel
-from ddpmrt.export.checkpoint import STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, make_config, save_weights, write_json
+from ddpmrt.export.checkpoint import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_json
 from ddpmrt.export.data import load_dataset
-from ddpmrt.export.unet import UNet, UNetConfig, count_parameters, get_config
+from ddpmrt.export.unet import UNet, count_parameters, get_config
+from tqdm.auto import tqdm
 
 
 @dataclasses.dataclass

@@ -5,9 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import assert_user_error, run_cli
+from PIL import Image
 
 pytest.importorskip("torch")
 

@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import assert_user_error, run_cli
 from helpers import make_checkpoint
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
 

@@ -2,9 +2,15 @@
 
 import numpy as np
 import pytest
-
-from ddpmrt.engine.philox import (STREAM_INITIAL, STREAM_STEP, gaussian_noise, normals_from_words, philox4x32,
-                                  uniform_noise, uniforms_from_words)
+from ddpmrt.engine.philox import (
+    STREAM_INITIAL,
+    STREAM_STEP,
+    gaussian_noise,
+    normals_from_words,
+    philox4x32,
+    uniform_noise,
+    uniforms_from_words,
+)
 
 # From ../shared/reference/philox4x32-10.md (Random123 kat_vectors).
 KNOWN_ANSWERS = [

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule, UserError, make_timesteps
 from ddpmrt.engine.philox import STREAM_STEP, gaussian_noise
 

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_user_error, run_cli
 from helpers import make_checkpoint
 
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from ddpmrt.engine.cuda_runtime import device_compute_capability  # noqa: E402
 from ddpmrt.engine.backends import tensorrt_backend  # noqa: E402
 from ddpmrt.engine.backends.tensorrt_backend import check_batch_in_profile, check_compatible  # noqa: E402
+from ddpmrt.engine.cuda_runtime import device_compute_capability  # noqa: E402
 from ddpmrt.engine.tensorrt_flavour import Flavour, import_flavour  # noqa: E402
 
 try:
