@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="export, build and sample the shipped model; write a report (a few minutes on a CPU)")
     p.add_argument("--out", default="demo", help="report directory (default ./demo)")
-    p.add_argument("--samples", type=int, default=256, help="images per sampler (default 256)")
+    p.add_argument("--samples", type=int, default=128, help="images per sampler (default 128)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_demo)
