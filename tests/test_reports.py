@@ -1,0 +1,64 @@
+"""bench, report and demo: they run, write what they promise, and reject bad arguments."""
+
+import json
+
+import pytest
+
+from conftest import assert_user_error, run_cli
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+
+def test_bench_writes_json_markdown_and_plot(tmp_path):
+    out = tmp_path / "bench"
+    result = run_cli("bench", "--random-weights", "tiny", "--batch", "1,2", "--steps", "2", "--runs", "2",
+                     "--warmup", "1", "--threads", "1", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "bench.json").read_text())
+    backends = {(r["backend"], r["batch"]) for r in report["results"]}
+    assert {("torch-cpu", 1), ("onnxruntime-cpu", 2)} <= backends
+    row = report["results"][0]
+    assert row["runs"] == 2 and row["network_ms_per_step"]["median"] > 0 and row["images_per_s"]["median"] > 0
+    assert "speedup_vs_diffusers" in row and report["diffusers"][0]["ms_per_image"]["n"] == 2
+    assert report["environment"]["cores"] and report["environment"]["threads"] == 1
+    assert "torch-cuda-graph" in report["unavailable"]
+    assert (out / "bench.png").stat().st_size > 1000 and "| onnxruntime-cpu |" in (out / "bench.md").read_text()
+
+
+def test_report_measures_quality_and_latency(tmp_path):
+    out = tmp_path / "report"
+    result = run_cli("report", "digits", "--samplers", "ddim:3,ddpm:4", "--samples", "16", "--threads", "1",
+                     "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [r["label"] for r in report["rows"]] == ["DDIM η=0, 3 steps", "DDPM, 4 steps"]
+    for row in report["rows"]:
+        assert row["ms_per_image"] > 0 and row["fid"] > 0 and 0 <= row["recognised"] <= 1
+        # Few steps: the sampler's own error dominates, and the measured samples follow the theory.
+        assert row["gaussian_w2_theory_to_data"] > 0.1
+        assert abs(row["gaussian_w2_to_data"] - row["gaussian_w2_theory_to_data"]) < 0.1
+        assert (out / row["grid"]).is_file()
+    assert report["judge"]["test_accuracy"] > 0.95 and report["judge"]["real_vs_real"]["fid"] > 0
+    assert (out / "quality_vs_latency.png").is_file() and "| DDPM, 4 steps |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo(tmp_path):
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--samples", "8", "--threads", "1", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (out / "report.md").is_file() and (out / "model-fp32.onnx").is_file()
+    assert len(list((out / "samples").glob("*.png"))) == 6
+    assert "ddpmrt demo: done" in result.stdout
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["bench", "--random-weights", "huge"], "choose one of"),
+    (["bench", "digits", "--batch", "0"], "positive integers"),
+    (["bench"], "name a checkpoint"),
+    (["report", "digits", "--samplers", "ddim:x"], "not understood"),
+    (["report", "digits", "--spacing", "cubic"], "unknown spacing"),
+])
+def test_bad_arguments(tmp_path, args, fragment):
+    assert_user_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)
