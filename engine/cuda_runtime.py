@@ -7,6 +7,7 @@ As in TensorRT's samples/python/common_runtime.py: each cudart call returns (err
 from __future__ import annotations
 
 import numpy as np
+
 from ddpmrt.engine.errors import UserError
 
 

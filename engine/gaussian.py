@@ -13,6 +13,7 @@ vs data) from a backend's numerical error (measured samples vs theory).
 from __future__ import annotations
 
 import numpy as np
+
 from ddpmrt.engine.samplers import S0, S1, SIGMA, A, B, C, Sampler
 from ddpmrt.engine.schedule import NoiseSchedule
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 from ddpmrt.engine.io import atomic_write
 
 

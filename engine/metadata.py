@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 import numpy as np
+
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.schedule import NoiseSchedule
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+from tqdm.auto import tqdm
+
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.schedule import NoiseSchedule
-from tqdm.auto import tqdm
 
 SPACINGS = ("leading", "trailing", "linspace", "quad")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from ddpmrt.engine import DDIMSampler, load_model
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
@@ -68,8 +69,9 @@ def _backends(checkpoint: Path, work: Path, threads: int) -> tuple[dict, dict]:
 
 
 def _diffusers_pipeline(checkpoint: Path, device: str):
-    from ddpmrt.export.diffusers_convert import to_diffusers
     from diffusers import DDIMPipeline, DDIMScheduler
+
+    from ddpmrt.export.diffusers_convert import to_diffusers
 
     module, config = load_unet(checkpoint, device)
     sched = config["schedule"]

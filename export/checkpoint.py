@@ -14,12 +14,13 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+
 from ddpmrt.engine import __version__
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.unet import UNet, UNetConfig
-from safetensors.torch import load_file, save_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

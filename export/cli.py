@@ -87,6 +87,7 @@ def _export_onnx(ns: argparse.Namespace) -> None:
 def _onnx_is_current(path: Path, metadata, opset: int) -> bool:
     """An existing ONNX file exported from the same weights, precision, opset and ddpmrt version."""
     import onnx
+
     from ddpmrt.export.engine_build import read_onnx_metadata
 
     if not path.is_file():

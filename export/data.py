@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ddpmrt.engine.errors import UserError
 from PIL import Image, ImageDraw
+
+from ddpmrt.engine.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SHAPE_NAMES = ("circle", "square", "triangle")

@@ -9,6 +9,7 @@ diffusers' pipelines on identical weights, and to hand a trained model to diffus
 from __future__ import annotations
 
 import torch
+
 from ddpmrt.export.unet import AttnBlock, Downsample, ResBlock, UNet, UNetConfig, Upsample
 
 RESBLOCK_NAMES = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2": "norm2",

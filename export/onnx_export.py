@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.metadata import ModelMetadata

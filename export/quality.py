@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
 
 
@@ -49,8 +50,9 @@ class DigitJudge:
 
     @classmethod
     def train(cls, seed: int = 0) -> "DigitJudge":
-        from ddpmrt.export.data import load_digits
         from sklearn.neural_network import MLPClassifier
+
+        from ddpmrt.export.data import load_digits
 
         real = load_digits(16)
         x = real.images.reshape(len(real.images), -1)

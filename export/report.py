@@ -56,6 +56,7 @@ def _onnx_model(module, metadata, path: Path, threads: int | None):
 
 def _gaussian_model(schedule, work: Path, threads: int | None):
     import torch  # noqa: F401  (the module below is torch)
+
     from ddpmrt.engine import __version__
     from ddpmrt.engine.metadata import ModelMetadata
     from ddpmrt.export.quality import GaussianEpsModule

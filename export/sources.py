@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from ddpmrt.engine import __version__
 from ddpmrt.engine.backends import resolve_model_path
 from ddpmrt.engine.errors import UserError

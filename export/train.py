@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
 from ddpmrt.engine.backends.torch_backend import TorchModel
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.images import make_grid, save_png, to_uint8
@@ -31,7 +33,6 @@ from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_json
 from ddpmrt.export.data import load_dataset
 from ddpmrt.export.unet import UNet, count_parameters, get_config
-from tqdm.auto import tqdm
 
 
 @dataclasses.dataclass

@@ -5,8 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import assert_user_error, run_cli
 from PIL import Image
+
+from conftest import assert_user_error, run_cli
 
 pytest.importorskip("torch")
 

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+
 from conftest import assert_user_error, run_cli
 from helpers import make_checkpoint
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
 

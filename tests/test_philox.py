@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from ddpmrt.engine.philox import (
     STREAM_INITIAL,
     STREAM_STEP,

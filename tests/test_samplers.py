@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule, UserError, make_timesteps
 from ddpmrt.engine.philox import STREAM_STEP, gaussian_noise
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import assert_user_error, run_cli
 from helpers import make_checkpoint
 

@@ -9,11 +9,13 @@ import time
 
 import numpy as np
 import pytest
+
 from conftest import assert_user_error, run_cli
 
 torch = pytest.importorskip("torch")
-from ddpmrt.export.train import TrainArgs, train  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+
+from ddpmrt.export.train import TrainArgs, train  # noqa: E402
 
 FAST = dict(dataset="digits", model="tiny", batch_size=4, sample_every=0, save_every=1000, log_every=5,
             progress=False, warmup=5, device="cpu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.metadata import PREFIX, ModelMetadata
 

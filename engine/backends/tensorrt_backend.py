@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from ddpmrt.engine.cuda_runtime import CudaError, DeviceBuffer, check, cudart, device_compute_capability
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.metadata import ModelMetadata

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.schedule import NoiseSchedule
 

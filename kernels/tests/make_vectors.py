@@ -6,6 +6,7 @@ tests/test_kernels.py checks that the committed file is what the generator produ
 """
 
 import numpy as np
+
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise, uniform_noise
 
 CASES = [  # seed, image index, step, stream, elements
