@@ -114,3 +114,75 @@ def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr:
                          "element size")
     return (elements_per_image % 4 == 0 and x_ptr % 16 == 0 and eps_ptr % (4 * eps_size) == 0
             and (not x_half_ptr or x_half_ptr % 8 == 0))
+
+
+def _driver_check(result, what: str):
+    from cuda.bindings import driver
+
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        _, name = driver.cuGetErrorName(err)
+        raise RuntimeError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else values
+
+
+class FusedUpdate:
+    """The fused kernels loaded on the current GPU, launched on any stream (needs a GPU).
+
+    Written against cuda-python's documented driver API; validated by tests/test_kernels.py's
+    GPU tests, which skip where no GPU is visible.
+    """
+
+    THREADS = 256
+
+    def __init__(self, device: int = 0):
+        import ctypes
+
+        from cuda.bindings import driver
+
+        from ddpmrt.engine.cuda_runtime import check, cudart, device_compute_capability
+
+        capability = device_compute_capability(device)
+        if capability is None:
+            raise UserError("the fused kernel needs an NVIDIA GPU and none is visible")
+        rt = cudart()
+        check(rt.cudaSetDevice(device), "cudaSetDevice")
+        check(rt.cudaFree(0), "cudaFree(0)")  # makes the primary context current for the driver API
+        self._driver, self._ctypes = driver, ctypes
+        self.arch = "sm_{}{}".format(*capability)
+        self._module = _driver_check(driver.cuModuleLoadData(compile_update_kernel(self.arch)), "cuModuleLoadData")
+        self._update = _driver_check(driver.cuModuleGetFunction(self._module, b"ddpmrt_update_kernel"), "cuModuleGetFunction")
+        self._noise = _driver_check(driver.cuModuleGetFunction(self._module, b"ddpmrt_initial_noise_kernel"),
+                                    "cuModuleGetFunction")
+
+    def _grid(self, elements_per_image: int, n_images: int) -> int:
+        groups = (elements_per_image + 3) // 4 * n_images
+        return max(1, min((groups + self.THREADS - 1) // self.THREADS, 65535 * 32))  # grid-stride covers the rest
+
+    def _launch(self, function, grid: int, args: tuple, types: tuple, stream) -> None:
+        stream = self._driver.CUstream(int(stream or 0))
+        _driver_check(self._driver.cuLaunchKernel(function, grid, 1, 1, self.THREADS, 1, 1, 0, stream, (args, types), 0),
+                      "cuLaunchKernel")
+
+    def update(self, x_ptr: int, eps_ptr: int, eps_dtype: str, coeffs_ptr: int, step: int, num_steps: int,
+               seed: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0, clip: float | None = None,
+               first_image: int = 0, stream=None) -> None:
+        """x (fp32, in place) <- one sampler step at row `step` of the device coefficient table."""
+        c = self._ctypes
+        vectorized = check_update_arguments(x_ptr, eps_ptr, eps_dtype, x_half_ptr, coeffs_ptr, elements_per_image,
+                                            n_images, step, num_steps)
+        args = (x_ptr, eps_ptr, x_half_ptr, coeffs_ptr, step, EPS_DTYPES[eps_dtype], float(clip or 0.0), seed,
+                first_image, elements_per_image, n_images, int(vectorized))
+        types = (c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int, c.c_int, c.c_float, c.c_ulonglong,
+                 c.c_uint, c.c_uint, c.c_uint, c.c_int)
+        self._launch(self._update, self._grid(elements_per_image, n_images), args, types, stream)
+
+    def initial_noise(self, x_ptr: int, seed: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0,
+                      first_image: int = 0, stream=None) -> None:
+        """x_T (fp32, and optionally an fp16 copy) from the STREAM_INITIAL Philox stream."""
+        c = self._ctypes
+        if not x_ptr or x_ptr % 4 or (x_half_ptr and x_half_ptr % 2):
+            raise ValueError("x must be a 4-byte aligned device pointer and the fp16 copy 2-byte aligned")
+        args = (x_ptr, x_half_ptr, seed, first_image, elements_per_image, n_images)
+        types = (c.c_void_p, c.c_void_p, c.c_ulonglong, c.c_uint, c.c_uint, c.c_uint)
+        self._launch(self._noise, self._grid(elements_per_image, n_images), args, types, stream)

@@ -82,3 +82,60 @@ def test_launch_argument_checks():
         check_update_arguments(**{**ok, "step": 10})
     with pytest.raises(ValueError, match="null"):
         check_update_arguments(**{**ok, "eps_ptr": 0})
+
+
+# -- on a GPU -------------------------------------------------------------------------------------
+
+def _has_gpu() -> bool:
+    from ddpmrt.engine.cuda_runtime import device_compute_capability
+
+    return device_compute_capability() is not None
+
+
+needs_gpu = pytest.mark.skipif(not (_has_nvrtc() and _has_gpu()),
+                               reason="needs an NVIDIA GPU, cuda-python and NVRTC (pip install 'ddpmrt[gpu]')")
+
+
+@needs_gpu
+@pytest.mark.parametrize("eps_dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("sampler_kind,clip", [("ddpm", 1.0), ("ddpm", None), ("ddim", None), ("ddim1", 1.0)])
+@pytest.mark.parametrize("image_shape", [(3, 8, 8), (3, 5, 5)])  # vectorized and odd element counts
+def test_kernel_matches_numpy_update(eps_dtype, sampler_kind, clip, image_shape):
+    import numpy as np
+
+    from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
+    from ddpmrt.engine.cuda_runtime import DeviceBuffer, check, cudart
+    from ddpmrt.engine.kernels import FusedUpdate
+    from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
+
+    schedule = NoiseSchedule.linear()
+    sampler = {"ddpm": lambda: DDPMSampler(schedule, 20, clip_sample=clip),
+               "ddim": lambda: DDIMSampler(schedule, 20, clip_sample=clip),
+               "ddim1": lambda: DDIMSampler(schedule, 20, eta=1.0, clip_sample=clip)}[sampler_kind]()
+    n, seed = 3, 1234
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, *image_shape)).astype(np.float32)
+    eps = rng.standard_normal((n, *image_shape)).astype(np.float16 if eps_dtype == "fp16" else np.float32)
+    coeffs = sampler.coefficients.astype(np.float32)
+    kernel, stream = FusedUpdate(), 0
+    x_dev, eps_dev, c_dev = DeviceBuffer(x.nbytes), DeviceBuffer(eps.nbytes), DeviceBuffer(coeffs.nbytes)
+    half_dev = DeviceBuffer(x.size * 2)
+    eps_dev.copy_from_host(eps, stream)
+    c_dev.copy_from_host(coeffs, stream)
+    elements = int(np.prod(image_shape))
+    for step in (0, 7, 19):
+        x_dev.copy_from_host(x, stream)
+        kernel.update(x_dev.ptr, eps_dev.ptr, eps_dtype, c_dev.ptr, step, sampler.num_steps, seed, elements, n,
+                      x_half_ptr=half_dev.ptr, clip=clip, stream=stream)
+        out, half = np.empty_like(x), np.empty(x.shape, np.float16)
+        x_dev.copy_to_host(out, stream)
+        half_dev.copy_to_host(half, stream)
+        check(cudart().cudaStreamSynchronize(stream), "sync")
+        noise = gaussian_noise(seed, np.arange(n), step, STREAM_STEP, image_shape)
+        expected = sampler.step(x, eps.astype(np.float32), step, noise=noise)
+        np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(half.astype(np.float32), expected, atol=2e-3, rtol=1e-3)
+    kernel.initial_noise(x_dev.ptr, seed, elements, n, stream=stream)
+    x_dev.copy_to_host(out, stream)
+    check(cudart().cudaStreamSynchronize(stream), "sync")
+    np.testing.assert_allclose(out, gaussian_noise(seed, np.arange(n), 0, STREAM_INITIAL, image_shape), atol=1e-6)
