@@ -40,6 +40,26 @@ __device__ __forceinline__ float update_one(float xt, float e, float z, const Co
     return k.a * x0 + k.b * xt + k.c * e + k.sigma * z;
 }
 
+// Block g of the flattened batch: four consecutive elements of one image (one Philox call).
+struct Block {
+    unsigned int image, group, count;  // image in the batch, block in the image, valid lanes (1-4)
+    unsigned long long base;           // index of its first element in the batch
+};
+
+__device__ __forceinline__ Block block_at(unsigned long long g, unsigned int elements_per_image) {
+    const unsigned int groups_per_image = (elements_per_image + 3u) / 4u;
+    Block b;
+    b.image = (unsigned int)(g / groups_per_image);
+    b.group = (unsigned int)(g % groups_per_image);
+    b.count = min(4u, elements_per_image - 4u * b.group);
+    b.base = (unsigned long long)b.image * elements_per_image + 4ull * b.group;
+    return b;
+}
+
+__device__ __forceinline__ unsigned long long block_count(unsigned int elements_per_image, unsigned int n_images) {
+    return (unsigned long long)((elements_per_image + 3u) / 4u) * n_images;
+}
+
 }  // namespace ddpmrt
 
 // One thread per block of four elements of one image: the four normals of one Philox call.
@@ -54,16 +74,14 @@ extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const voi
     using namespace ddpmrt;
     const float* row = coeff_table + (long long)step * COEFFS_PER_STEP;
     const Coefficients k = {row[0], row[1], row[2], row[3], row[4], row[5]};
-    const unsigned int groups_per_image = (elements_per_image + 3u) / 4u;
-    const unsigned long long total = (unsigned long long)groups_per_image * n_images;
+    const unsigned long long total = block_count(elements_per_image, n_images);
 
     for (unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; g < total;
          g += (unsigned long long)gridDim.x * blockDim.x) {
-        const unsigned int image = (unsigned int)(g / groups_per_image);
-        const unsigned int group = (unsigned int)(g % groups_per_image);
-        const unsigned long long base = (unsigned long long)image * elements_per_image + 4ull * group;
+        const Block b = block_at(g, elements_per_image);
+        const unsigned long long base = b.base;
         float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (k.sigma > 0.0f) normal4(seed, first_image + image, (unsigned int)step, STREAM_STEP, group, z);
+        if (k.sigma > 0.0f) normal4(seed, first_image + b.image, (unsigned int)step, STREAM_STEP, b.group, z);
 
         if (vectorized) {
             float4 xt = *reinterpret_cast<const float4*>(x + base);
@@ -91,8 +109,7 @@ extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const voi
                 *reinterpret_cast<uint2*>(x_half + base) = h;
             }
         } else {
-            const unsigned int count = min(4u, elements_per_image - 4u * group);
-            for (unsigned int lane = 0; lane < count; ++lane) {
+            for (unsigned int lane = 0; lane < b.count; ++lane) {
                 const unsigned long long i = base + lane;
                 const float e = eps_is_half ? half_to_float(static_cast<const unsigned short*>(eps)[i])
                                             : static_cast<const float*>(eps)[i];
@@ -109,19 +126,15 @@ extern "C" __global__ void ddpmrt_initial_noise_kernel(float* __restrict__ x, un
                                                        unsigned long long seed, unsigned int first_image,
                                                        unsigned int elements_per_image, unsigned int n_images) {
     using namespace ddpmrt;
-    const unsigned int groups_per_image = (elements_per_image + 3u) / 4u;
-    const unsigned long long total = (unsigned long long)groups_per_image * n_images;
+    const unsigned long long total = block_count(elements_per_image, n_images);
     for (unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; g < total;
          g += (unsigned long long)gridDim.x * blockDim.x) {
-        const unsigned int image = (unsigned int)(g / groups_per_image);
-        const unsigned int group = (unsigned int)(g % groups_per_image);
+        const Block b = block_at(g, elements_per_image);
         float z[4];
-        normal4(seed, first_image + image, 0u, STREAM_INITIAL, group, z);
-        const unsigned long long base = (unsigned long long)image * elements_per_image + 4ull * group;
-        const unsigned int count = min(4u, elements_per_image - 4u * group);
-        for (unsigned int lane = 0; lane < count; ++lane) {
-            x[base + lane] = z[lane];
-            if (x_half) x_half[base + lane] = float_to_half(z[lane]);
+        normal4(seed, first_image + b.image, 0u, STREAM_INITIAL, b.group, z);
+        for (unsigned int lane = 0; lane < b.count; ++lane) {
+            x[b.base + lane] = z[lane];
+            if (x_half) x_half[b.base + lane] = float_to_half(z[lane]);
         }
     }
 }
