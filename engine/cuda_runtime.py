@@ -49,6 +49,23 @@ def device_compute_capability(device: int = 0) -> tuple[int, int] | None:
     return int(major), int(minor)
 
 
+def copy_host_to_device(ptr: int, array: np.ndarray, stream) -> None:
+    """Enqueue array (C-contiguous) -> device address `ptr` on `stream`."""
+    rt = cudart()
+    array = np.ascontiguousarray(array)
+    check(rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync H2D")
+
+
+def copy_device_to_host(array: np.ndarray, ptr: int, stream) -> None:
+    """Enqueue device address `ptr` -> array (C-contiguous, written in place) on `stream`."""
+    rt = cudart()
+    if not array.flags.c_contiguous:
+        raise ValueError("the destination array must be C-contiguous")
+    check(rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync D2H")
+
+
 class DeviceBuffer:
     """A device allocation of `nbytes`, freed with the object."""
 
@@ -57,16 +74,12 @@ class DeviceBuffer:
         self.ptr = int(check(cudart().cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
 
     def copy_from_host(self, array: np.ndarray, stream) -> None:
-        rt = cudart()
         if array.nbytes > self.nbytes:
             raise ValueError(f"{array.nbytes} bytes do not fit a {self.nbytes}-byte buffer")
-        check(rt.cudaMemcpyAsync(self.ptr, array.ctypes.data, array.nbytes,
-                                 rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync H2D")
+        copy_host_to_device(self.ptr, array, stream)
 
     def copy_to_host(self, array: np.ndarray, stream) -> None:
-        rt = cudart()
-        check(rt.cudaMemcpyAsync(array.ctypes.data, self.ptr, array.nbytes,
-                                 rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync D2H")
+        copy_device_to_host(array, self.ptr, stream)
 
     def free(self) -> None:
         if self.ptr:
@@ -78,3 +91,19 @@ class DeviceBuffer:
             self.free()
         except Exception:
             pass
+
+
+class DeviceMemory:
+    """What engine/device_loop.py needs of the device: allocate, copy, wait."""
+
+    def alloc(self, nbytes: int) -> DeviceBuffer:
+        return DeviceBuffer(nbytes)
+
+    def copy_from_host(self, ptr: int, array: np.ndarray, stream) -> None:
+        copy_host_to_device(ptr, array, stream)
+
+    def copy_to_host(self, array: np.ndarray, ptr: int, stream) -> None:
+        copy_device_to_host(array, ptr, stream)
+
+    def synchronize(self, stream) -> None:
+        check(cudart().cudaStreamSynchronize(stream), "cudaStreamSynchronize")

@@ -6,7 +6,11 @@ the source hash, the architecture and the NVRTC version, so later runs load it d
 
     cubin = compile_update_kernel("sm_90")             # works without a GPU (NVRTC only)
     kernel = FusedUpdate()                             # needs a GPU: loads the module
-    kernel.update(x_ptr, eps_ptr, "fp16", coeffs_ptr, step=i, ..., stream=stream)
+    kernel.update(x_ptr, eps_ptr, "fp16", coeffs_ptr, params_ptr, step=i, ..., stream=stream)
+
+The coefficient table (num_steps, 6) and the run parameters (`run_params`: seed, first image,
+clip) are device memory the kernel reads when it runs, so a captured CUDA graph of a whole
+loop serves any sampler and seed with that shape and step count.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
 
@@ -24,6 +30,19 @@ SOURCE = "ddpm_update.cu"
 HEADERS = ("philox.h",)
 OPTIONS = ("-std=c++17", "-lineinfo")  # no --use_fast_math: the noise must match the NumPy generator
 EPS_DTYPES = {"fp32": 0, "fp16": 1}
+# struct ddpmrt_run_params in kernels/ddpm_update.cu: 16 bytes, 8-byte aligned.
+RUN_PARAMS_DTYPE = np.dtype([("seed", "<u8"), ("first_image", "<u4"), ("clip", "<f4")], align=True)
+
+
+def run_params(seed: int, first_image: int = 0, clip: float | None = None) -> np.ndarray:
+    """The kernels' run parameters as the bytes to copy to the device; clip None (or 0) = off."""
+    if not 0 <= int(seed) < 2 ** 64:
+        raise UserError(f"seed must lie in [0, 2**64), got {seed}")
+    if not 0 <= int(first_image) < 2 ** 32:
+        raise UserError(f"image indices must lie in [0, 2**32), got {first_image}")
+    if clip is not None and clip < 0:
+        raise UserError(f"clip_sample must be positive or None, got {clip}")
+    return np.array([(int(seed), int(first_image), float(clip or 0.0))], RUN_PARAMS_DTYPE)
 
 
 def cache_dir() -> Path:
@@ -98,12 +117,14 @@ def compile_update_kernel(arch: str) -> bytes:
 
 
 def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr: int, coeffs_ptr: int,
-                           elements_per_image: int, n_images: int, step: int, num_steps: int) -> bool:
+                           params_ptr: int, elements_per_image: int, n_images: int, step: int, num_steps: int) -> bool:
     """Validate a launch as the C ABI does; returns whether the vectorized path applies."""
     if eps_dtype not in EPS_DTYPES:
         raise UserError(f"eps dtype {eps_dtype!r} is not supported; the kernel reads fp32 or fp16")
-    if not x_ptr or not eps_ptr or not coeffs_ptr:
-        raise ValueError("x, eps and the coefficient table must be device pointers, not null")
+    if not x_ptr or not eps_ptr or not coeffs_ptr or not params_ptr:
+        raise ValueError("x, eps, the coefficient table and the run parameters must be device pointers, not null")
+    if params_ptr % 8:
+        raise ValueError("misaligned buffer: the run parameters must be 8-byte aligned")
     if elements_per_image < 1 or n_images < 1:
         raise ValueError("element and image counts must be positive")
     if not 0 <= step < num_steps:
@@ -164,25 +185,25 @@ class FusedUpdate:
         _driver_check(self._driver.cuLaunchKernel(function, grid, 1, 1, self.THREADS, 1, 1, 0, stream, (args, types), 0),
                       "cuLaunchKernel")
 
-    def update(self, x_ptr: int, eps_ptr: int, eps_dtype: str, coeffs_ptr: int, step: int, num_steps: int,
-               seed: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0, clip: float | None = None,
-               first_image: int = 0, stream=None) -> None:
+    def update(self, x_ptr: int, eps_ptr: int, eps_dtype: str, coeffs_ptr: int, params_ptr: int, step: int,
+               num_steps: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0, stream=None) -> None:
         """x (fp32, in place) <- one sampler step at row `step` of the device coefficient table."""
         c = self._ctypes
-        vectorized = check_update_arguments(x_ptr, eps_ptr, eps_dtype, x_half_ptr, coeffs_ptr, elements_per_image,
-                                            n_images, step, num_steps)
-        args = (x_ptr, eps_ptr, x_half_ptr, coeffs_ptr, step, EPS_DTYPES[eps_dtype], float(clip or 0.0), seed,
-                first_image, elements_per_image, n_images, int(vectorized))
-        types = (c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int, c.c_int, c.c_float, c.c_ulonglong,
-                 c.c_uint, c.c_uint, c.c_uint, c.c_int)
+        vectorized = check_update_arguments(x_ptr, eps_ptr, eps_dtype, x_half_ptr, coeffs_ptr, params_ptr,
+                                            elements_per_image, n_images, step, num_steps)
+        args = (x_ptr, eps_ptr, x_half_ptr, coeffs_ptr, params_ptr, step, EPS_DTYPES[eps_dtype],
+                elements_per_image, n_images, int(vectorized))
+        types = (c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int, c.c_int,
+                 c.c_uint, c.c_uint, c.c_int)
         self._launch(self._update, self._grid(elements_per_image, n_images), args, types, stream)
 
-    def initial_noise(self, x_ptr: int, seed: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0,
-                      first_image: int = 0, stream=None) -> None:
+    def initial_noise(self, x_ptr: int, params_ptr: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0,
+                      stream=None) -> None:
         """x_T (fp32, and optionally an fp16 copy) from the STREAM_INITIAL Philox stream."""
         c = self._ctypes
-        if not x_ptr or x_ptr % 4 or (x_half_ptr and x_half_ptr % 2):
-            raise ValueError("x must be a 4-byte aligned device pointer and the fp16 copy 2-byte aligned")
-        args = (x_ptr, x_half_ptr, seed, first_image, elements_per_image, n_images)
-        types = (c.c_void_p, c.c_void_p, c.c_ulonglong, c.c_uint, c.c_uint, c.c_uint)
+        if not x_ptr or x_ptr % 4 or (x_half_ptr and x_half_ptr % 2) or not params_ptr or params_ptr % 8:
+            raise ValueError("x must be a 4-byte aligned device pointer, the fp16 copy 2-byte aligned and the "
+                             "run parameters an 8-byte aligned device pointer")
+        args = (x_ptr, x_half_ptr, params_ptr, elements_per_image, n_images)
+        types = (c.c_void_p, c.c_void_p, c.c_void_p, c.c_uint, c.c_uint)
         self._launch(self._noise, self._grid(elements_per_image, n_images), args, types, stream)

@@ -113,6 +113,10 @@ class Sampler:
         is the same whether generated alone (image_indices=[k]) or in a batch.
         `stage(name)`, if given, returns a context manager wrapped around each "network" call
         and each "update" (noise and step): the profiler's hook.
+
+        A GPU model (one with a `device_loop`: TensorRT, torch on CUDA) runs the whole loop on
+        the device with the fused kernel (engine/device_loop.py) when the images are a
+        contiguous range and no stage hook asks for per-step host timing.
         """
         stage = stage or _no_stage
         n, image_shape = int(shape[0]), tuple(int(s) for s in shape[1:])
@@ -123,6 +127,11 @@ class Sampler:
             raise ValueError(f"image_indices must have {n} entries")
         if hasattr(model, "check_batch"):  # engines with fixed batch ranges say so before any work
             model.check_batch(n)
+        first = int(image_indices[0])
+        if stage is None and np.array_equal(image_indices, first + np.arange(n)):
+            loop = getattr(model, "device_loop", None)
+            if loop is not None:
+                return loop.sample(self, n, seed=seed, first_image=first, x_T=x_T)
         if x_T is None:
             x = gaussian_noise(seed, image_indices, 0, STREAM_INITIAL, image_shape)
         else:

@@ -31,7 +31,7 @@ def _sample(ns: argparse.Namespace) -> None:
         raise UserError("--batch must be at least 1")
     schedule, image_shape = _description(ns)
     model = load_model(ns.model, backend=ns.backend, device=ns.device, threads=ns.threads,
-                       schedule=schedule, image_shape=image_shape, cuda_graph=ns.cuda_graph)
+                       schedule=schedule, image_shape=image_shape, cuda_graph=ns.cuda_graph, precision=ns.precision)
     clip = ns.clip_sample if ns.clip_sample > 0 else None
     if ns.sampler == "ddim":
         sampler = DDIMSampler(model.schedule, num_steps=ns.steps, eta=ns.eta, spacing=ns.spacing, clip_sample=clip)
@@ -287,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto: by file type)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime (default: all cores)")
-    p.add_argument("--cuda-graph", action="store_true", help="replay a TensorRT engine as a CUDA graph")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto",
+                   help="torch backend: auto = fp16 on CUDA, fp32 on the CPU")
     p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata: linear[:T:start:end] or cosine[:T]")
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
     p.add_argument("--out", required=True, help="a .png grid or a .npz with array 'images'")

@@ -5,7 +5,9 @@
 //     x_prev = a * x0 + b * x_t + c * eps + sigma * z,   z from Philox (philox.h)
 //
 // This is engine/samplers.py's apply_update.  The coefficients (s0, s1, a, b, c, sigma) of every
-// step live in a device table, so one captured CUDA graph serves a whole run.  eps is read as
+// step live in a device table and the run's seed, first image index and clip value in a small
+// device struct (RunParams), so one captured CUDA graph serves every run of that shape and step
+// count: a new sampler or seed is a copy into device memory, not a re-capture.  eps is read as
 // fp16 or fp32 (what the network wrote), x is updated in place in fp32, and an fp16 copy of
 // x_prev can be written for the next network input: the cast, the update and the noise that a
 // framework would launch as separate kernels.  12 bytes per element with fp16 eps: bandwidth-bound.
@@ -33,6 +35,18 @@ __device__ __forceinline__ unsigned short float_to_half(float f) {
 struct Coefficients {
     float s0, s1, a, b, c, sigma;
 };
+
+}  // namespace ddpmrt
+
+// What a run changes without changing the graph; 16 bytes in device memory.
+// Python mirrors this layout in engine/kernels.py (RUN_PARAMS_DTYPE).
+struct ddpmrt_run_params {
+    unsigned long long seed;   // Philox key
+    unsigned int first_image;  // image index of batch row 0 (counter word 1)
+    float clip;                // clip x0 to [-clip, clip]; 0 = no clipping
+};
+
+namespace ddpmrt {
 
 __device__ __forceinline__ float update_one(float xt, float e, float z, const Coefficients& k, float clip) {
     float x0 = (xt - k.s1 * e) / k.s0;
@@ -67,13 +81,16 @@ __device__ __forceinline__ unsigned long long block_count(unsigned int elements_
 // turns the four loads and stores of each array into one.
 extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const void* __restrict__ eps,
                                                 unsigned short* __restrict__ x_half,
-                                                const float* __restrict__ coeff_table, int step, int eps_is_half,
-                                                float clip, unsigned long long seed, unsigned int first_image,
-                                                unsigned int elements_per_image, unsigned int n_images,
-                                                int vectorized) {
+                                                const float* __restrict__ coeff_table,
+                                                const ddpmrt_run_params* __restrict__ params, int step,
+                                                int eps_is_half, unsigned int elements_per_image,
+                                                unsigned int n_images, int vectorized) {
     using namespace ddpmrt;
     const float* row = coeff_table + (long long)step * COEFFS_PER_STEP;
     const Coefficients k = {row[0], row[1], row[2], row[3], row[4], row[5]};
+    const unsigned long long seed = params->seed;
+    const unsigned int first_image = params->first_image;
+    const float clip = params->clip;
     const unsigned long long total = block_count(elements_per_image, n_images);
 
     for (unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; g < total;
@@ -123,9 +140,11 @@ extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const voi
 
 // x_T: standard normal noise from the STREAM_INITIAL stream, with an optional fp16 copy.
 extern "C" __global__ void ddpmrt_initial_noise_kernel(float* __restrict__ x, unsigned short* __restrict__ x_half,
-                                                       unsigned long long seed, unsigned int first_image,
+                                                       const ddpmrt_run_params* __restrict__ params,
                                                        unsigned int elements_per_image, unsigned int n_images) {
     using namespace ddpmrt;
+    const unsigned long long seed = params->seed;
+    const unsigned int first_image = params->first_image;
     const unsigned long long total = block_count(elements_per_image, n_images);
     for (unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; g < total;
          g += (unsigned long long)gridDim.x * blockDim.x) {
@@ -153,7 +172,7 @@ extern "C" __global__ void ddpmrt_initial_noise_kernel(float* __restrict__ x, un
 
 enum DdpmrtStatus {
     DDPMRT_OK = 0,
-    DDPMRT_NULL_POINTER = 1,       // x, eps or the coefficient table is null
+    DDPMRT_NULL_POINTER = 1,       // x, eps, the coefficient table or the run parameters is null
     DDPMRT_MISALIGNED = 2,         // x or the fp16 copy not aligned to its element size
     DDPMRT_UNSUPPORTED_DTYPE = 3,  // eps dtype other than fp32 (0) or fp16 (1)
     DDPMRT_BAD_SIZE = 4,           // zero images or elements, or a negative step
@@ -163,7 +182,7 @@ enum DdpmrtStatus {
 DDPMRT_API const char* ddpmrt_status_string(int status) {
     switch (status) {
         case DDPMRT_OK: return "ok";
-        case DDPMRT_NULL_POINTER: return "x, eps and the coefficient table must be device pointers, not null";
+        case DDPMRT_NULL_POINTER: return "x, eps, the coefficient table and the run parameters must be device pointers";
         case DDPMRT_MISALIGNED: return "x must be 4-byte aligned, eps and the fp16 copy aligned to their element size";
         case DDPMRT_UNSUPPORTED_DTYPE: return "eps dtype must be 0 (fp32) or 1 (fp16)";
         case DDPMRT_BAD_SIZE: return "element and image counts must be positive and the step non-negative";
@@ -179,11 +198,12 @@ static unsigned int grid_for(unsigned long long groups, int threads) {
     return (unsigned int)(blocks < 65535ull * 32 ? blocks : 65535ull * 32);  // grid-stride loop covers the rest
 }
 
-// eps_dtype: 0 fp32, 1 fp16.  x_half may be null.  coeff_table: (num_steps, 6) float32 on the device.
+// eps_dtype: 0 fp32, 1 fp16.  x_half may be null.  coeff_table: (num_steps, 6) float32 and params: one
+// ddpmrt_run_params, both in device memory (read when the kernel runs, so a captured graph sees updates).
 DDPMRT_API int ddpmrt_update(float* x, const void* eps, int eps_dtype, void* x_half, const float* coeff_table,
-                             int step, float clip, unsigned long long seed, unsigned int first_image,
-                             unsigned int elements_per_image, unsigned int n_images, cudaStream_t stream) {
-    if (!x || !eps || !coeff_table) return DDPMRT_NULL_POINTER;
+                             const ddpmrt_run_params* params, int step, unsigned int elements_per_image,
+                             unsigned int n_images, cudaStream_t stream) {
+    if (!x || !eps || !coeff_table || !params) return DDPMRT_NULL_POINTER;
     if (eps_dtype != 0 && eps_dtype != 1) return DDPMRT_UNSUPPORTED_DTYPE;
     if (elements_per_image == 0 || n_images == 0 || step < 0) return DDPMRT_BAD_SIZE;
     const uintptr_t eps_size = eps_dtype ? 2 : 4;
@@ -193,20 +213,20 @@ DDPMRT_API int ddpmrt_update(float* x, const void* eps, int eps_dtype, void* x_h
     const unsigned long long groups = (unsigned long long)((elements_per_image + 3u) / 4u) * n_images;
     const int threads = 256;
     ddpmrt_update_kernel<<<grid_for(groups, threads), threads, 0, stream>>>(
-        x, eps, static_cast<unsigned short*>(x_half), coeff_table, step, eps_dtype, clip, seed, first_image,
-        elements_per_image, n_images, vectorized);
+        x, eps, static_cast<unsigned short*>(x_half), coeff_table, params, step, eps_dtype, elements_per_image,
+        n_images, vectorized);
     return cudaGetLastError() == cudaSuccess ? DDPMRT_OK : DDPMRT_LAUNCH_FAILED;
 }
 
-DDPMRT_API int ddpmrt_initial_noise(float* x, void* x_half, unsigned long long seed, unsigned int first_image,
+DDPMRT_API int ddpmrt_initial_noise(float* x, void* x_half, const ddpmrt_run_params* params,
                                     unsigned int elements_per_image, unsigned int n_images, cudaStream_t stream) {
-    if (!x) return DDPMRT_NULL_POINTER;
+    if (!x || !params) return DDPMRT_NULL_POINTER;
     if (elements_per_image == 0 || n_images == 0) return DDPMRT_BAD_SIZE;
     if (!aligned(x, 4) || (x_half && !aligned(x_half, 2))) return DDPMRT_MISALIGNED;
     const unsigned long long groups = (unsigned long long)((elements_per_image + 3u) / 4u) * n_images;
     const int threads = 256;
     ddpmrt_initial_noise_kernel<<<grid_for(groups, threads), threads, 0, stream>>>(
-        x, static_cast<unsigned short*>(x_half), seed, first_image, elements_per_image, n_images);
+        x, static_cast<unsigned short*>(x_half), params, elements_per_image, n_images);
     return cudaGetLastError() == cudaSuccess ? DDPMRT_OK : DDPMRT_LAUNCH_FAILED;
 }
 #endif  // !__CUDACC_RTC__

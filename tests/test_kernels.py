@@ -69,7 +69,7 @@ def test_launch_argument_checks():
     from ddpmrt.engine.errors import UserError
     from ddpmrt.engine.kernels import check_update_arguments
 
-    ok = dict(x_ptr=256, eps_ptr=512, eps_dtype="fp16", x_half_ptr=1024, coeffs_ptr=2048,
+    ok = dict(x_ptr=256, eps_ptr=512, eps_dtype="fp16", x_half_ptr=1024, coeffs_ptr=2048, params_ptr=4096,
               elements_per_image=3 * 32 * 32, n_images=4, step=0, num_steps=10)
     assert check_update_arguments(**ok) is True
     assert check_update_arguments(**{**ok, "elements_per_image": 3 * 5 * 5}) is False  # odd sizes: scalar path
@@ -82,6 +82,28 @@ def test_launch_argument_checks():
         check_update_arguments(**{**ok, "step": 10})
     with pytest.raises(ValueError, match="null"):
         check_update_arguments(**{**ok, "eps_ptr": 0})
+    with pytest.raises(ValueError, match="null"):
+        check_update_arguments(**{**ok, "params_ptr": 0})
+    with pytest.raises(ValueError, match="8-byte"):
+        check_update_arguments(**{**ok, "params_ptr": 4100})
+
+
+def test_run_params_layout_matches_the_c_struct():
+    import numpy as np
+
+    from ddpmrt.engine.errors import UserError
+    from ddpmrt.engine.kernels import run_params
+
+    params = run_params(2 ** 64 - 1, 7, 1.0)
+    assert params.nbytes == 16 and params.dtype.alignment == 8
+    raw = params.tobytes()
+    assert raw[:8] == b"\xff" * 8 and np.frombuffer(raw[8:12], "<u4")[0] == 7
+    assert np.frombuffer(raw[12:], "<f4")[0] == 1.0
+    assert np.frombuffer(run_params(5).tobytes()[12:], "<f4")[0] == 0.0  # no clipping
+    source = (KERNELS / "ddpm_update.cu").read_text()
+    assert "unsigned long long seed;" in source and "unsigned int first_image;" in source and "float clip;" in source
+    with pytest.raises(UserError, match="seed"):
+        run_params(-1)
 
 
 # -- on a GPU -------------------------------------------------------------------------------------
@@ -105,7 +127,7 @@ def test_kernel_matches_numpy_update(eps_dtype, sampler_kind, clip, image_shape)
 
     from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
     from ddpmrt.engine.cuda_runtime import DeviceBuffer, check, cudart
-    from ddpmrt.engine.kernels import FusedUpdate
+    from ddpmrt.engine.kernels import FusedUpdate, run_params
     from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 
     schedule = NoiseSchedule.linear()
@@ -117,16 +139,18 @@ def test_kernel_matches_numpy_update(eps_dtype, sampler_kind, clip, image_shape)
     x = rng.standard_normal((n, *image_shape)).astype(np.float32)
     eps = rng.standard_normal((n, *image_shape)).astype(np.float16 if eps_dtype == "fp16" else np.float32)
     coeffs = sampler.coefficients.astype(np.float32)
+    params = run_params(seed, 0, clip)
     kernel, stream = FusedUpdate(), 0
     x_dev, eps_dev, c_dev = DeviceBuffer(x.nbytes), DeviceBuffer(eps.nbytes), DeviceBuffer(coeffs.nbytes)
-    half_dev = DeviceBuffer(x.size * 2)
+    half_dev, p_dev = DeviceBuffer(x.size * 2), DeviceBuffer(params.nbytes)
     eps_dev.copy_from_host(eps, stream)
     c_dev.copy_from_host(coeffs, stream)
+    p_dev.copy_from_host(params, stream)
     elements = int(np.prod(image_shape))
     for step in (0, 7, 19):
         x_dev.copy_from_host(x, stream)
-        kernel.update(x_dev.ptr, eps_dev.ptr, eps_dtype, c_dev.ptr, step, sampler.num_steps, seed, elements, n,
-                      x_half_ptr=half_dev.ptr, clip=clip, stream=stream)
+        kernel.update(x_dev.ptr, eps_dev.ptr, eps_dtype, c_dev.ptr, p_dev.ptr, step, sampler.num_steps, elements, n,
+                      x_half_ptr=half_dev.ptr, stream=stream)
         out, half = np.empty_like(x), np.empty(x.shape, np.float16)
         x_dev.copy_to_host(out, stream)
         half_dev.copy_to_host(half, stream)
@@ -135,7 +159,7 @@ def test_kernel_matches_numpy_update(eps_dtype, sampler_kind, clip, image_shape)
         expected = sampler.step(x, eps.astype(np.float32), step, noise=noise)
         np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(half.astype(np.float32), expected, atol=2e-3, rtol=1e-3)
-    kernel.initial_noise(x_dev.ptr, seed, elements, n, stream=stream)
+    kernel.initial_noise(x_dev.ptr, p_dev.ptr, elements, n, stream=stream)
     x_dev.copy_to_host(out, stream)
     check(cudart().cudaStreamSynchronize(stream), "sync")
     np.testing.assert_allclose(out, gaussian_noise(seed, np.arange(n), 0, STREAM_INITIAL, image_shape), atol=1e-6)

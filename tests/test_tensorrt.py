@@ -291,4 +291,11 @@ def test_engine_matches_onnxruntime_on_gpu(tiny, tmp_path):
     a = sampler.sample(trt_model, (4, 1, 16, 16), seed=0, progress=False)
     b = sampler.sample(ort_model, (4, 1, 16, 16), seed=0, progress=False)
     assert np.abs(a - b).max() < 0.05
+    # The whole loop as one CUDA graph: captured once, replayed for a new seed and sampler, same images.
+    graph_model = load_model(plan, cuda_graph=True)
+    c = sampler.sample(graph_model, (4, 1, 16, 16), seed=0, progress=False)
+    sampler.sample(graph_model, (4, 1, 16, 16), seed=1, progress=False)
+    d = sampler.sample(graph_model, (4, 1, 16, 16), seed=0, progress=False)
+    np.testing.assert_array_equal(c, d)
+    assert graph_model.device_loop.captures == 1 and np.abs(c - a).max() < 1e-3
     assert_user_error(run_cli("sample", str(plan), "--batch", "9", "--out", str(tmp_path / "o.png")), "1 to 8")

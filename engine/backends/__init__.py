@@ -41,11 +41,14 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-               schedule: NoiseSchedule | None = None, image_shape=None, cuda_graph: bool = False):
+               schedule: NoiseSchedule | None = None, image_shape=None, cuda_graph: bool = False,
+               precision: str = "auto"):
     """Load a model file as a sampler-ready callable.
 
     `schedule` and `image_shape` describe an ONNX file that carries no ddpmrt metadata
-    (a file with metadata ignores them).  `cuda_graph` replays TensorRT engines as CUDA graphs.
+    (a file with metadata ignores them).  On a GPU backend (TensorRT, torch on CUDA) sampling
+    runs the device loop, and `cuda_graph` replays the whole loop as one CUDA graph.
+    `precision` is the torch backend's: auto (fp16 on CUDA, fp32 on the CPU), fp32 or fp16.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -60,7 +63,7 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
                             "export it first (ddpmrt export-onnx / export-engine)")
         from ddpmrt.engine.backends.torch_backend import load_checkpoint
 
-        return load_checkpoint(path, device)
+        return load_checkpoint(path, device, precision=precision, cuda_graph=cuda_graph)
 
     if suffix == ".onnx":
         if backend not in ("auto", "onnxruntime"):

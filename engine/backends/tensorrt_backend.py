@@ -4,15 +4,17 @@ Loading checks, in order and before deserializing: the sidecar (model.plan.json)
 file's size, the flavour and its version, a visible GPU, and that the GPU's compute capability
 is among the engine's targets.  Each failure is one line naming the fix.
 
-Running: x, t and eps live in device buffers allocated once for the profile's largest batch,
-with fixed tensor addresses; a call copies x and t in, runs `execute_async_v3` on a
-non-blocking stream and copies eps out.  `run_on_device` skips both copies so that a sampling
-loop on the GPU can keep x on the device.
+Running: x, a table of timesteps (one 256-byte aligned row per sampler step) and eps live in
+device buffers allocated once for the profile's largest batch, on one non-blocking stream.
 
-`cuda_graph=True` replays the network as a CUDA graph: TensorRT-RTX captures it itself
-(CudaGraphStrategy.WHOLE_GRAPH_CAPTURE); with full TensorRT this backend captures
-`execute_async_v3` once per batch size, after one ordinary run at that shape (TensorRT needs
-it to settle its shape-dependent state), and replays it with cudaGraphLaunch.
+Sampling (`Sampler.sample` on this model) runs engine/device_loop.py: x, ε and the network
+input stay on the device, the fused kernel does each update, and `cuda_graph=True` captures
+the whole loop (every network call and update) as one CUDA graph per batch and step count.
+TensorRT needs one ordinary `execute_async_v3` at a shape before it is captured: the loop's
+first run at a key is that run.  TensorRT-RTX's own graph strategy stays disabled, since the
+loop captures the enqueue itself.
+
+Called directly (`model(x, t)` on NumPy arrays), the engine copies x and t in and ε out.
 """
 
 from __future__ import annotations
@@ -73,12 +75,17 @@ def check_batch_in_profile(n: int, profile: dict, name: str) -> None:
                         f"sample with a batch in that range or rebuild with `export-engine --batch MIN:OPT:MAX`")
 
 
+def _row_bytes(n: int) -> int:
+    """Bytes of one timestep row of batch n, rounded up to TensorRT's 256-byte address alignment."""
+    return -(-n * 8 // 256) * 256
+
+
 class TensorRTModel:
     """eps = model(x_t, t) through a TensorRT or TensorRT-RTX engine."""
 
     backend = "tensorrt"
 
-    def __init__(self, path: Path, cuda_graph: bool = False):
+    def __init__(self, path: Path, cuda_graph: bool = False, device_loop: bool = True):
         self.path = Path(path)
         self.sidecar = read_sidecar(self.path)
         self.flavour = import_flavour(self.sidecar["flavour"])
@@ -96,10 +103,9 @@ class TensorRTModel:
             raise UserError(f"{self.flavour.name} could not deserialize {self.path.name}: the file is corrupt or "
                             "was built for another GPU or version; rebuild with `export-engine --targets current`")
         if self.flavour.is_rtx:
-            # TensorRT-RTX compiles its kernels for this GPU here (just in time).
+            # TensorRT-RTX compiles its kernels for this GPU here (just in time).  Its own graph
+            # strategy stays DISABLED (the default): the device loop captures the whole loop.
             runtime_config = self._engine.create_runtime_config()
-            if cuda_graph:
-                runtime_config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
             self._context = self._engine.create_execution_context(runtime_config)
         else:
             self._context = self._engine.create_execution_context()
@@ -113,16 +119,32 @@ class TensorRTModel:
         max_n = int(self.profile["max"])
         # Allocated once for the largest batch; tensor addresses never change afterwards.
         self.x_device = DeviceBuffer(max_n * per_image * np.dtype(self.dtype).itemsize)
-        self.t_device = DeviceBuffer(max_n * 8)
+        # One row of timesteps per sampler step: a captured loop points step i at row i.  Rows are
+        # 256-byte aligned, as setTensorAddress requires of every address.
+        self.max_steps = self.schedule.num_train_timesteps
+        self.t_device = DeviceBuffer(self.max_steps * _row_bytes(max_n))
         self.eps_device = DeviceBuffer(max_n * per_image * np.dtype(self.dtype).itemsize)
-        for name, buffer in (("x", self.x_device), ("t", self.t_device), ("eps", self.eps_device)):
-            if not self._context.set_tensor_address(name, buffer.ptr):
-                raise CudaError(f"set_tensor_address({name}) failed")
+        self._set_addresses(self.t_device.ptr)
         self._batch = None
-        # Full TensorRT: graphs captured by us, one per batch size (addresses never change).
-        self._capture_graphs = cuda_graph and not self.flavour.is_rtx
-        self._graphs: dict[int, object] = {}
-        self._runs_at_shape = 0
+        self.input_dtype = np.dtype(self.dtype)
+        self.eps_dtype = "fp16" if self.input_dtype == np.float16 else "fp32"
+        self.cuda_graph = cuda_graph
+        self._device_loop = None if device_loop else False
+        self._graph_execs: list = []
+
+    @property
+    def device_loop(self):
+        """The GPU sampling loop over this engine (built on first use: it compiles the kernel)."""
+        if self._device_loop is None:
+            from ddpmrt.engine.device_loop import DeviceLoop
+
+            self._device_loop = DeviceLoop(self, cuda_graph=self.cuda_graph, max_steps=self.max_steps)
+        return self._device_loop or None
+
+    def _set_addresses(self, t_ptr: int) -> None:
+        for name, ptr in (("x", self.x_device.ptr), ("t", t_ptr), ("eps", self.eps_device.ptr)):
+            if not self._context.set_tensor_address(name, ptr):
+                raise CudaError(f"set_tensor_address({name}) failed")
 
     def check_batch(self, n: int) -> None:
         check_batch_in_profile(n, self.profile, self.path.name)
@@ -133,47 +155,66 @@ class TensorRTModel:
             if not (self._context.set_input_shape("x", (n, *self.image_shape)) and self._context.set_input_shape("t", (n,))):
                 raise CudaError(f"set_input_shape for batch {n} failed")
             self._batch = n
-            self._runs_at_shape = 0
 
     def _execute(self) -> None:
         if not self._context.execute_async_v3(self.stream):
             raise CudaError("execute_async_v3 failed")
 
-    def _capture(self) -> object:
+    # -- the network interface of engine/device_loop.py ------------------------------------------
+
+    def stream_handle(self) -> int:
+        return int(self.stream)
+
+    def prepare(self, n: int, timesteps: np.ndarray) -> None:
+        """Set batch n and copy the (steps, n) timestep table to the device, on our stream."""
+        self._set_batch(n)
+        table = np.zeros((len(timesteps), _row_bytes(n) // 8), np.int64)
+        table[:, :n] = np.asarray(timesteps, np.int64)[:, None]
+        self.t_device.copy_from_host(table, self.stream)
+
+    def input_ptr(self, n: int) -> int:
+        return self.x_device.ptr
+
+    def forward(self, n: int, step: int) -> int:
+        """Enqueue the engine at timesteps[step] (row `step` of the table); returns where ε is."""
+        self._set_addresses(self.t_device.ptr + step * _row_bytes(n))
+        self._execute()
+        return self.eps_device.ptr
+
+    def capture(self, record) -> object:
+        """Record `record()` (enqueues on our stream) into a CUDA graph; returns its launcher."""
         rt = cudart()
         check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
               "cudaStreamBeginCapture")
         try:
-            self._execute()
+            record()
         finally:
             graph = check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-        return check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        graph_exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")  # the executable graph keeps what it needs
+        self._graph_execs.append(graph_exec)
+        return lambda: check(rt.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")
 
-    def run_on_device(self, n: int) -> None:
-        """Run the network on the device buffers (x_device, t_device -> eps_device), asynchronously."""
-        self._set_batch(n)
-        if not self._capture_graphs or self._runs_at_shape == 0:
-            self._execute()  # the first run at a shape is always an ordinary one
-        else:
-            if n not in self._graphs:
-                self._graphs[n] = self._capture()
-            check(cudart().cudaGraphLaunch(self._graphs[n], self.stream), "cudaGraphLaunch")
-        self._runs_at_shape += 1
+    # -- NumPy in, NumPy out -----------------------------------------------------------------------
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         n = len(x)
         self._set_batch(n)
+        self._set_addresses(self.t_device.ptr)
         x_host = np.ascontiguousarray(x, dtype=self.dtype)
         t_host = np.ascontiguousarray(t, dtype=np.int64)
         eps_host = np.empty_like(x_host)
         self.x_device.copy_from_host(x_host, self.stream)
         self.t_device.copy_from_host(t_host, self.stream)
-        self.run_on_device(n)
+        self._execute()
         self.eps_device.copy_to_host(eps_host, self.stream)
         check(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return eps_host.astype(np.float32)
 
     def close(self) -> None:
+        for graph_exec in self._graph_execs:
+            check(cudart().cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
+        self._graph_execs = []
         for buffer in (self.x_device, self.t_device, self.eps_device):
             buffer.free()
         if self.stream is not None:

@@ -1,0 +1,212 @@
+"""The GPU sampling loop's orchestration, on the CPU: a host emulation of the device.
+
+`HostGpu` stands in for the GPU: memory is host memory addressed by raw pointers, the fused
+kernel is emulated with the NumPy update it implements, and a "graph" records the launches
+with their arguments and replays exactly those, as a CUDA graph does.  So these tests check
+what the real loop must get right (tables and run parameters read from device memory, one
+capture per shape and step count, new seeds and samplers served by a replay) against the
+host sampler.  The real kernel and networks are checked on a GPU in test_kernels.py and
+test_tensorrt.py / test_torch_cuda.py.
+"""
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
+from ddpmrt.engine.device_loop import DeviceLoop
+from ddpmrt.engine.kernels import RUN_PARAMS_DTYPE
+from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
+from ddpmrt.engine.samplers import apply_update
+
+IMAGE_SHAPE = (3, 4, 6)
+
+
+def view(ptr: int, dtype, count: int) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    return np.frombuffer((ctypes.c_byte * (count * dtype.itemsize)).from_address(ptr), dtype)
+
+
+class HostBuffer:
+    def __init__(self, nbytes):
+        self.storage = np.zeros(max(nbytes, 16) // 8 + 2, np.float64)  # 8-byte aligned
+        self.ptr = self.storage.ctypes.data
+
+
+class HostGpu:
+    """Memory, stream and graph recording on the host."""
+
+    def __init__(self):
+        self.recording = None
+        self.launches = 0
+
+    def enqueue(self, fn):
+        self.launches += 1
+        if self.recording is not None:
+            self.recording.append(fn)
+        else:
+            fn()
+
+    # DeviceMemory's interface
+    def alloc(self, nbytes):
+        return HostBuffer(nbytes)
+
+    def copy_from_host(self, ptr, array, stream):
+        array = np.ascontiguousarray(array)
+        view(ptr, np.uint8, array.nbytes)[:] = array.view(np.uint8).ravel()
+
+    def copy_to_host(self, array, ptr, stream):
+        array.view(np.uint8).ravel()[:] = view(ptr, np.uint8, array.nbytes)
+
+    def synchronize(self, stream):
+        pass
+
+
+class EmulatedKernel:
+    """FusedUpdate's interface; reads everything the real kernel reads from memory at run time."""
+
+    def __init__(self, gpu):
+        self.gpu = gpu
+
+    def update(self, x_ptr, eps_ptr, eps_dtype, coeffs_ptr, params_ptr, step, num_steps, elements, n,
+               x_half_ptr=0, stream=None):
+        def run():
+            params = view(params_ptr, RUN_PARAMS_DTYPE, 1)[0]
+            row = view(coeffs_ptr, np.float32, num_steps * 6).reshape(num_steps, 6)[step]
+            x = view(x_ptr, np.float32, n * elements)
+            eps = view(eps_ptr, np.float16 if eps_dtype == "fp16" else np.float32, n * elements)
+            noise = gaussian_noise(int(params["seed"]), int(params["first_image"]) + np.arange(n), step, STREAM_STEP,
+                                   (elements,)).ravel()
+            clip = float(params["clip"]) or None
+            x[:] = apply_update(x, eps.astype(np.float32), row, clip, noise)
+            if x_half_ptr:
+                view(x_half_ptr, np.float16, n * elements)[:] = x
+        self.gpu.enqueue(run)
+
+    def initial_noise(self, x_ptr, params_ptr, elements, n, x_half_ptr=0, stream=None):
+        def run():
+            params = view(params_ptr, RUN_PARAMS_DTYPE, 1)[0]
+            z = gaussian_noise(int(params["seed"]), int(params["first_image"]) + np.arange(n), 0, STREAM_INITIAL,
+                               (elements,)).ravel()
+            view(x_ptr, np.float32, n * elements)[:] = z
+            if x_half_ptr:
+                view(x_half_ptr, np.float16, n * elements)[:] = z
+        self.gpu.enqueue(run)
+
+
+def eps_function(x, t):
+    """A stand-in network: smooth in x, different at every timestep."""
+    return (0.3 * np.tanh(x) + np.cos(t / 100.0)[:, None, None, None]).astype(np.float32)
+
+
+class EmulatedNetwork:
+    """The DeviceLoop network interface over eps_function, reading and writing `dtype` buffers."""
+
+    image_shape = IMAGE_SHAPE
+
+    def __init__(self, gpu, dtype=np.float16, function=eps_function):
+        self.gpu, self.input_dtype, self.function = gpu, np.dtype(dtype), function
+        self.eps_dtype = "fp16" if self.input_dtype == np.float16 else "fp32"
+        self.buffers = {}
+
+    def stream_handle(self):
+        return 0
+
+    def _buffers(self, n):
+        if n not in self.buffers:
+            size = n * int(np.prod(IMAGE_SHAPE)) * self.input_dtype.itemsize
+            self.buffers[n] = (HostBuffer(size), HostBuffer(1000 * n * 8), HostBuffer(size))
+        return self.buffers[n]
+
+    def prepare(self, n, timesteps):
+        t_table = self._buffers(n)[1]
+        table = np.repeat(np.asarray(timesteps, np.int64)[:, None], n, axis=1)
+        view(t_table.ptr, np.int64, table.size)[:] = table.ravel()
+
+    def input_ptr(self, n):
+        return self._buffers(n)[0].ptr
+
+    def forward(self, n, step):
+        x_in, t_table, eps = self._buffers(n)
+        count = n * int(np.prod(IMAGE_SHAPE))
+
+        def run():
+            x = view(x_in.ptr, self.input_dtype, count).astype(np.float32).reshape(n, *IMAGE_SHAPE)
+            t = view(t_table.ptr, np.int64, 1000 * n)[step * n:(step + 1) * n]
+            view(eps.ptr, self.input_dtype, count)[:] = self.function(x, t).ravel()
+        self.gpu.enqueue(run)
+        return eps.ptr
+
+    def capture(self, record):
+        self.gpu.recording = []
+        try:
+            record()
+            launches = self.gpu.recording
+        finally:
+            self.gpu.recording = None
+
+        def replay():
+            for launch in launches:
+                launch()
+        return replay
+
+
+def host_model(dtype):
+    """The same network as the host loop sees it: input and output rounded to the network's dtype."""
+    def model(x, t):
+        x = np.asarray(x, np.float32).astype(dtype).astype(np.float32)
+        return eps_function(x, t).astype(dtype).astype(np.float32)
+    return model
+
+
+def make_loop(dtype=np.float16, cuda_graph=True, function=eps_function):
+    gpu = HostGpu()
+    net = EmulatedNetwork(gpu, dtype, function)
+    return DeviceLoop(net, kernel=EmulatedKernel(gpu), memory=gpu, cuda_graph=cuda_graph), gpu
+
+
+SCHEDULE = NoiseSchedule.linear()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_device_loop_matches_the_host_sampler(dtype, cuda_graph):
+    loop, _ = make_loop(dtype, cuda_graph)
+    for sampler in (DDPMSampler(SCHEDULE, 10, clip_sample=1.0), DDIMSampler(SCHEDULE, 10, eta=0.5)):
+        for seed in (0, 77):  # the second seed replays the graph recorded for the first
+            expected = sampler.sample(host_model(dtype), (3, *IMAGE_SHAPE), seed=seed, progress=False)
+            got = loop.sample(sampler, 3, seed=seed)
+            np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+    assert loop.captures == (1 if cuda_graph else 0)  # one graph served both samplers and both seeds
+
+
+def test_graphs_are_keyed_by_batch_and_steps():
+    loop, gpu = make_loop()
+    loop.sample(DDIMSampler(SCHEDULE, 5), 2)
+    launches = gpu.launches
+    loop.sample(DDIMSampler(SCHEDULE, 5, spacing="trailing"), 2, seed=3)
+    assert loop.captures == 1 and gpu.launches == launches  # a replay enqueues nothing new
+    loop.sample(DDIMSampler(SCHEDULE, 6), 2)
+    loop.sample(DDIMSampler(SCHEDULE, 5), 4)
+    assert loop.captures == 3
+
+
+def test_first_image_and_caller_noise():
+    loop, _ = make_loop()
+    sampler = DDPMSampler(SCHEDULE, 8)
+    whole = loop.sample(sampler, 4, seed=5)
+    tail = loop.sample(sampler, 2, seed=5, first_image=2)  # images 2 and 3 alone: the same images
+    np.testing.assert_allclose(tail, whole[2:], atol=1e-6)
+    x_T = np.random.default_rng(0).standard_normal((2, *IMAGE_SHAPE)).astype(np.float32)
+    expected = sampler.sample(host_model(np.float16), (2, *IMAGE_SHAPE), seed=5, x_T=x_T, progress=False)
+    np.testing.assert_allclose(loop.sample(sampler, 2, seed=5, x_T=x_T), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_output_is_a_user_error():
+    from ddpmrt.engine.errors import UserError
+
+    loop, _ = make_loop(cuda_graph=False, function=lambda x, t: np.full(x.shape, np.inf, np.float32))
+    with pytest.raises(UserError, match="NaN or Inf"):
+        loop.sample(DDIMSampler(SCHEDULE, 3), 1)
