@@ -23,6 +23,10 @@ from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.schedule import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace", "quad")
+# What `ddpmrt sample` and `ddpmrt report` use unless told: the best spacing measured in the
+# committed reports (benchmarks/results/, `ddpmrt report --spacing leading,trailing,linspace`).
+# The sampler classes keep diffusers' default, leading, so that they match its schedulers.
+DEFAULT_SPACING = "leading"
 
 # Columns of a coefficient table.
 S0, S1, A, B, C, SIGMA = range(6)

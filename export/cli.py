@@ -187,12 +187,16 @@ def _report(ns: argparse.Namespace) -> None:
     checkpoint = resolve_model_path(ns.model)
     if not checkpoint.is_dir():
         raise UserError(f"{checkpoint} is not a checkpoint directory; report needs the weights")
-    if ns.spacing not in SPACINGS:
-        raise UserError(f"unknown spacing {ns.spacing!r}; choose one of {', '.join(SPACINGS)}")
+    spacings = [s.strip() for s in ns.spacing.split(",") if s.strip()]
+    for spacing in spacings:
+        if spacing not in SPACINGS:
+            raise UserError(f"unknown spacing {spacing!r}; choose one or more of {', '.join(SPACINGS)}")
+    if not spacings or len(set(spacings)) != len(spacings):
+        raise UserError(f"--spacing {ns.spacing!r}: name each spacing once, e.g. leading,trailing")
     if ns.samples < 2:
         raise UserError("--samples must be at least 2")
-    run_report(checkpoint, Path(ns.out), parse_samplers(ns.samplers), num_samples=ns.samples, spacing=ns.spacing,
-               threads=ns.threads, progress=not ns.quiet)
+    run_report(checkpoint, Path(ns.out), parse_samplers(ns.samplers), num_samples=ns.samples, spacings=spacings,
+               backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet)
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))
 
 
@@ -243,11 +247,18 @@ def _add_export_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block), like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"ddpmrt: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ddpmrt.engine import __version__
-    from ddpmrt.engine.samplers import SPACINGS
+    from ddpmrt.engine.samplers import DEFAULT_SPACING, SPACINGS
 
-    parser = argparse.ArgumentParser(prog="ddpmrt", description="Diffusion model training, export and fast sampling.")
+    parser = OneLineErrorParser(prog="ddpmrt", description="Diffusion model training, export and fast sampling.")
     parser.add_argument("--version", action="version", version=f"ddpmrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -278,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--spacing", choices=SPACINGS, default="leading")
+    p.add_argument("--spacing", choices=SPACINGS, default=DEFAULT_SPACING,
+                   help=f"timestep spacing (default {DEFAULT_SPACING}: the best measured)")
     p.add_argument("--variance", choices=["fixed_small", "fixed_large"], default="fixed_small", help="DDPM only")
     p.add_argument("--clip-sample", type=float, default=1.0,
                    help="clip x̂₀ to ±C, as diffusers does (default 1.0: images lie in [-1, 1]); 0 turns it off")
@@ -324,7 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")
     p.add_argument("--samplers", default="full", help="quick, full (default), or e.g. ddim:20,ddim:50:1,ddpm:1000")
     p.add_argument("--samples", type=int, default=500, help="images per sampler (default 500)")
-    p.add_argument("--spacing", default="leading", help="timestep spacing (default leading)")
+    p.add_argument("--spacing", default=DEFAULT_SPACING,
+                   help=f"timestep spacing, or several to compare, e.g. leading,trailing,linspace (default {DEFAULT_SPACING}: "
+                        "the best measured)")
+    p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
+                   help="onnxruntime (fp32 ONNX), torch, or tensorrt (an fp16 engine built here; needs a GPU)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--out", default="report", help="report directory (default ./report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

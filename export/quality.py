@@ -1,8 +1,9 @@
-"""Offline sample quality: FID/KID in a digit classifier's feature space, and the exact Gaussian check.
+"""Offline sample quality: FID/KID in a classifier's feature space, and the exact Gaussian check.
 
-No Inception network can be downloaded here, and it would not suit 16×16 digits anyway:
+No Inception network can be downloaded here, and it would not suit 16×16 images anyway:
 FID and KID are computed on the hidden features of an MLP classifier trained on the real
-digits' training split (its test accuracy is reported), with the real-versus-real floor.
+training split of the model's own labelled data set (`digits` or `shapes`; its test accuracy
+is reported), with the real-versus-real floor.
 
 The Gaussian check needs no learned model at all: `GaussianEpsModule` is the closed-form
 optimal ε-predictor (engine/gaussian.py) as a torch module, so it exports to ONNX and runs
@@ -39,28 +40,39 @@ def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 20, subse
     return float(np.mean(values))
 
 
+# Labelled offline data sets a judge can be trained on: name -> (images, training-split size).
+JUDGED_DATASETS = {"digits": 1400, "shapes": 4000}
+
+
 @dataclass
-class DigitJudge:
-    """A digit classifier trained on the real training split; its hidden layer is the feature space."""
+class ClassifierJudge:
+    """A classifier trained on the real training split; its hidden layer is the feature space."""
 
     classifier: object
     test_accuracy: float
-    real_train: np.ndarray    # (N, 256) flattened real images, training split
+    real_train: np.ndarray    # (N, D) flattened real images, training split
     real_test: np.ndarray     # held out
+    dataset: str = "digits"
 
     @classmethod
-    def train(cls, seed: int = 0) -> "DigitJudge":
+    def train(cls, dataset: str = "digits", image_size: int = 16, seed: int = 0) -> "ClassifierJudge":
         from sklearn.neural_network import MLPClassifier
 
-        from ddpmrt.export.data import load_digits
+        from ddpmrt.export.data import load_dataset
 
-        real = load_digits(16)
+        if dataset not in JUDGED_DATASETS:
+            raise ValueError(f"no judge for data set {dataset!r}; judged: {', '.join(JUDGED_DATASETS)}")
+        real = load_dataset(dataset, image_size=image_size)
         x = real.images.reshape(len(real.images), -1)
         order = np.random.default_rng(seed).permutation(len(x))
-        train, test = order[:1400], order[1400:]
+        train, test = order[:JUDGED_DATASETS[dataset]], order[JUDGED_DATASETS[dataset]:]
         clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=500, random_state=seed).fit(x[train], real.labels[train])
         accuracy = float((clf.predict(x[test]) == real.labels[test]).mean())
-        return cls(clf, accuracy, x[train], x[test])
+        return cls(clf, accuracy, x[train], x[test], dataset)
+
+    @property
+    def description(self) -> str:
+        return f"MLP {self.dataset} classifier (sklearn), hidden-layer features"
 
     def _hidden(self, images: np.ndarray) -> np.ndarray:
         # Judge what a user sees: pixels clipped to [-1, 1], as to_uint8 does.
@@ -79,9 +91,10 @@ class DigitJudge:
     def scores(self, images: np.ndarray) -> dict:
         feats, real = self.features(images), self.features(self.real_train)
         proba = self.classifier.predict_proba(np.clip(images.reshape(len(images), -1), -1.0, 1.0))
+        classes = proba.shape[1]
         return {"fid": fid(feats, real), "kid": kid(feats, real),
                 "recognised": float((proba.max(1) > 0.5).mean()),
-                "min_class_share": float(np.bincount(proba.argmax(1), minlength=10).min() / len(images))}
+                "min_class_share": float(np.bincount(proba.argmax(1), minlength=classes).min() / len(images))}
 
     def floor(self) -> dict:
         """Real test images against the real training split: the best a sampler can score."""

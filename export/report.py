@@ -1,8 +1,9 @@
 """`ddpmrt report`: latency against quality for each sampler and step count, fully offline.
 
 For every sampler configuration: milliseconds per image on the chosen backend, then
-- learned quality (a `digits` model): FID and KID in a digit classifier's feature space, the
-  share of samples the classifier recognises, with the real-versus-real floor;
+- learned quality (a model trained on `digits` or `shapes`): FID and KID in the feature space
+  of a classifier of that data set, the share of samples it recognises, with the
+  real-versus-real floor;
 - exact quality: the same sampler on Gaussian data with the closed-form optimal ε exported
   to ONNX and run on the same backend, as the 2-Wasserstein distance of its samples to the data
   and to the distribution theory predicts for that sampler (which separates discretisation error
@@ -22,6 +23,7 @@ from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.profiling import environment
+from ddpmrt.engine.samplers import DEFAULT_SPACING
 from ddpmrt.export.checkpoint import read_config
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
@@ -48,48 +50,116 @@ def make_sampler(spec, schedule, spacing: str, for_gaussian: bool = False):
     return DDPMSampler(schedule, num_steps=steps, spacing=spacing, clip_sample=clip)
 
 
-def _onnx_model(module, metadata, path: Path, threads: int | None):
-    if not path.is_file():
-        export_onnx(module, metadata, path)
-    return load_model(path, backend="onnxruntime", threads=threads)
+REPORT_BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
-def _gaussian_model(schedule, work: Path, threads: int | None):
-    import torch  # noqa: F401  (the module below is torch)
+class ReportModels:
+    """The U-Net and the Gaussian's exact ε* on one backend, built (exported) into the report folder."""
 
-    from ddpmrt.engine import __version__
-    from ddpmrt.engine.metadata import ModelMetadata
-    from ddpmrt.export.quality import GaussianEpsModule
+    def __init__(self, checkpoint: Path, out: Path, backend: str, device: str, threads: int | None,
+                 max_batch: int, gaussian_batch: int):
+        if backend not in REPORT_BACKENDS:
+            raise UserError(f"unknown report backend {backend!r}; choose one of {', '.join(REPORT_BACKENDS)}")
+        self.out, self.backend, self.device, self.threads = out, backend, device, threads
+        source = from_checkpoint(checkpoint, "fp32")
+        self.schedule = source.metadata.schedule
+        self.data = GaussianData.random((2, 2, 2), self.schedule, seed=3)
+        if backend == "tensorrt":
+            # The U-Net as an fp16 engine (what users ship); the Gaussian check stays fp32: it measures
+            # the sampler, and its closed-form tables would lose digits in fp16.
+            self.unet = self._engine(from_checkpoint(checkpoint, "fp16"), "model-fp16", max_batch)
+            self.gaussian = self._engine(self._gaussian_source("fp32"), "gaussian-optimal-eps", gaussian_batch)
+        elif backend == "torch":
+            from ddpmrt.engine.backends.torch_backend import TorchModel
 
-    data = GaussianData.random((2, 2, 2), schedule, seed=3)
-    metadata = ModelMetadata(schedule=schedule, image_shape=data.image_shape, source="gaussian-optimal-eps",
-                             model_config={"family": "gaussian-optimal-eps", "dim": data.dim}, ddpmrt_version=__version__)
-    return data, _onnx_model(GaussianEpsModule(data), metadata, work / "gaussian-optimal-eps.onnx", threads)
+            graph = device == "cuda"
+            self.unet = load_model(checkpoint, backend="torch", device=device, cuda_graph=graph)
+            gaussian = self._gaussian_source("fp32")
+            self.gaussian = TorchModel(gaussian.module, self.schedule, self.data.image_shape, device,
+                                       precision="fp32", cuda_graph=graph)
+        else:
+            self.unet = self._onnx(source, "model-fp32")
+            self.gaussian = self._onnx(self._gaussian_source("fp32"), "gaussian-optimal-eps")
+        self.description = {"onnxruntime": f"onnxruntime ({device})", "torch": f"torch ({device})",
+                            "tensorrt": "tensorrt (fp16 engine)"}[backend]
+
+    def _gaussian_source(self, precision: str):
+        import torch  # noqa: F401  (the module below is torch)
+
+        from ddpmrt.engine import __version__
+        from ddpmrt.engine.metadata import ModelMetadata
+        from ddpmrt.export.quality import GaussianEpsModule
+        from ddpmrt.export.sources import Source
+
+        metadata = ModelMetadata(schedule=self.schedule, image_shape=self.data.image_shape, precision=precision,
+                                 source="gaussian-optimal-eps", ddpmrt_version=__version__,
+                                 model_config={"family": "gaussian-optimal-eps", "dim": self.data.dim})
+        return Source(GaussianEpsModule(self.data), metadata)
+
+    def _onnx(self, source, name: str):
+        path = self.out / f"{name}.onnx"
+        if not path.is_file():
+            export_onnx(source.module, source.metadata, path)
+        return load_model(path, backend="onnxruntime", device=self.device, threads=self.threads)
+
+    def _engine(self, source, name: str, max_batch: int):
+        from ddpmrt.engine.tensorrt_flavour import import_flavour
+        from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets
+        from ddpmrt.export.sources import sha256_file
+
+        flavour = import_flavour("auto")
+        onnx_path, plan = self.out / f"{name}.onnx", self.out / f"{name}.plan"
+        if not onnx_path.is_file():
+            export_onnx(source.module, source.metadata, onnx_path)
+        build_engine(onnx_path, plan, source.metadata, sha256_file(onnx_path), flavour,
+                     BatchProfile(1, max_batch, max_batch), parse_targets("current", flavour))
+        return load_model(plan, backend="tensorrt", cuda_graph=True)
+
+
+def best_spacing(rows: list[dict], key: str) -> str | None:
+    """The spacing with the lowest mean rank of `key` over the sampler settings measured with each spacing."""
+    spacings = list(dict.fromkeys(r["spacing"] for r in rows))
+    if len(spacings) < 2:
+        return spacings[0] if spacings else None
+    ranks = {s: [] for s in spacings}
+    settings = {(r["sampler"], r["steps"], r["eta"]) for r in rows}
+    for setting in settings:
+        group = [r for r in rows if (r["sampler"], r["steps"], r["eta"]) == setting]
+        if len(group) != len(spacings):
+            continue  # measured once: T steps, where every spacing is the same
+        for rank, r in enumerate(sorted(group, key=lambda r: r[key])):
+            ranks[r["spacing"]].append(rank)
+    return min(spacings, key=lambda s: (sum(ranks[s]) / max(1, len(ranks[s])), spacings.index(s)))
 
 
 def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 500, gaussian_samples: int = 4096,
-               spacing: str = "leading", threads: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+               spacings=(DEFAULT_SPACING,), backend: str = "onnxruntime", device: str = "cpu",
+               threads: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     config = read_config(checkpoint)
-    source = from_checkpoint(checkpoint, "fp32")
-    model = _onnx_model(source.module, source.metadata, out / "model-fp32.onnx", threads)
     judge = None
-    if config.get("data", {}).get("name") == "digits":
-        from ddpmrt.export.quality import DigitJudge
+    dataset = config.get("data", {}).get("name")
+    from ddpmrt.export.quality import JUDGED_DATASETS, ClassifierJudge
 
-        judge = DigitJudge.train()
-    data, gaussian = _gaussian_model(model.schedule, out, threads)
+    if dataset in JUDGED_DATASETS:
+        judge = ClassifierJudge.train(dataset, image_size=config["image_shape"][-1])
+    models = ReportModels(checkpoint, out, backend, device, threads, num_samples, gaussian_samples)
+    model, gaussian, data = models.unet, models.gaussian, models.data
     data_moments = (data.mean, data.cov)
+    T = model.schedule.num_train_timesteps
+    # With T steps every spacing gives the same timesteps: measure those once.
+    runs = [(spec, spacing) for spec in samplers for spacing in spacings
+            if spec[1] < T or spacing == spacings[0]]
 
     rows = []
-    for spec in tqdm(samplers, desc="report", disable=not progress):
+    for spec, spacing in tqdm(runs, desc="report", disable=not progress):
         sampler = make_sampler(spec, model.schedule, spacing)
         start = time.perf_counter()
         images = sampler.sample(model, (num_samples, *model.image_shape), seed=seed, progress=False)
         elapsed = time.perf_counter() - start
-        name = label(spec)
+        name = label(spec) + (f", {spacing}" if len(spacings) > 1 else "")
         grid = out / "samples" / (name.replace(" ", "").replace(",", "_").replace("η=", "eta") + ".png")
         save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // model.image_shape[-1]))
         row = {"sampler": spec[0], "steps": spec[1], "eta": spec[2], "label": name, "spacing": spacing,
@@ -107,12 +177,15 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
         rows.append(row)
 
     report = {"model": {"source": str(checkpoint), "config": config["model"], "image_shape": config["image_shape"]},
-              "backend": f"{model.backend} ({model.device})", "num_samples": num_samples,
+              "backend": models.description, "num_samples": num_samples, "spacings": list(spacings),
               "gaussian": {"dim": data.dim, "samples": gaussian_samples,
                            "sampling_error_floor": (data.dim / gaussian_samples) ** 0.5},
               "rows": rows, "environment": environment(threads)}
+    if len(spacings) > 1:
+        report["best_spacing"] = {"by_fid": best_spacing(rows, "fid") if judge else None,
+                                  "by_gaussian_w2": best_spacing(rows, "gaussian_w2_to_data")}
     if judge is not None:
-        report["judge"] = {"kind": "MLP digit classifier (sklearn), hidden-layer features", "test_accuracy": judge.test_accuracy,
+        report["judge"] = {"kind": judge.description, "dataset": judge.dataset, "test_accuracy": judge.test_accuracy,
                            "real_vs_real": judge.floor()}
     _write(report, out)
     return report
@@ -128,13 +201,19 @@ def _write(report: dict, out: Path) -> None:
              + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU") + ".", ""]
     if judge:
         floor = judge["real_vs_real"]
-        lines += [f"FID/KID: features of a digit classifier trained on the real training split (test accuracy "
+        lines += [f"FID/KID: features of a {judge.get('dataset', 'digits')} classifier trained on the real training split (test accuracy "
                   f"{judge['test_accuracy']:.3f}); real-vs-real floor FID {floor['fid']:.2f}, KID {floor['kid']:.4f}.", ""]
     lines += ["Gaussian W2: samples of the same sampler with the exact optimal ε on Gaussian data "
               f"({report['gaussian']['dim']} dims, {report['gaussian']['samples']} samples); theory = the exact output "
               "distribution of that sampler. Differences below about √(dim/n) = "
               f"{(report['gaussian']['dim'] / report['gaussian']['samples']) ** 0.5:.3f} are the sampling noise of n samples.",
-              "Latency: one timed run of all samples as one batch (ms/image = total / n).", "",
+              "Latency: one timed run of all samples as one batch (ms/image = total / n).", ""]
+    if report.get("best_spacing"):
+        best = report["best_spacing"]
+        lines += [f"Timestep spacings compared: {', '.join(report['spacings'])}. Best (lowest mean rank over the "
+                  f"settings measured with each): by FID {best['by_fid'] or '–'}, by Gaussian W2 {best['by_gaussian_w2']}.",
+                  ""]
+    lines += [
               "| sampler | ms/image | FID | KID | recognised | Gaussian W2 to data (theory) |", "| --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
         learned = (f"{r['fid']:.2f} | {r['kid']:.4f} | {r['recognised']:.1%}" if "fid" in r else "– | – | –")
@@ -151,11 +230,14 @@ def _plot(report: dict, path: Path) -> None:
     rows = report["rows"]
     learned = "fid" in rows[0]
     fig, axes = plt.subplots(1, 2 if learned else 1, figsize=(11 if learned else 6, 4), squeeze=False)
-    panels = ([("fid", "FID (digit-classifier features)")] if learned else []) + [("gaussian_w2_to_data", "Gaussian W2 to data")]
+    dataset = report.get("judge", {}).get("dataset", "digits")
+    panels = ([("fid", f"FID ({dataset}-classifier features)")] if learned else []) + [("gaussian_w2_to_data", "Gaussian W2 to data")]
     for ax, (key, title) in zip(axes[0], panels):
-        for family in dict.fromkeys((r["sampler"], r["eta"]) for r in rows):
-            sel = sorted((r for r in rows if (r["sampler"], r["eta"]) == family), key=lambda r: r["ms_per_image"])
-            name = f"DDIM η={family[1]:g}" if family[0] == "ddim" else "DDPM"
+        several = len({r["spacing"] for r in rows}) > 1
+        for family in dict.fromkeys((r["sampler"], r["eta"], r["spacing"]) for r in rows):
+            sel = sorted((r for r in rows if (r["sampler"], r["eta"], r["spacing"]) == family),
+                         key=lambda r: r["ms_per_image"])
+            name = (f"DDIM η={family[1]:g}" if family[0] == "ddim" else "DDPM") + (f", {family[2]}" if several else "")
             ax.plot([r["ms_per_image"] for r in sel], [r[key] for r in sel], "o-", label=name)
             for r in sel:
                 ax.annotate(str(r["steps"]), (r["ms_per_image"], r[key]), fontsize=7, xytext=(3, 3),

@@ -29,10 +29,12 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
 def test_report_measures_quality_and_latency(tmp_path):
     out = tmp_path / "report"
     result = run_cli("report", "digits", "--samplers", "ddim:3,ddpm:4", "--samples", "16", "--threads", "1",
-                     "--out", str(out), "--quiet")
+                     "--spacing", "leading,trailing", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
-    assert [r["label"] for r in report["rows"]] == ["DDIM η=0, 3 steps", "DDPM, 4 steps"]
+    assert [r["label"] for r in report["rows"]] == ["DDIM η=0, 3 steps, leading", "DDIM η=0, 3 steps, trailing",
+                                                    "DDPM, 4 steps, leading", "DDPM, 4 steps, trailing"]
+    assert report["best_spacing"]["by_fid"] in ("leading", "trailing") and report["judge"]["dataset"] == "digits"
     for row in report["rows"]:
         assert row["ms_per_image"] > 0 and row["fid"] > 0 and 0 <= row["recognised"] <= 1
         # Few steps: the sampler's own error dominates, and the measured samples follow the theory.
@@ -40,7 +42,20 @@ def test_report_measures_quality_and_latency(tmp_path):
         assert abs(row["gaussian_w2_to_data"] - row["gaussian_w2_theory_to_data"]) < 0.1
         assert (out / row["grid"]).is_file()
     assert report["judge"]["test_accuracy"] > 0.95 and report["judge"]["real_vs_real"]["fid"] > 0
-    assert (out / "quality_vs_latency.png").is_file() and "| DDPM, 4 steps |" in (out / "report.md").read_text()
+    assert (out / "quality_vs_latency.png").is_file() and "| DDPM, 4 steps, trailing |" in (out / "report.md").read_text()
+
+
+def test_best_spacing_is_the_lowest_mean_rank():
+    from ddpmrt.export.report import best_spacing
+
+    def row(spacing, steps, fid):
+        return {"sampler": "ddim", "eta": 0.0, "steps": steps, "spacing": spacing, "fid": fid}
+
+    rows = [row("leading", 5, 9.0), row("trailing", 5, 4.0), row("leading", 10, 3.0), row("trailing", 10, 3.5),
+            row("leading", 20, 2.0), row("trailing", 20, 1.9), row("leading", 1000, 0.1)]  # 1000: measured once
+    assert best_spacing(rows, "fid") == "trailing"
+    assert best_spacing([r for r in rows if r["steps"] == 10], "fid") == "leading"
+    assert best_spacing([row("leading", 5, 1.0)], "fid") == "leading"
 
 
 @pytest.mark.slow
@@ -59,6 +74,8 @@ def test_demo(tmp_path):
     (["bench"], "name a checkpoint"),
     (["report", "digits", "--samplers", "ddim:x"], "not understood"),
     (["report", "digits", "--spacing", "cubic"], "unknown spacing"),
+    (["report", "digits", "--spacing", "leading,leading"], "each spacing once"),
+    (["report", "digits", "--backend", "tensorflow"], "invalid choice"),
 ])
 def test_bad_arguments(tmp_path, args, fragment):
     assert_user_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)

@@ -7,7 +7,7 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 from ddpmrt.engine import DDIMSampler, load_model  # noqa: E402
-from ddpmrt.export.quality import DigitJudge  # noqa: E402
+from ddpmrt.export.quality import ClassifierJudge  # noqa: E402
 
 # FID in the judge's feature space: real held-out digits score ~1.5, noise images 400-1000.
 # Confidence alone is weak evidence (a softmax classifier is confident on much of pure noise).
@@ -16,7 +16,7 @@ MAX_FID = 10.0
 
 @pytest.fixture(scope="module")
 def judge():
-    judge = DigitJudge.train()
+    judge = ClassifierJudge.train("digits")
     # The judge must know real digits, or it would pass anything.
     assert judge.test_accuracy > 0.95
     assert (judge.classifier.predict_proba(judge.real_test).max(1) > 0.5).mean() > 0.95
