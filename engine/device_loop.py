@@ -30,6 +30,8 @@ fake), so the orchestration below is tested without a GPU.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ddpmrt.engine.errors import UserError
@@ -59,8 +61,9 @@ class DeviceLoop:
         self._x: dict[int, object] = {}        # fp32 x per batch size (fp16 networks only)
         self._graphs: dict[tuple, object] = {}
         self.captures = 0                      # how many graphs were recorded (tests and benchmarks read it)
+        self.last_enqueue_seconds = 0.0
 
-    def _x_ptr(self, n: int) -> int:
+    def x_ptr(self, n: int) -> int:
         """fp32 x: the network's own input buffer when it reads fp32, else a buffer of ours."""
         if np.dtype(self.network.input_dtype) == np.float32:
             return self.network.input_ptr(n)
@@ -68,13 +71,13 @@ class DeviceLoop:
             self._x[n] = self.memory.alloc(n * self.elements * 4)
         return self._x[n].ptr
 
-    def _half_ptr(self, n: int) -> int:
+    def half_ptr(self, n: int) -> int:
         return 0 if np.dtype(self.network.input_dtype) == np.float32 else self.network.input_ptr(n)
 
     def _record(self, n: int, num_steps: int, make_noise: bool) -> None:
         """Enqueue the whole loop: what a graph captures, or what runs eagerly."""
         net, kernel = self.network, self.kernel
-        x, x_half = self._x_ptr(n), self._half_ptr(n)
+        x, x_half = self.x_ptr(n), self.half_ptr(n)
         stream = net.stream_handle()  # while capturing with torch, its capture stream
         if make_noise:
             kernel.initial_noise(x, self.params.ptr, self.elements, n, x_half_ptr=x_half, stream=stream)
@@ -97,7 +100,7 @@ class DeviceLoop:
         memory.copy_from_host(self.coefficients.ptr, np.ascontiguousarray(sampler.coefficients, np.float32), stream)
         memory.copy_from_host(self.params.ptr, run_params(seed, first_image, sampler.clip_sample), stream)
         # 2. x_T: generated on the device, or the caller's copied once (fp32 and the network's copy).
-        x, x_half = self._x_ptr(n), self._half_ptr(n)
+        x, x_half = self.x_ptr(n), self.half_ptr(n)
         if x_T is not None:
             x_T = np.ascontiguousarray(x_T, np.float32)
             if x_T.shape != (n, *self.image_shape):
@@ -107,13 +110,16 @@ class DeviceLoop:
                 memory.copy_from_host(x_half, x_T.astype(np.float16), stream)
         # 3. The loop: replay its graph, or run it eagerly (the first run at a key warms up, then is captured).
         key = (n, steps, x_T is None)
+        start = time.perf_counter()
         if self.cuda_graph and key in self._graphs:
             self._graphs[key]()
         else:
             self._record(n, steps, x_T is None)
-            if self.cuda_graph:
-                self._graphs[key] = net.capture(lambda: self._record(n, steps, x_T is None))
-                self.captures += 1
+        # Host time spent enqueuing the loop (the GPU runs behind it): the profiler's host overhead.
+        self.last_enqueue_seconds = time.perf_counter() - start
+        if self.cuda_graph and key not in self._graphs:
+            self._graphs[key] = net.capture(lambda: self._record(n, steps, x_T is None))
+            self.captures += 1
         # 4. One copy back.
         out = np.empty((n, *self.image_shape), np.float32)
         memory.copy_to_host(out, x, stream)

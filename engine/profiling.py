@@ -3,8 +3,11 @@
 Stages are the sampler's own (`Sampler.sample(stage=...)`): "network" (the model call) and
 "update" (noise and the coefficient-form step); what remains of a step is host overhead.  Each
 stage is also an NVTX range when the `nvtx` package is installed, so an Nsight Systems timeline
-shows network / update / loop.  GPU backends in this version synchronize inside the model call,
-so host clocks include the device time.
+shows network / update / loop.
+
+GPU models (those with a `device_loop`) are profiled by `profile_device_loop` instead: the
+loop runs end to end on the device as users run it (wall clock), and the stages are timed
+with CUDA events on the model's stream, each stage enqueued alone for all steps.
 """
 
 from __future__ import annotations
@@ -62,6 +65,81 @@ def peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+class CudaTimer:
+    """Elapsed GPU time between two CUDA events recorded on a stream (cuda-python, codes checked)."""
+
+    def __init__(self):
+        from ddpmrt.engine.cuda_runtime import check, cudart
+
+        self._rt, self._check = cudart(), check
+        self._start = check(self._rt.cudaEventCreate(), "cudaEventCreate")
+        self._end = check(self._rt.cudaEventCreate(), "cudaEventCreate")
+
+    def start(self, stream) -> None:
+        self._check(self._rt.cudaEventRecord(self._start, stream), "cudaEventRecord")
+
+    def stop_ms(self, stream) -> float:
+        """Record the end event, wait for it, and return the milliseconds since start()."""
+        self._check(self._rt.cudaEventRecord(self._end, stream), "cudaEventRecord")
+        self._check(self._rt.cudaEventSynchronize(self._end), "cudaEventSynchronize")
+        return float(self._check(self._rt.cudaEventElapsedTime(self._start, self._end), "cudaEventElapsedTime"))
+
+
+def gpu_memory_used_mb() -> float | None:
+    """Device memory in use now (total − free, all processes and the CUDA context included)."""
+    try:
+        from ddpmrt.engine.cuda_runtime import check, cudart
+
+        free, total = check(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+    except Exception:
+        return None
+    return (total - free) / 2 ** 20
+
+
+def profile_device_loop(model, sampler, batch: int, runs: int = 10, warmup: int = 2, seed: int = 0,
+                        timer=None) -> dict:
+    """Profile a GPU model's device loop: wall clock end to end, CUDA events per stage.
+
+    network: all steps' network calls enqueued alone, timed with events, per step.
+    update:  all steps' fused-kernel launches alone, per step.
+    host:    the host time spent enqueuing one loop (a graph launch, or every call), per step.
+    """
+    loop = model.device_loop
+    steps, n = sampler.num_steps, batch
+    timer = timer or CudaTimer()
+    rows = []
+    for run in range(warmup + runs):
+        start = time.perf_counter()
+        with nvtx_range("loop"):
+            loop.sample(sampler, n, seed=seed)
+        total = time.perf_counter() - start
+        host = loop.last_enqueue_seconds
+        stream = model.stream_handle()
+        with nvtx_range("network"):
+            timer.start(stream)
+            eps = [model.forward(n, i) for i in range(steps)][-1]
+            network_ms = timer.stop_ms(stream)
+        with nvtx_range("update"):
+            timer.start(stream)
+            x = loop.x_ptr(n)
+            for i in range(steps):
+                loop.kernel.update(x, eps, model.eps_dtype, loop.coefficients.ptr, loop.params.ptr, i, steps,
+                                   loop.elements, n, x_half_ptr=loop.half_ptr(n), stream=stream)
+            update_ms = timer.stop_ms(stream)
+        if run >= warmup:
+            rows.append({"total_s": total, "network_ms_per_step": network_ms / steps, "update_ms_per_step": update_ms / steps,
+                         "host_ms_per_step": 1e3 * host / steps, "ms_per_image": 1e3 * total / n, "images_per_s": n / total})
+    result = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "timing": "wall clock; stages by CUDA events"}
+    for key in rows[0]:
+        result[key] = summarize(r[key] for r in rows)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["gpu_memory_used_mb"] = gpu_memory_used_mb()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        result["torch_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return result
 
 
 def profile_sampler(model, sampler, batch: int, runs: int = 10, warmup: int = 2, seed: int = 0) -> dict:

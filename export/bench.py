@@ -20,34 +20,45 @@ import torch
 from ddpmrt.engine import DDIMSampler, load_model
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
-from ddpmrt.engine.profiling import environment, profile_sampler, summarize
+from ddpmrt.engine.profiling import environment, profile_device_loop, profile_sampler, summarize
 from ddpmrt.export.checkpoint import load_unet
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.sources import from_checkpoint
 
+BENCH_BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "torch-cuda-graph", "onnxruntime-cuda", "tensorrt")
 
-def _backends(checkpoint: Path, work: Path, threads: int) -> tuple[dict, dict]:
-    """name -> loaded model for every backend that runs here; name -> why not, for the others."""
+
+def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS) -> tuple[dict, dict]:
+    """name -> loaded model for every wanted backend that runs here; name -> why not, for the others."""
     from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
     from ddpmrt.engine.cuda_runtime import device_compute_capability
 
-    models, missing = {"torch-cpu": load_model(checkpoint, backend="torch")}, {}
-    source = from_checkpoint(checkpoint, "fp32")
+    models, missing = {}, {}
+    if "torch-cpu" in wanted:
+        models["torch-cpu"] = load_model(checkpoint, backend="torch")
     onnx_path = work / "model-fp32.onnx"
-    if not onnx_path.is_file():
+    if {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted) and not onnx_path.is_file():
+        source = from_checkpoint(checkpoint, "fp32")
         export_onnx(source.module, source.metadata, onnx_path)
-    models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
-    if torch.cuda.is_available():
-        models["torch-cuda"] = load_model(checkpoint, backend="torch", device="cuda")
-    else:
-        missing["torch-cuda"] = "needs a CUDA GPU"
-    missing["torch-cuda-graph"] = "needs the fused update kernel and CUDA-graph loop (kernels issue)"
-    if ort_cuda():
-        models["onnxruntime-cuda"] = load_model(onnx_path, backend="onnxruntime", device="cuda")
-    else:
-        missing["onnxruntime-cuda"] = "needs onnxruntime-gpu and a GPU"
-    if device_compute_capability() is None:
+    if "onnxruntime-cpu" in wanted:
+        models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
+    for name, graph in (("torch-cuda", False), ("torch-cuda-graph", True)):
+        if name not in wanted:
+            continue
+        if torch.cuda.is_available():
+            # fp16 on the device loop: eagerly, or as one CUDA graph per (batch, steps).
+            models[name] = load_model(checkpoint, backend="torch", device="cuda", cuda_graph=graph)
+        else:
+            missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
+    if "onnxruntime-cuda" in wanted:
+        if ort_cuda():
+            models["onnxruntime-cuda"] = load_model(onnx_path, backend="onnxruntime", device="cuda")
+        else:
+            missing["onnxruntime-cuda"] = "needs onnxruntime-gpu and a GPU"
+    if "tensorrt" not in wanted:
+        pass
+    elif device_compute_capability() is None:
         missing["tensorrt"] = "needs an NVIDIA GPU and TensorRT or TensorRT-RTX"
     else:
         try:
@@ -62,13 +73,13 @@ def _backends(checkpoint: Path, work: Path, threads: int) -> tuple[dict, dict]:
                 export_onnx(source16.module, source16.metadata, onnx16)
             plan = work / "model-fp16.plan"
             build_engine(onnx16, plan, source16.metadata, sha256_file(onnx16), flavour, BatchProfile(1, 8, 256), ["current"])
-            models["tensorrt"] = load_model(plan, backend="tensorrt")
+            models["tensorrt"] = load_model(plan, backend="tensorrt", cuda_graph=True)
         except UserError as exc:
             missing["tensorrt"] = str(exc)
     return models, missing
 
 
-def _diffusers_pipeline(checkpoint: Path, device: str):
+def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32):
     from diffusers import DDIMPipeline, DDIMScheduler
 
     from ddpmrt.export.diffusers_convert import to_diffusers
@@ -80,52 +91,69 @@ def _diffusers_pipeline(checkpoint: Path, device: str):
     scheduler = DDIMScheduler(num_train_timesteps=sched["num_train_timesteps"], beta_start=sched["beta_start"],
                               beta_end=sched["beta_end"], beta_schedule="linear", clip_sample=False,
                               set_alpha_to_one=True, timestep_spacing="leading")
-    pipe = DDIMPipeline(unet=to_diffusers(module), scheduler=scheduler).to(device)
+    pipe = DDIMPipeline(unet=to_diffusers(module), scheduler=scheduler).to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int) -> dict:
     totals = []
+    if pipe.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for run in range(warmup + runs):
         start = time.perf_counter()
         pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, generator=torch.Generator().manual_seed(run),
-             output_type="np")
+             output_type="np")  # returns host arrays: synchronized, like ddpmrt's loop
         if run >= warmup:
             totals.append(time.perf_counter() - start)
-    return {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "total_s": summarize(totals),
-            "ms_per_image": summarize(1e3 * t / batch for t in totals),
-            "images_per_s": summarize(batch / t for t in totals)}
+    row = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "total_s": summarize(totals),
+           "ms_per_image": summarize(1e3 * t / batch for t in totals),
+           "images_per_s": summarize(batch / t for t in totals)}
+    if pipe.device.type == "cuda":
+        row["torch_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return row
 
 
 def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, runs: int = 10, warmup: int = 2,
-              threads: int | None = None, compare_diffusers: bool = True, progress: bool = True) -> dict:
+              threads: int | None = None, compare_diffusers: bool = True, progress: bool = True,
+              backends=BENCH_BACKENDS) -> dict:
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    models, missing = _backends(checkpoint, out, threads)
+    models, missing = _backends(checkpoint, out, threads, backends)
+    if not models:
+        raise UserError("none of the backends asked for runs here: "
+                        + "; ".join(f"{name} {why}" for name, why in missing.items()))
     results = []
     jobs = [(name, b) for name in models for b in batches]
-    pipe = _diffusers_pipeline(checkpoint, "cpu") if compare_diffusers else None
-    with tqdm(total=len(jobs) + (len(batches) if pipe else 0), disable=not progress, desc="bench") as bar:
+    # diffusers as users run it: fp32 on the CPU, fp16 on a GPU.
+    pipes = {}
+    if compare_diffusers:
+        if any(name.endswith("-cpu") for name in backends):
+            pipes["cpu"] = ("diffusers-DDIMPipeline-cpu", _diffusers_pipeline(checkpoint, "cpu"))
+        if torch.cuda.is_available() and not all(name.endswith("-cpu") for name in backends):
+            pipes["cuda"] = ("diffusers-DDIMPipeline-cuda-fp16", _diffusers_pipeline(checkpoint, "cuda", torch.float16))
+    with tqdm(total=len(jobs) + len(batches) * len(pipes), disable=not progress, desc="bench") as bar:
         for name, batch in jobs:
             model = models[name]
             sampler = DDIMSampler(model.schedule, num_steps=steps)
-            row = profile_sampler(model, sampler, batch, runs=runs, warmup=warmup)
+            profile = profile_device_loop if getattr(model, "device_loop", None) is not None else profile_sampler
+            row = profile(model, sampler, batch, runs=runs, warmup=warmup)
             row["backend"] = name
             results.append(row)
             bar.update(1)
         diffusers_rows = []
-        if pipe is not None:
+        for device, (name, pipe) in pipes.items():
             for batch in batches:
                 row = _time_diffusers(pipe, batch, steps, runs, warmup)
-                row["backend"] = "diffusers-DDIMPipeline-cpu"
+                row["backend"], row["device"] = name, device
                 diffusers_rows.append(row)
                 bar.update(1)
     for row in results:
-        ref = next((d for d in diffusers_rows if d["batch"] == row["batch"]), None)
+        device = "cpu" if row["backend"].endswith("-cpu") else "cuda"
+        ref = next((d for d in diffusers_rows if d["batch"] == row["batch"] and d["device"] == device), None)
         if ref:
             row["speedup_vs_diffusers"] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
     module, config = load_unet(checkpoint)
@@ -145,7 +173,9 @@ def write_report(report: dict, out: Path) -> None:
              f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {env['threads']} threads)"
              + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU")
              + f"; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, diffusers {env.get('diffusers')}.",
-             "Medians over the runs after warm-up (spread: 25th-75th percentile of ms/image).", "",
+             "Medians over the runs after warm-up (spread: 25th-75th percentile of ms/image). GPU rows run the "
+             "device loop: end to end by wall clock, network and update by CUDA events, host = enqueue time; "
+             "'vs diffusers' compares with diffusers on the same device (fp32 on the CPU, fp16 on a GPU).", "",
              "| backend | batch | network ms/step | update ms/step | host ms/step | ms/image (p25-p75) | images/s | vs diffusers |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["results"]:

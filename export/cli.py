@@ -155,11 +155,15 @@ def _bench(ns: argparse.Namespace) -> None:
     import tempfile
 
     from ddpmrt.engine.backends import resolve_model_path
-    from ddpmrt.export.bench import run_bench
+    from ddpmrt.export.bench import BENCH_BACKENDS, run_bench
     from ddpmrt.export.checkpoint import write_random_checkpoint
     from ddpmrt.export.unet import CONFIGS
 
     batches = _int_list(ns.batch, "--batch")
+    backends = BENCH_BACKENDS if ns.backends == "all" else [b.strip() for b in ns.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BENCH_BACKENDS]
+    if unknown or not backends:
+        raise UserError(f"--backends {ns.backends!r}: choose all or some of {', '.join(BENCH_BACKENDS)}")
     if ns.runs < 1 or ns.warmup < 0 or ns.steps < 1:
         raise UserError("--runs and --steps must be positive and --warmup non-negative")
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,8 +178,8 @@ def _bench(ns: argparse.Namespace) -> None:
         else:
             raise UserError("name a checkpoint or shipped model, or pass --random-weights cifar10")
         run_bench(checkpoint, Path(ns.out), batches=batches, steps=ns.steps, runs=ns.runs,
-                           warmup=ns.warmup, threads=ns.threads, compare_diffusers=not ns.no_diffusers,
-                           progress=not ns.quiet)
+                  warmup=ns.warmup, threads=ns.threads, compare_diffusers=not ns.no_diffusers,
+                  progress=not ns.quiet, backends=backends)
     print((Path(ns.out) / "bench.md").read_text(encoding="utf-8"))
 
 
@@ -323,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="checkpoint directory or shipped model name")
     p.add_argument("--random-weights", metavar="CONFIG", help="bench a named U-Net config (tiny, cifar10) with random weights")
     p.add_argument("--batch", default="1,8,64", help="batch sizes (default 1,8,64)")
+    p.add_argument("--backends", default="all",
+                   help="all (default: every one that runs here) or a list of torch-cpu, onnxruntime-cpu, torch-cuda, "
+                        "torch-cuda-graph, onnxruntime-cuda, tensorrt")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps per loop (default 20)")
     p.add_argument("--runs", type=int, default=10, help="timed loops per configuration (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed loops first (default 2)")

@@ -210,3 +210,30 @@ def test_non_finite_output_is_a_user_error():
     loop, _ = make_loop(cuda_graph=False, function=lambda x, t: np.full(x.shape, np.inf, np.float32))
     with pytest.raises(UserError, match="NaN or Inf"):
         loop.sample(DDIMSampler(SCHEDULE, 3), 1)
+
+
+class CountingTimer:
+    """CudaTimer's interface on the host: milliseconds from the wall clock."""
+
+    def start(self, stream):
+        import time
+
+        self._t = time.perf_counter()
+
+    def stop_ms(self, stream):
+        import time
+
+        return 1e3 * (time.perf_counter() - self._t)
+
+
+def test_profile_device_loop_reports_every_stage():
+    from ddpmrt.engine.profiling import profile_device_loop
+
+    loop, gpu = make_loop()
+    net = loop.network
+    net.device_loop = loop
+    result = profile_device_loop(net, DDIMSampler(SCHEDULE, 4), batch=2, runs=3, warmup=1, timer=CountingTimer())
+    assert result["runs"] == 3 and result["steps"] == 4
+    for key in ("network_ms_per_step", "update_ms_per_step", "host_ms_per_step", "ms_per_image", "images_per_s"):
+        assert result[key]["n"] == 3 and result[key]["median"] > 0, key
+    assert loop.captures == 1  # the timed loops replayed one graph

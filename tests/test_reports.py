@@ -72,6 +72,8 @@ def test_demo(tmp_path):
     (["bench", "--random-weights", "huge"], "choose one of"),
     (["bench", "digits", "--batch", "0"], "positive integers"),
     (["bench"], "name a checkpoint"),
+    (["bench", "digits", "--backends", "cuda"], "choose all or some of"),
+    (["bench", "digits", "--backends", "tensorrt", "--no-diffusers"], "none of the backends asked for runs here"),
     (["report", "digits", "--samplers", "ddim:x"], "not understood"),
     (["report", "digits", "--spacing", "cubic"], "unknown spacing"),
     (["report", "digits", "--spacing", "leading,leading"], "each spacing once"),
