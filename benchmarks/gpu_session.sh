@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the kernels and benchmarks issues, for the lent device machine.
+#
+# One part per device call (each ends well inside the 10-minute limit); results go to OUTDIR,
+# whose JSON/Markdown/PNG files are then committed under benchmarks/results/:
+#
+#   bash benchmarks/gpu_session.sh tests   "$OUT"   # GPU tests: kernel vs NumPy, device loop, TensorRT
+#   bash benchmarks/gpu_session.sh kernels "$OUT"   # accuracy and bandwidth (benchmarks/gpu_kernels.py)
+#   bash benchmarks/gpu_session.sh bench   "$OUT"   # cifar10 DDIM-50 at batch 1, 64, 256 vs diffusers fp16
+#   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
+#
+# The device image has PyTorch, cuda-python and NVRTC but not diffusers: carry its wheel in .whl
+# (see benchmarks/README.md); the script installs .whl/*.whl and ddpmrt itself into /tmp/site.
+set -uo pipefail
+part=${1:?usage: gpu_session.sh tests|kernels|bench|report OUTDIR}
+out=${2:?usage: gpu_session.sh tests|kernels|bench|report OUTDIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} DDPMRT_CACHE_DIR=/tmp/ddpmrt-cache
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+python3 -m pip install -q --no-deps --no-build-isolation --no-cache-dir --target /tmp/site . || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/nvidia-smi.csv"
+
+keep() {  # copy a report's small files (not the ONNX/engines) into $out/$2
+  mkdir -p "$out/$2" && cp "$1"/*.json "$1"/*.md "$1"/*.png "$out/$2"/ 2>/dev/null
+}
+
+case "$part" in
+  tests)
+    python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_device_loop.py \
+      tests/test_gpu_loop.py tests/test_tensorrt.py 2>&1 | tee "$out/gpu-tests.log"
+    ;;
+  kernels)
+    python3 benchmarks/gpu_kernels.py --out "$out/gpu-kernels.json"
+    ;;
+  bench)
+    python3 -m ddpmrt.export bench --random-weights cifar10 --batch 1,64,256 --steps 50 --runs 10 --warmup 2 \
+      --backends torch-cuda,torch-cuda-graph,onnxruntime-cuda,tensorrt --out /tmp/bench-cifar10 --quiet
+    keep /tmp/bench-cifar10 bench-cifar10-ddim50
+    ;;
+  report)
+    for model in digits shapes; do
+      python3 -m ddpmrt.export report "$model" --backend torch --device cuda --samplers full --samples 500 \
+        --spacing leading,trailing,linspace --out "/tmp/report-$model" --quiet
+      keep "/tmp/report-$model" "report-$model"
+    done
+    ;;
+  *)
+    echo "unknown part $part: use tests, kernels, bench or report" >&2
+    exit 2
+    ;;
+esac
