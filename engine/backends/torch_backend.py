@@ -101,8 +101,16 @@ class TorchModel:
 
     def capture(self, record):
         torch = self._torch
+        # As torch's CUDA-graph recipe asks: run once on the capture stream first, so that cuBLAS and
+        # cuDNN set up their per-stream state outside the capture.
+        side, current = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for n in self._io:
+                self.forward(n, 0)
+        current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        with torch.inference_mode(), torch.cuda.graph(graph, stream=side):
             record()
         self._graphs.append(graph)
         return graph.replay
