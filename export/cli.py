@@ -204,6 +204,23 @@ def _report(ns: argparse.Namespace) -> None:
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))
 
 
+def _best_backend(flavour) -> tuple[str, str]:
+    """TensorRT on a GPU with a flavour, else torch on CUDA, else ONNX Runtime on the CPU."""
+    from ddpmrt.engine.cuda_runtime import device_compute_capability
+    from ddpmrt.engine.tensorrt_flavour import RTX_TARGETS
+
+    capability = device_compute_capability()
+    if capability is not None:
+        gpu = "sm{}{}".format(*capability)
+        if flavour is not None and (not flavour.is_rtx or gpu in RTX_TARGETS):  # RTX: no Hopper
+            return "tensorrt", "cuda"
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch", "cuda"
+    return "onnxruntime", "cpu"
+
+
 def _demo(ns: argparse.Namespace) -> None:
     """The README's first command: shipped model -> ONNX -> engine (if a flavour is installed) -> report."""
     import time
@@ -219,13 +236,17 @@ def _demo(ns: argparse.Namespace) -> None:
     try:
         flavour = import_flavour("auto")
     except UserError as exc:
+        flavour = None
         print(f"skipping the engine build: {exc}")
     else:
         engine_args = argparse.Namespace(model=str(checkpoint), from_diffusers=None, schedule=None, image_shape=None,
                                          opset=18, out=str(out / "digits-fp16.plan"), precision="fp16", batch="1:64:256",
                                          targets="auto", flavour=flavour.name, optimization_level=None, force=False)
         _export_engine(engine_args)
-    run_report(checkpoint, out, QUICK, num_samples=ns.samples, threads=ns.threads, progress=not ns.quiet)
+    backend, device = _best_backend(flavour)
+    print(f"sampling on {backend} ({device})")
+    run_report(checkpoint, out, QUICK, num_samples=ns.samples, backend=backend, device=device, threads=ns.threads,
+               progress=not ns.quiet)
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"ddpmrt demo: done in {time.perf_counter() - start:.0f} s; open {out / 'report.md'}")
 
