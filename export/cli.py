@@ -32,6 +32,8 @@ def _sample(ns: argparse.Namespace) -> None:
     schedule, image_shape = _description(ns)
     model = load_model(ns.model, backend=ns.backend, device=ns.device, threads=ns.threads,
                        schedule=schedule, image_shape=image_shape, cuda_graph=ns.cuda_graph, precision=ns.precision)
+    if ns.cuda_graph and getattr(model, "device_loop", None) is None:
+        raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda")
     clip = ns.clip_sample if ns.clip_sample > 0 else None
     if ns.sampler == "ddim":
         sampler = DDIMSampler(model.schedule, num_steps=ns.steps, eta=ns.eta, spacing=ns.spacing, clip_sample=clip)

@@ -64,6 +64,8 @@ def damaged_checkpoints(tmp_path):
     ("digits", ["--steps", "0"], "number of steps"),
     ("digits", ["--steps", "5000"], "number of steps"),
     ("digits", ["--backend", "tpu"], "unknown backend"),
+    ("digits", ["--cuda-graph"], "needs a GPU backend"),
+    ("digits", ["--precision", "fp16"], "needs --device cuda"),
     ("{tmp}/bad_json", [], "not valid JSON"),
     ("{tmp}/no_weights", [], "no model.safetensors"),
     ("{tmp}/truncated", [], "cannot read"),

@@ -248,9 +248,8 @@ def test_backend_calls_only_methods_of_installed_tensorrt_rtx():
     for cls, names in used.items():
         missing = sorted(n for n in names if not hasattr(getattr(tensorrt_rtx, cls), n))
         assert not missing, f"{cls} has no {missing} in tensorrt_rtx {tensorrt_rtx.__version__}"
-    for name in ("Logger", "Runtime", "CudaGraphStrategy"):
+    for name in ("Logger", "Runtime"):
         assert hasattr(tensorrt_rtx, name)
-    assert hasattr(tensorrt_rtx.CudaGraphStrategy, "WHOLE_GRAPH_CAPTURE")
 
 
 def test_backend_calls_only_existing_cuda_runtime_functions():
