@@ -2,8 +2,8 @@
 
 Per step the network runs (a TensorRT engine, or torch on CUDA), then one fused kernel
 (engine/kernels.py) does the whole sampler update and writes the next network input in the
-network's dtype.  The host enqueues work and copies twice per run: the sampler's tables
-before, the images after.
+network's dtype.  The host enqueues work and copies twice per run: the run parameters (and
+the sampler's tables, when the sampler changed) before, the images after.
 
     x_T = noise(seed)                     initial-noise kernel (or the caller's x_T, copied once)
     for i in range(steps):
@@ -19,7 +19,7 @@ A network plugs in through five methods (TensorRTModel and TorchCudaModel implem
 
     input_dtype, eps_dtype            what the network reads (the kernel writes it) and writes
     stream_handle()                   the stream to enqueue on now (torch: its current stream)
-    prepare(n, timesteps)             set the batch, copy the timestep table (outside any graph)
+    prepare(n, timesteps)             set the batch, copy the timestep table if it changed (outside any graph)
     input_ptr(n)                      the fixed device address the network reads x from
     forward(n, step) -> eps_ptr       enqueue one network call at timesteps[step]
     capture(record) -> replay         record `record()` into a CUDA graph, return its launcher
@@ -62,6 +62,7 @@ class DeviceLoop:
         self._graphs: dict[tuple, object] = {}
         self.captures = 0                      # how many graphs were recorded (tests and benchmarks read it)
         self.last_enqueue_seconds = 0.0
+        self._uploaded_coefficients = None
 
     def x_ptr(self, n: int) -> int:
         """fp32 x: the network's own input buffer when it reads fp32, else a buffer of ours."""
@@ -96,8 +97,12 @@ class DeviceLoop:
             net.check_batch(n)
         stream = net.stream_handle()
         # 1. Tables and run parameters into device memory (a replayed graph reads them from there).
+        #    The tables are copied only when the sampler changed: a new seed costs one 16-byte copy.
         net.prepare(n, sampler.timesteps)
-        memory.copy_from_host(self.coefficients.ptr, np.ascontiguousarray(sampler.coefficients, np.float32), stream)
+        coefficients = np.ascontiguousarray(sampler.coefficients, np.float32)
+        if self._uploaded_coefficients is None or not np.array_equal(self._uploaded_coefficients, coefficients):
+            memory.copy_from_host(self.coefficients.ptr, coefficients, stream)
+            self._uploaded_coefficients = coefficients
         memory.copy_from_host(self.params.ptr, run_params(seed, first_image, sampler.clip_sample), stream)
         # 2. x_T: generated on the device, or the caller's copied once (fp32 and the network's copy).
         x, x_half = self.x_ptr(n), self.half_ptr(n)

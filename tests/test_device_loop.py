@@ -40,6 +40,7 @@ class HostGpu:
     def __init__(self):
         self.recording = None
         self.launches = 0
+        self.host_to_device = 0
 
     def enqueue(self, fn):
         self.launches += 1
@@ -53,6 +54,7 @@ class HostGpu:
         return HostBuffer(nbytes)
 
     def copy_from_host(self, ptr, array, stream):
+        self.host_to_device += 1
         array = np.ascontiguousarray(array)
         view(ptr, np.uint8, array.nbytes)[:] = array.view(np.uint8).ravel()
 
@@ -187,6 +189,9 @@ def test_graphs_are_keyed_by_batch_and_steps():
     launches = gpu.launches
     loop.sample(DDIMSampler(SCHEDULE, 5, spacing="trailing"), 2, seed=3)
     assert loop.captures == 1 and gpu.launches == launches  # a replay enqueues nothing new
+    copies = gpu.host_to_device
+    loop.sample(DDIMSampler(SCHEDULE, 5, spacing="trailing"), 2, seed=4)
+    assert gpu.host_to_device == copies + 1  # same sampler, new seed: only the run parameters travel
     loop.sample(DDIMSampler(SCHEDULE, 6), 2)
     loop.sample(DDIMSampler(SCHEDULE, 5), 4)
     assert loop.captures == 3

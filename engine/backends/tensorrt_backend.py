@@ -124,7 +124,9 @@ class TensorRTModel:
         self.max_steps = self.schedule.num_train_timesteps
         self.t_device = DeviceBuffer(self.max_steps * _row_bytes(max_n))
         self.eps_device = DeviceBuffer(max_n * per_image * np.dtype(self.dtype).itemsize)
-        self._set_addresses(self.t_device.ptr)
+        self.t_call = DeviceBuffer(max_n * 8)  # t of a direct call, so that it never clobbers the table
+        self._t_table = None                   # the table now on the device
+        self._set_addresses(self.t_call.ptr)
         self._batch = None
         self.input_dtype = np.dtype(self.dtype)
         self.eps_dtype = "fp16" if self.input_dtype == np.float16 else "fp32"
@@ -170,7 +172,9 @@ class TensorRTModel:
         self._set_batch(n)
         table = np.zeros((len(timesteps), _row_bytes(n) // 8), np.int64)
         table[:, :n] = np.asarray(timesteps, np.int64)[:, None]
-        self.t_device.copy_from_host(table, self.stream)
+        if self._t_table is None or not np.array_equal(self._t_table, table):
+            self.t_device.copy_from_host(table, self.stream)
+            self._t_table = table
 
     def input_ptr(self, n: int) -> int:
         return self.x_device.ptr
@@ -200,12 +204,12 @@ class TensorRTModel:
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         n = len(x)
         self._set_batch(n)
-        self._set_addresses(self.t_device.ptr)
+        self._set_addresses(self.t_call.ptr)
         x_host = np.ascontiguousarray(x, dtype=self.dtype)
         t_host = np.ascontiguousarray(t, dtype=np.int64)
         eps_host = np.empty_like(x_host)
         self.x_device.copy_from_host(x_host, self.stream)
-        self.t_device.copy_from_host(t_host, self.stream)
+        self.t_call.copy_from_host(t_host, self.stream)
         self._execute()
         self.eps_device.copy_to_host(eps_host, self.stream)
         check(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
@@ -215,7 +219,7 @@ class TensorRTModel:
         for graph_exec in self._graph_execs:
             check(cudart().cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
         self._graph_execs = []
-        for buffer in (self.x_device, self.t_device, self.eps_device):
+        for buffer in (self.x_device, self.t_device, self.t_call, self.eps_device):
             buffer.free()
         if self.stream is not None:
             check(cudart().cudaStreamDestroy(self.stream), "cudaStreamDestroy")

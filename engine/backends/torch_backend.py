@@ -86,8 +86,12 @@ class TorchModel:
         return self._io[n]
 
     def prepare(self, n: int, timesteps: np.ndarray) -> None:
-        table = np.repeat(np.asarray(timesteps, np.int64)[:, None], n, axis=1)
-        self._buffers(n)["t"][:len(table)].copy_(self._torch.from_numpy(table))
+        io = self._buffers(n)
+        timesteps = np.asarray(timesteps, np.int64)
+        if io.get("timesteps") is None or not np.array_equal(io["timesteps"], timesteps):
+            table = np.repeat(timesteps[:, None], n, axis=1)
+            io["t"][:len(table)].copy_(self._torch.from_numpy(table))
+            io["timesteps"] = timesteps
 
     def input_ptr(self, n: int) -> int:
         return self._buffers(n)["x"].data_ptr()
