@@ -65,6 +65,11 @@ class ReportModels:
         self.schedule = source.metadata.schedule
         self.data = GaussianData.random((2, 2, 2), self.schedule, seed=3)
         if backend == "tensorrt":
+            from ddpmrt.engine.cuda_runtime import device_compute_capability
+
+            if device_compute_capability() is None:
+                raise UserError("report --backend tensorrt needs an NVIDIA GPU (it builds and runs engines for the "
+                                "GPU it runs on); use --backend onnxruntime here")
             # The U-Net as an fp16 engine (what users ship); the Gaussian check stays fp32: it measures
             # the sampler, and its closed-form tables would lose digits in fp16.
             self.unet = self._engine(from_checkpoint(checkpoint, "fp16"), "model-fp16", max_batch)

@@ -81,3 +81,13 @@ def test_demo(tmp_path):
 ])
 def test_bad_arguments(tmp_path, args, fragment):
     assert_user_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)
+
+
+def test_report_on_tensorrt_without_a_gpu_says_what_it_needs(tmp_path):
+    from ddpmrt.engine.cuda_runtime import device_compute_capability
+
+    if device_compute_capability() is not None:
+        pytest.skip("checks the message given where no GPU is visible")
+    result = run_cli("report", "digits", "--backend", "tensorrt", "--samplers", "ddim:3", "--samples", "4",
+                     "--out", str(tmp_path / "r"), "--quiet")
+    assert_user_error(result, "needs an NVIDIA GPU", "--backend onnxruntime")
