@@ -27,6 +27,7 @@ from ddpmrt.engine.samplers import DEFAULT_SPACING
 from ddpmrt.export.checkpoint import read_config
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
+from ddpmrt.export.quality import JUDGED_DATASETS, ClassifierJudge
 from ddpmrt.export.sources import from_checkpoint
 
 # (sampler, steps, eta) — the list; QUICK is what the demo runs.
@@ -146,8 +147,6 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
     config = read_config(checkpoint)
     judge = None
     dataset = config.get("data", {}).get("name")
-    from ddpmrt.export.quality import JUDGED_DATASETS, ClassifierJudge
-
     if dataset in JUDGED_DATASETS:
         judge = ClassifierJudge.train(dataset, image_size=config["image_shape"][-1])
     models = ReportModels(checkpoint, out, backend, device, threads, num_samples, gaussian_samples)
