@@ -91,7 +91,9 @@ def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32):
     scheduler = DDIMScheduler(num_train_timesteps=sched["num_train_timesteps"], beta_start=sched["beta_start"],
                               beta_end=sched["beta_end"], beta_schedule="linear", clip_sample=False,
                               set_alpha_to_one=True, timestep_spacing="leading")
-    pipe = DDIMPipeline(unet=to_diffusers(module), scheduler=scheduler).to(device, dtype)
+    pipe = DDIMPipeline(unet=to_diffusers(module), scheduler=scheduler).to(device)
+    if dtype != torch.float32:
+        pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
