@@ -264,7 +264,12 @@ def test_backend_calls_only_existing_cuda_runtime_functions():
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call) and \
                     getattr(node.value.func, "id", None) == "cudart":
                 names.add(node.attr)
-    assert {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamCreateWithFlags"} <= names
+    import re
+
+    import ddpmrt.engine.profiling as profiling
+    names |= set(re.findall(r"_rt\.(cuda\w+)", Path(profiling.__file__).read_text()))
+    assert {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamCreateWithFlags", "cudaEventElapsedTime",
+            "cudaStreamBeginCapture", "cudaGraphLaunch"} <= names
     assert not sorted(n for n in names if not hasattr(cudart, n))
 
 
