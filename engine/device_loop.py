@@ -75,17 +75,20 @@ class DeviceLoop:
     def half_ptr(self, n: int) -> int:
         return 0 if np.dtype(self.network.input_dtype) == np.float32 else self.network.input_ptr(n)
 
+    def update(self, n: int, eps_ptr: int, step: int, num_steps: int, stream) -> None:
+        """Enqueue the fused update of step `step` on x (and the network's next input)."""
+        self.kernel.update(self.x_ptr(n), eps_ptr, self.network.eps_dtype, self.coefficients.ptr, self.params.ptr,
+                           step, num_steps, self.elements, n, x_half_ptr=self.half_ptr(n), stream=stream)
+
     def _record(self, n: int, num_steps: int, make_noise: bool) -> None:
         """Enqueue the whole loop: what a graph captures, or what runs eagerly."""
-        net, kernel = self.network, self.kernel
-        x, x_half = self.x_ptr(n), self.half_ptr(n)
+        net = self.network
         stream = net.stream_handle()  # while capturing with torch, its capture stream
         if make_noise:
-            kernel.initial_noise(x, self.params.ptr, self.elements, n, x_half_ptr=x_half, stream=stream)
+            self.kernel.initial_noise(self.x_ptr(n), self.params.ptr, self.elements, n, x_half_ptr=self.half_ptr(n),
+                                      stream=stream)
         for i in range(num_steps):
-            eps = net.forward(n, i)
-            kernel.update(x, eps, net.eps_dtype, self.coefficients.ptr, self.params.ptr, i, num_steps,
-                          self.elements, n, x_half_ptr=x_half, stream=stream)
+            self.update(n, net.forward(n, i), i, num_steps, stream)
 
     def sample(self, sampler, n: int, seed: int = 0, first_image: int = 0, x_T: np.ndarray | None = None) -> np.ndarray:
         """Images (n, C, H, W) float32: the same as sampler.sample on the host, up to network precision."""

@@ -123,10 +123,8 @@ def profile_device_loop(model, sampler, batch: int, runs: int = 10, warmup: int 
             network_ms = timer.stop_ms(stream)
         with nvtx_range("update"):
             timer.start(stream)
-            x = loop.x_ptr(n)
             for i in range(steps):
-                loop.kernel.update(x, eps, model.eps_dtype, loop.coefficients.ptr, loop.params.ptr, i, steps,
-                                   loop.elements, n, x_half_ptr=loop.half_ptr(n), stream=stream)
+                loop.update(n, eps, i, steps, stream)
             update_ms = timer.stop_ms(stream)
         if run >= warmup:
             rows.append({"total_s": total, "network_ms_per_step": network_ms / steps, "update_ms_per_step": update_ms / steps,
