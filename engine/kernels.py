@@ -77,13 +77,34 @@ def _check(nvrtc, result, what: str):
     return values[0] if len(values) == 1 else values
 
 
-def compile_update_kernel(arch: str) -> bytes:
-    """The cubin of the fused kernels for `arch` (e.g. "sm_90"), from the disk cache or NVRTC."""
+def nvrtc_target(arch: str, supported: list[int], nvrtc_version: str) -> str:
+    """The architecture to compile for on an `arch` GPU, given the ones this NVRTC supports.
+
+    A cubin runs on its own architecture and on later minor versions of the same major one, so
+    an sm_XY this NVRTC does not name is served by the newest supported sm_XZ with Z < Y.
+    """
     if not (arch.startswith("sm_") and arch[3:].isdigit()):
         raise UserError(f"GPU architecture {arch!r} not understood; expected sm_XY, e.g. sm_90")
+    number = int(arch[3:])
+    if number in supported:
+        return arch
+    same_major = [s for s in supported if s // 10 == number // 10 and s < number]
+    if same_major:
+        return f"sm_{max(same_major)}"
+    if number < min(supported):
+        raise UserError(f"this GPU ({arch}) is older than NVRTC {nvrtc_version} supports (sm_{min(supported)} and "
+                        "newer): install an NVRTC that still targets it (e.g. nvidia-cuda-nvrtc-cu12) or use a "
+                        "newer GPU")
+    raise UserError(f"NVRTC {nvrtc_version} cannot compile for {arch} (it targets up to sm_{max(supported)}): "
+                    "update nvidia-cuda-nvrtc")
+
+
+def compile_update_kernel(arch: str) -> bytes:
+    """The cubin of the fused kernels for an `arch` GPU (e.g. "sm_90"), from the disk cache or NVRTC."""
     nvrtc = _nvrtc()
     sources = kernel_sources()
     version = ".".join(map(str, _check(nvrtc, nvrtc.nvrtcVersion(), "nvrtcVersion")))
+    arch = nvrtc_target(arch, list(_check(nvrtc, nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs")), version)
     digest = hashlib.sha256()
     for name in sorted(sources):
         digest.update(name.encode() + b"\0" + sources[name])
@@ -103,8 +124,6 @@ def compile_update_kernel(arch: str) -> bytes:
             size = _check(nvrtc, nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
             log = b" " * size
             nvrtc.nvrtcGetProgramLog(program, log)
-            if b"invalid value for --gpu-architecture" in log:
-                raise UserError(f"NVRTC {version} cannot compile for {arch}: update nvidia-cuda-nvrtc")
             raise RuntimeError(f"NVRTC failed to compile {SOURCE} for {arch}:\n{log.decode(errors='replace')}")
         size = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
         cubin = b" " * size

@@ -2,14 +2,16 @@
 
 For each backend and batch size: network, update and host time per step, time per image,
 images per second and peak memory; medians and spreads over `runs` loops after `warmup`.
-diffusers' DDIMPipeline runs the same weights (converted, diffusers_convert.py) with the same
-steps, batch and threads, in the same process, and the report gives the ratios.
+diffusers' DDIMPipeline (or DDPMPipeline for `sampler="ddpm"`) runs the same weights (converted,
+diffusers_convert.py) with the same sampler, steps, batch and threads, in the same process, and
+the report gives the ratios.
 
 Writes bench.json (with the environment), bench.md and bench.png into the output directory.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmrt.engine import DDIMSampler, load_model
+from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.profiling import environment, profile_device_loop, profile_sampler, summarize
@@ -27,6 +29,17 @@ from ddpmrt.export.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.sources import from_checkpoint
 
 BENCH_BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "torch-cuda-graph", "onnxruntime-cuda", "tensorrt")
+BENCH_SAMPLERS = ("ddim", "ddpm")
+
+
+def make_sampler(name: str, schedule, steps: int):
+    """The sampler both sides run: DDIM η=0 unclipped, or ancestral DDPM (fixed_small, x̂₀ clipped
+    to [-1, 1]), respaced to `steps`; diffusers' pipelines are configured to match (_diffusers_pipeline)."""
+    if name == "ddim":
+        return DDIMSampler(schedule, num_steps=steps, eta=0.0, spacing="leading", clip_sample=None)
+    if name == "ddpm":
+        return DDPMSampler(schedule, num_steps=steps, variance="fixed_small", clip_sample=1.0, spacing="leading")
+    raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
 
 
 def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS) -> tuple[dict, dict]:
@@ -79,8 +92,8 @@ def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS)
     return models, missing
 
 
-def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32):
-    from diffusers import DDIMPipeline, DDIMScheduler
+def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, sampler: str = "ddim"):
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
     from ddpmrt.export.diffusers_convert import to_diffusers
 
@@ -88,10 +101,15 @@ def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32):
     sched = config["schedule"]
     if sched["kind"] != "linear":
         raise UserError("the diffusers comparison supports linear schedules")
-    scheduler = DDIMScheduler(num_train_timesteps=sched["num_train_timesteps"], beta_start=sched["beta_start"],
-                              beta_end=sched["beta_end"], beta_schedule="linear", clip_sample=False,
-                              set_alpha_to_one=True, timestep_spacing="leading")
-    pipe = DDIMPipeline(unet=to_diffusers(module), scheduler=scheduler).to(device)
+    schedule = dict(num_train_timesteps=sched["num_train_timesteps"], beta_start=sched["beta_start"],
+                    beta_end=sched["beta_end"], beta_schedule="linear", timestep_spacing="leading")
+    if sampler == "ddim":
+        pipe = DDIMPipeline(unet=to_diffusers(module),
+                            scheduler=DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=True))
+    else:
+        pipe = DDPMPipeline(unet=to_diffusers(module),
+                            scheduler=DDPMScheduler(**schedule, clip_sample=True, variance_type="fixed_small"))
+    pipe = pipe.to(device)
     if dtype != torch.float32:
         pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -102,10 +120,11 @@ def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int) -> dic
     totals = []
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    extra = {"eta": 0.0} if "eta" in inspect.signature(pipe.__call__).parameters else {}  # DDIMPipeline only
     for run in range(warmup + runs):
         start = time.perf_counter()
-        pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, generator=torch.Generator().manual_seed(run),
-             output_type="np")  # returns host arrays: synchronized, like ddpmrt's loop
+        pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(run),
+             output_type="np", **extra)  # returns host arrays: synchronized, like ddpmrt's loop
         if run >= warmup:
             totals.append(time.perf_counter() - start)
     row = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "total_s": summarize(totals),
@@ -118,9 +137,12 @@ def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int) -> dic
 
 def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, runs: int = 10, warmup: int = 2,
               threads: int | None = None, compare_diffusers: bool = True, progress: bool = True,
-              backends=BENCH_BACKENDS) -> dict:
+              backends=BENCH_BACKENDS, sampler: str = "ddim") -> dict:
     from tqdm.auto import tqdm
 
+    if sampler not in BENCH_SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
+    pipeline = {"ddim": "DDIMPipeline", "ddpm": "DDPMPipeline"}[sampler]
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -134,15 +156,15 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     pipes = {}
     if compare_diffusers:
         if any(name.endswith("-cpu") for name in backends):
-            pipes["cpu"] = ("diffusers-DDIMPipeline-cpu", _diffusers_pipeline(checkpoint, "cpu"))
+            pipes["cpu"] = (f"diffusers-{pipeline}-cpu", _diffusers_pipeline(checkpoint, "cpu", sampler=sampler))
         if torch.cuda.is_available() and not all(name.endswith("-cpu") for name in backends):
-            pipes["cuda"] = ("diffusers-DDIMPipeline-cuda-fp16", _diffusers_pipeline(checkpoint, "cuda", torch.float16))
+            pipes["cuda"] = (f"diffusers-{pipeline}-cuda-fp16",
+                             _diffusers_pipeline(checkpoint, "cuda", torch.float16, sampler=sampler))
     with tqdm(total=len(jobs) + len(batches) * len(pipes), disable=not progress, desc="bench") as bar:
         for name, batch in jobs:
             model = models[name]
-            sampler = DDIMSampler(model.schedule, num_steps=steps)
             profile = profile_device_loop if getattr(model, "device_loop", None) is not None else profile_sampler
-            row = profile(model, sampler, batch, runs=runs, warmup=warmup)
+            row = profile(model, make_sampler(sampler, model.schedule, steps), batch, runs=runs, warmup=warmup)
             row["backend"] = name
             results.append(row)
             bar.update(1)
@@ -160,7 +182,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
             row["speedup_vs_diffusers"] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
     module, config = load_unet(checkpoint)
     report = {"model": {"source": str(checkpoint), "config": config["model"], "image_shape": config["image_shape"]},
-              "sampler": {"name": "ddim", "steps": steps, "eta": 0.0}, "results": results,
+              "sampler": make_sampler(sampler, next(iter(models.values())).schedule, steps).config, "results": results,
               "diffusers": diffusers_rows, "unavailable": missing, "environment": environment(threads)}
     write_report(report, out)
     return report
@@ -170,7 +192,8 @@ def write_report(report: dict, out: Path) -> None:
     with atomic_write(out / "bench.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     env = report["environment"]
-    lines = [f"# ddpmrt bench: DDIM-{report['sampler']['steps']}, {report['model']['config'].get('ch')}-channel U-Net "
+    title = f"{report['sampler']['sampler'].upper()}-{report['sampler']['num_steps']}"
+    lines = [f"# ddpmrt bench: {title}, {report['model']['config'].get('ch')}-channel U-Net "
              f"{'x'.join(map(str, report['model']['image_shape']))}", "",
              f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {env['threads']} threads)"
              + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU")
@@ -214,7 +237,7 @@ def _plot(report: dict, path: Path) -> None:
     if max(values) > 20 * min(values):  # bars start at zero on a linear axis unless the range needs a log one
         ax.set_yscale("log")
     ax.set_ylabel("ms per image (median)")
-    ax.set_title(f"DDIM-{report['sampler']['steps']} end to end")
+    ax.set_title(f"{report['sampler']['sampler'].upper()}-{report['sampler']['num_steps']} end to end")
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

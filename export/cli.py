@@ -181,7 +181,7 @@ def _bench(ns: argparse.Namespace) -> None:
             raise UserError("name a checkpoint or shipped model, or pass --random-weights cifar10")
         run_bench(checkpoint, Path(ns.out), batches=batches, steps=ns.steps, runs=ns.runs,
                   warmup=ns.warmup, threads=ns.threads, compare_diffusers=not ns.no_diffusers,
-                  progress=not ns.quiet, backends=backends)
+                  progress=not ns.quiet, backends=backends, sampler=ns.sampler)
     print((Path(ns.out) / "bench.md").read_text(encoding="utf-8"))
 
 
@@ -353,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="all",
                    help="all (default: every one that runs here) or a list of torch-cpu, onnxruntime-cpu, torch-cuda, "
                         "torch-cuda-graph, onnxruntime-cuda, tensorrt")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps per loop (default 20)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
+                   help="ddim (η=0, against DDIMPipeline; default) or ddpm (against DDPMPipeline)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps per loop (default 20)")
     p.add_argument("--runs", type=int, default=10, help="timed loops per configuration (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed loops first (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: torch's)")

@@ -46,6 +46,7 @@ def _has_nvrtc() -> bool:
 
 @pytest.mark.skipif(not _has_nvrtc(), reason="needs NVRTC: pip install cuda-python nvidia-cuda-nvrtc")
 def test_nvrtc_compiles_and_caches(tmp_path, monkeypatch):
+    from ddpmrt.engine.errors import UserError
     from ddpmrt.engine.kernels import compile_update_kernel
 
     monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
@@ -56,6 +57,24 @@ def test_nvrtc_compiles_and_caches(tmp_path, monkeypatch):
     mtime = files[0].stat().st_mtime_ns
     assert compile_update_kernel("sm_90") == cubin and files[0].stat().st_mtime_ns == mtime  # cache hit
     assert compile_update_kernel("sm_86") != cubin and len(list(tmp_path.glob("*.cubin"))) == 2
+    with pytest.raises(UserError, match="older than NVRTC"):
+        compile_update_kernel("sm_60")  # a Pascal GPU: a one-line error, not an NVRTC log
+
+
+def test_nvrtc_target_picks_a_compatible_architecture():
+    from ddpmrt.engine.errors import UserError
+    from ddpmrt.engine.kernels import nvrtc_target
+
+    supported = [75, 80, 86, 87, 89, 90, 100, 120]
+    assert nvrtc_target("sm_90", supported, "13.0") == "sm_90"
+    assert nvrtc_target("sm_88", supported, "13.0") == "sm_87"    # same major, older minor: the cubin runs
+    assert nvrtc_target("sm_121", supported, "13.0") == "sm_120"
+    with pytest.raises(UserError, match=r"older than NVRTC 13.0 supports \(sm_75 and newer\)"):
+        nvrtc_target("sm_70", supported, "13.0")
+    with pytest.raises(UserError, match="update nvidia-cuda-nvrtc"):
+        nvrtc_target("sm_130", supported, "13.0")
+    with pytest.raises(UserError, match="not understood"):
+        nvrtc_target("compute_90", supported, "13.0")
 
 
 def test_kernel_sources_ship_with_the_package():

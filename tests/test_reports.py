@@ -26,6 +26,19 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert (out / "bench.png").stat().st_size > 1000 and "| onnxruntime-cpu |" in (out / "bench.md").read_text()
 
 
+def test_bench_ddpm_compares_with_ddpm_pipeline(tmp_path):
+    out = tmp_path / "bench"
+    result = run_cli("bench", "--random-weights", "tiny", "--sampler", "ddpm", "--batch", "1", "--steps", "3",
+                     "--runs", "2", "--warmup", "0", "--threads", "1", "--backends", "onnxruntime-cpu",
+                     "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert report["sampler"]["sampler"] == "ddpm" and report["sampler"]["num_steps"] == 3
+    assert [d["backend"] for d in report["diffusers"]] == ["diffusers-DDPMPipeline-cpu"]
+    assert report["results"][0]["speedup_vs_diffusers"] > 0
+    assert (out / "bench.md").read_text().startswith("# ddpmrt bench: DDPM-3")
+
+
 def test_report_measures_quality_and_latency(tmp_path):
     out = tmp_path / "report"
     result = run_cli("report", "digits", "--samplers", "ddim:3,ddpm:4", "--samples", "16", "--threads", "1",
