@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS)
     if "torch-cpu" in wanted:
         models["torch-cpu"] = load_model(checkpoint, backend="torch")
     onnx_path = work / "model-fp32.onnx"
-    if {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted) and not onnx_path.is_file():
+    if {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted):
         source = from_checkpoint(checkpoint, "fp32")
         export_onnx(source.module, source.metadata, onnx_path)
     if "onnxruntime-cpu" in wanted:
@@ -82,8 +83,7 @@ def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS)
             flavour = import_flavour("auto")
             source16 = from_checkpoint(checkpoint, "fp16")
             onnx16 = work / "model-fp16.onnx"
-            if not onnx16.is_file():
-                export_onnx(source16.module, source16.metadata, onnx16)
+            export_onnx(source16.module, source16.metadata, onnx16)
             plan = work / "model-fp16.plan"
             build_engine(onnx16, plan, source16.metadata, sha256_file(onnx16), flavour, BatchProfile(1, 8, 256), ["current"])
             models["tensorrt"] = load_model(plan, backend="tensorrt", cuda_graph=True)
@@ -146,7 +146,10 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    models, missing = _backends(checkpoint, out, threads, backends)
+    # This run's ONNX files and engines: exported afresh (never a stale file of other weights) and
+    # read into memory by the backends as they load, so the folder goes once they are loaded.
+    with tempfile.TemporaryDirectory(prefix="ddpmrt-bench-") as work:
+        models, missing = _backends(checkpoint, Path(work), threads, backends)
     if not models:
         raise UserError("none of the backends asked for runs here: "
                         + "; ".join(f"{name} {why}" for name, why in missing.items()))
