@@ -252,27 +252,6 @@ def test_backend_calls_only_methods_of_installed_tensorrt_rtx():
         assert hasattr(tensorrt_rtx, name)
 
 
-def test_backend_calls_only_existing_cuda_runtime_functions():
-    cudart = pytest.importorskip("cuda.bindings.runtime")
-    import ddpmrt.engine.backends.tensorrt_backend as b
-    import ddpmrt.engine.cuda_runtime as c
-    names = set()
-    for module in (b, c):
-        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "rt":
-                names.add(node.attr)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call) and \
-                    getattr(node.value.func, "id", None) == "cudart":
-                names.add(node.attr)
-    import re
-
-    import ddpmrt.engine.profiling as profiling
-    names |= set(re.findall(r"_rt\.(cuda\w+)", Path(profiling.__file__).read_text()))
-    assert {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamCreateWithFlags", "cudaEventElapsedTime",
-            "cudaStreamBeginCapture", "cudaGraphLaunch"} <= names
-    assert not sorted(n for n in names if not hasattr(cudart, n))
-
-
 # -- on a GPU with a TensorRT flavour --------------------------------------------------------------
 
 needs_gpu_and_trt = pytest.mark.skipif(not HAS_GPU or _installed_flavour() is None,

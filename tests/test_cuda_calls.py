@@ -1,0 +1,57 @@
+"""The GPU code calls cuda-python as documented, checked here where no GPU can run it.
+
+Every call to a CUDA runtime (`cuda...`), driver (`cu...`) or NVRTC (`nvrtc...`) function in the
+runtime, the export side and the GPU benchmarks must name a function that cuda-python has, with
+arguments that its signature accepts: a typo or a changed signature in code that only runs on a
+GPU fails here instead of on the first GPU.
+"""
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+bindings = {name: pytest.importorskip(f"cuda.bindings.{name}") for name in ("runtime", "driver", "nvrtc")}
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted([*ROOT.glob("engine/**/*.py"), *ROOT.glob("export/**/*.py"), *ROOT.glob("benchmarks/*.py")])
+CUDA_NAME = re.compile(r"^(cuda|cu|nvrtc)[A-Z]\w*$")
+
+
+def _module_for(name: str):
+    if name.startswith("nvrtc"):
+        return bindings["nvrtc"]
+    return bindings["runtime"] if name.startswith("cuda") else bindings["driver"]
+
+
+def _cuda_calls():
+    """(file:line, function name, positional count, keyword names) of every cuda-python call."""
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and CUDA_NAME.match(node.func.attr):
+                if any(isinstance(a, ast.Starred) for a in node.args):
+                    continue
+                yield (f"{path.relative_to(ROOT)}:{node.lineno}", node.func.attr, len(node.args),
+                       [k.arg for k in node.keywords])
+
+
+def test_the_gpu_code_calls_cuda_python():
+    calls = list(_cuda_calls())
+    names = {name for _, name, _, _ in calls}
+    # The calls the GPU paths depend on are found (the scan itself works).
+    assert {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamBeginCapture", "cudaGraphInstantiate", "cudaGraphLaunch",
+            "cudaEventElapsedTime", "cuLaunchKernel", "cuModuleLoadData", "nvrtcCompileProgram"} <= names
+
+
+@pytest.mark.parametrize("where,name,positional,keywords", list(_cuda_calls()), ids=lambda v: str(v))
+def test_cuda_call_matches_the_binding(where, name, positional, keywords):
+    function = getattr(_module_for(name), name, None)
+    assert function is not None, f"{where}: cuda-python has no {name}"
+    signature = inspect.signature(function)
+    try:
+        signature.bind(*range(positional), **dict.fromkeys(keywords))
+    except TypeError as exc:
+        pytest.fail(f"{where}: {name}{signature} does not accept {positional} positional arguments "
+                    f"and {keywords or 'no'} keywords: {exc}")
