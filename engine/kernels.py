@@ -15,6 +15,7 @@ loop serves any sampler and seed with that shape and step count.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import sys
@@ -30,6 +31,10 @@ SOURCE = "ddpm_update.cu"
 HEADERS = ("philox.h",)
 OPTIONS = ("-std=c++17", "-lineinfo")  # no --use_fast_math: the noise must match the NumPy generator
 EPS_DTYPES = {"fp32": 0, "fp16": 1}
+# The kernels' parameters in the order of their __global__ signatures in ddpm_update.cu (a test
+# parses the source and compares): device pointers, then the scalars.
+UPDATE_KERNEL_PARAMS = (ctypes.c_void_p,) * 5 + (ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
+NOISE_KERNEL_PARAMS = (ctypes.c_void_p,) * 3 + (ctypes.c_uint, ctypes.c_uint)
 # struct ddpmrt_run_params in kernels/ddpm_update.cu: 16 bytes, 8-byte aligned.
 RUN_PARAMS_DTYPE = np.dtype([("seed", "<u8"), ("first_image", "<u4"), ("clip", "<f4")], align=True)
 
@@ -144,8 +149,8 @@ def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr:
         raise ValueError("x, eps, the coefficient table and the run parameters must be device pointers, not null")
     if params_ptr % 8:
         raise ValueError("misaligned buffer: the run parameters must be 8-byte aligned")
-    if elements_per_image < 1 or n_images < 1:
-        raise ValueError("element and image counts must be positive")
+    if not (0 < elements_per_image < 2 ** 32 and 0 < n_images < 2 ** 32):
+        raise ValueError("element and image counts must be positive and below 2**32 (the kernel's unsigned int)")
     if not 0 <= step < num_steps:
         raise ValueError(f"step {step} outside the coefficient table (0 to {num_steps - 1})")
     eps_size = 2 if eps_dtype == "fp16" else 4
@@ -176,8 +181,6 @@ class FusedUpdate:
     THREADS = 256
 
     def __init__(self, device: int = 0):
-        import ctypes
-
         from cuda.bindings import driver
 
         from ddpmrt.engine.cuda_runtime import check, cudart, device_compute_capability
@@ -188,7 +191,7 @@ class FusedUpdate:
         rt = cudart()
         check(rt.cudaSetDevice(device), "cudaSetDevice")
         check(rt.cudaFree(0), "cudaFree(0)")  # makes the primary context current for the driver API
-        self._driver, self._ctypes = driver, ctypes
+        self._driver = driver
         self.arch = "sm_{}{}".format(*capability)
         self._module = _driver_check(driver.cuModuleLoadData(compile_update_kernel(self.arch)), "cuModuleLoadData")
         self._update = _driver_check(driver.cuModuleGetFunction(self._module, b"ddpmrt_update_kernel"), "cuModuleGetFunction")
@@ -200,6 +203,7 @@ class FusedUpdate:
         return max(1, min((groups + self.THREADS - 1) // self.THREADS, 65535 * 32))  # grid-stride covers the rest
 
     def _launch(self, function, grid: int, args: tuple, types: tuple, stream) -> None:
+        # cuda-python packs the arguments from (values, ctypes types); c_void_p takes a device address.
         stream = self._driver.CUstream(int(stream or 0))
         _driver_check(self._driver.cuLaunchKernel(function, grid, 1, 1, self.THREADS, 1, 1, 0, stream, (args, types), 0),
                       "cuLaunchKernel")
@@ -207,22 +211,19 @@ class FusedUpdate:
     def update(self, x_ptr: int, eps_ptr: int, eps_dtype: str, coeffs_ptr: int, params_ptr: int, step: int,
                num_steps: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0, stream=None) -> None:
         """x (fp32, in place) <- one sampler step at row `step` of the device coefficient table."""
-        c = self._ctypes
         vectorized = check_update_arguments(x_ptr, eps_ptr, eps_dtype, x_half_ptr, coeffs_ptr, params_ptr,
                                             elements_per_image, n_images, step, num_steps)
         args = (x_ptr, eps_ptr, x_half_ptr, coeffs_ptr, params_ptr, step, EPS_DTYPES[eps_dtype],
                 elements_per_image, n_images, int(vectorized))
-        types = (c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int, c.c_int,
-                 c.c_uint, c.c_uint, c.c_int)
-        self._launch(self._update, self._grid(elements_per_image, n_images), args, types, stream)
+        self._launch(self._update, self._grid(elements_per_image, n_images), args, UPDATE_KERNEL_PARAMS, stream)
 
     def initial_noise(self, x_ptr: int, params_ptr: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0,
                       stream=None) -> None:
         """x_T (fp32, and optionally an fp16 copy) from the STREAM_INITIAL Philox stream."""
-        c = self._ctypes
         if not x_ptr or x_ptr % 4 or (x_half_ptr and x_half_ptr % 2) or not params_ptr or params_ptr % 8:
             raise ValueError("x must be a 4-byte aligned device pointer, the fp16 copy 2-byte aligned and the "
                              "run parameters an 8-byte aligned device pointer")
+        if not (0 < elements_per_image < 2 ** 32 and 0 < n_images < 2 ** 32):
+            raise ValueError("element and image counts must be positive and below 2**32 (the kernel's unsigned int)")
         args = (x_ptr, x_half_ptr, params_ptr, elements_per_image, n_images)
-        types = (c.c_void_p, c.c_void_p, c.c_void_p, c.c_uint, c.c_uint)
-        self._launch(self._noise, self._grid(elements_per_image, n_images), args, types, stream)
+        self._launch(self._noise, self._grid(elements_per_image, n_images), args, NOISE_KERNEL_PARAMS, stream)

@@ -107,6 +107,55 @@ def test_launch_argument_checks():
         check_update_arguments(**{**ok, "params_ptr": 4100})
 
 
+def _kernel_parameters(source: str, kernel: str) -> list[str]:
+    """The parameter declarations of `extern "C" __global__ void kernel(...)` in the CUDA source."""
+    import re
+
+    match = re.search(r"__global__\s+void\s+" + kernel + r"\s*\(([^)]*)\)", source)
+    assert match, f"{kernel} not found in ddpm_update.cu"
+    return [" ".join(p.split()) for p in match.group(1).split(",")]
+
+
+@pytest.mark.parametrize("kernel,types_name", [("ddpmrt_update_kernel", "UPDATE_KERNEL_PARAMS"),
+                                               ("ddpmrt_initial_noise_kernel", "NOISE_KERNEL_PARAMS")])
+def test_launch_types_match_the_kernel_signature(kernel, types_name):
+    import ctypes
+
+    from ddpmrt.engine import kernels
+
+    declared = _kernel_parameters((KERNELS / "ddpm_update.cu").read_text(), kernel)
+    types = getattr(kernels, types_name)
+    assert len(declared) == len(types), f"{kernel} takes {len(declared)} parameters, {types_name} has {len(types)}"
+    for declaration, ctype in zip(declared, types):
+        if "*" in declaration:
+            expected = ctypes.c_void_p
+        elif declaration.startswith("unsigned int "):
+            expected = ctypes.c_uint
+        else:
+            assert declaration.startswith("int "), f"no ctypes mapping for {declaration!r}"
+            expected = ctypes.c_int
+        assert ctype is expected, f"{kernel}: {declaration!r} is launched as {ctype.__name__}"
+
+
+def test_launch_arguments_pack_in_cuda_python():
+    """cuda-python packs (values, ctypes types) before it calls the driver: the types must be ones it packs."""
+    import ctypes
+
+    driver = pytest.importorskip("cuda.bindings.driver")
+    from ddpmrt.engine.kernels import UPDATE_KERNEL_PARAMS
+
+    if _has_gpu():
+        pytest.skip("a GPU is visible: the GPU tests launch the real kernel instead of a null one")
+    args = (256, 512, 0, 1024, 2048, 3, 1, 3072, 8, 1)
+    with pytest.raises(Exception) as raised:  # no driver here: packing succeeds, then loading libcuda fails
+        driver.cuLaunchKernel(driver.CUfunction(), 1, 1, 1, 256, 1, 1, 0, driver.CUstream(0),
+                              (args, UPDATE_KERNEL_PARAMS), 0)
+    assert not isinstance(raised.value, TypeError), raised.value
+    with pytest.raises(TypeError):  # the check above can fail: an unsupported type is refused while packing
+        driver.cuLaunchKernel(driver.CUfunction(), 1, 1, 1, 256, 1, 1, 0, driver.CUstream(0),
+                              (args, UPDATE_KERNEL_PARAMS[:-1] + (ctypes.c_char_p,)), 0)
+
+
 def test_run_params_layout_matches_the_c_struct():
     import numpy as np
 
