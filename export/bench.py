@@ -23,7 +23,7 @@ import torch
 from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
-from ddpmrt.engine.profiling import environment, profile_device_loop, profile_sampler, summarize
+from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
 from ddpmrt.export.checkpoint import load_unet
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
@@ -130,9 +130,15 @@ def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int) -> dic
     row = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "total_s": summarize(totals),
            "ms_per_image": summarize(1e3 * t / batch for t in totals),
            "images_per_s": summarize(batch / t for t in totals)}
+    row["peak_rss_mb"] = peak_rss_mb()
     if pipe.device.type == "cuda":
         row["torch_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        row["gpu_memory_used_mb"] = gpu_memory_used_mb()
     return row
+
+
+def _mb(row: dict, key: str) -> str:
+    return f"{row[key]:.0f}" if row.get(key) is not None else ""
 
 
 def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, runs: int = 10, warmup: int = 2,
@@ -203,19 +209,24 @@ def write_report(report: dict, out: Path) -> None:
              + f"; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, diffusers {env.get('diffusers')}.",
              "Medians over the runs after warm-up (spread: 25th-75th percentile of ms/image). GPU rows run the "
              "device loop: end to end by wall clock, network and update by CUDA events, host = enqueue time; "
-             "'vs diffusers' compares with diffusers on the same device (fp32 on the CPU, fp16 on a GPU).", "",
-             "| backend | batch | network ms/step | update ms/step | host ms/step | ms/image (p25-p75) | images/s | vs diffusers |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "'vs diffusers' compares with diffusers on the same device (fp32 on the CPU, fp16 on a GPU). "
+             "RSS: the process's peak resident memory when the row finished (rows run in order, so it only grows); "
+             "GPU: device memory in use after the row.", "",
+             "| backend | batch | network ms/step | update ms/step | host ms/step | ms/image (p25-p75) | images/s "
+             "| vs diffusers | peak RSS MB | GPU MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["results"]:
         ms = r["ms_per_image"]
         ratio = f"{r['speedup_vs_diffusers']:.2f}x" if "speedup_vs_diffusers" in r else ""
         lines.append(f"| {r['backend']} | {r['batch']} | {r['network_ms_per_step']['median']:.2f} | "
                      f"{r['update_ms_per_step']['median']:.3f} | {r['host_ms_per_step']['median']:.3f} | "
-                     f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | {r['images_per_s']['median']:.1f} | {ratio} |")
+                     f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | {r['images_per_s']['median']:.1f} | {ratio} | "
+                     f"{_mb(r, 'peak_rss_mb')} | {_mb(r, 'gpu_memory_used_mb')} |")
     for d in report["diffusers"]:
         ms = d["ms_per_image"]
         lines.append(f"| {d['backend']} | {d['batch']} | | | | {ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | "
-                     f"{d['images_per_s']['median']:.1f} | 1.00x |")
+                     f"{d['images_per_s']['median']:.1f} | 1.00x | {_mb(d, 'peak_rss_mb')} | "
+                     f"{_mb(d, 'gpu_memory_used_mb')} |")
     if report["unavailable"]:
         lines += ["", "Not measured here:", ""] + [f"- {k}: {v}" for k, v in report["unavailable"].items()]
     lines += ["", "![time per image](bench.png)", ""]

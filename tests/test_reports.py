@@ -24,6 +24,8 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert report["environment"]["cores"] and report["environment"]["threads"] == 1
     assert "torch-cuda-graph" in report["unavailable"]
     assert (out / "bench.png").stat().st_size > 1000 and "| onnxruntime-cpu |" in (out / "bench.md").read_text()
+    assert all(r["peak_rss_mb"] > 50 for r in report["results"] + report["diffusers"])  # torch alone is larger
+    assert "| peak RSS MB | GPU MB |" in (out / "bench.md").read_text()
 
 
 def test_bench_ddpm_compares_with_ddpm_pipeline(tmp_path):
