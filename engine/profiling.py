@@ -7,7 +7,8 @@ shows network / update / loop.
 
 GPU models (those with a `device_loop`) are profiled by `profile_device_loop` instead: the
 loop runs end to end on the device as users run it (wall clock), and the stages are timed
-with CUDA events on the model's stream, each stage enqueued alone for all steps.
+with CUDA events on the model's stream, each stage enqueued alone for all steps (eager loops;
+a loop replayed as one CUDA graph has no separate stages to time).
 """
 
 from __future__ import annotations
@@ -100,36 +101,47 @@ def gpu_memory_used_mb() -> float | None:
 
 def profile_device_loop(model, sampler, batch: int, runs: int = 10, warmup: int = 2, seed: int = 0,
                         timer=None) -> dict:
-    """Profile a GPU model's device loop: wall clock end to end, CUDA events per stage.
+    """Profile a GPU model's device loop: wall clock end to end, CUDA events on the device.
 
-    network: all steps' network calls enqueued alone, timed with events, per step.
-    update:  all steps' fused-kernel launches alone, per step.
+    gpu:     the whole loop's device time (events around it), per step.
     host:    the host time spent enqueuing one loop (a graph launch, or every call), per step.
+    network, update (eager loops only): all steps' network calls, then all steps' fused-kernel
+             launches, each enqueued alone and timed with events, per step.  A loop replayed as
+             one CUDA graph runs both stages inside the graph, so it reports none: an eager run's
+             stage times would describe another run.
     """
     loop = model.device_loop
     steps, n = sampler.num_steps, batch
     timer = timer or CudaTimer()
+    graphed = bool(getattr(loop, "cuda_graph", False))
     rows = []
     for run in range(warmup + runs):
+        stream = model.stream_handle()
+        timer.start(stream)
         start = time.perf_counter()
         with nvtx_range("loop"):
             loop.sample(sampler, n, seed=seed)
         total = time.perf_counter() - start
-        host = loop.last_enqueue_seconds
-        stream = model.stream_handle()
-        with nvtx_range("network"):
-            timer.start(stream)
-            eps = [model.forward(n, i) for i in range(steps)][-1]
-            network_ms = timer.stop_ms(stream)
-        with nvtx_range("update"):
-            timer.start(stream)
-            for i in range(steps):
-                loop.update(n, eps, i, steps, stream)
-            update_ms = timer.stop_ms(stream)
+        gpu_ms = timer.stop_ms(stream)
+        row = {"total_s": total, "gpu_ms_per_step": gpu_ms / steps, "host_ms_per_step": 1e3 * loop.last_enqueue_seconds / steps,
+               "ms_per_image": 1e3 * total / n, "images_per_s": n / total}
+        if not graphed:
+            with nvtx_range("network"):
+                timer.start(stream)
+                eps = [model.forward(n, i) for i in range(steps)][-1]
+                row["network_ms_per_step"] = timer.stop_ms(stream) / steps
+            with nvtx_range("update"):
+                timer.start(stream)
+                for i in range(steps):
+                    loop.update(n, eps, i, steps, stream)
+                row["update_ms_per_step"] = timer.stop_ms(stream) / steps
         if run >= warmup:
-            rows.append({"total_s": total, "network_ms_per_step": network_ms / steps, "update_ms_per_step": update_ms / steps,
-                         "host_ms_per_step": 1e3 * host / steps, "ms_per_image": 1e3 * total / n, "images_per_s": n / total})
-    result = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "timing": "wall clock; stages by CUDA events"}
+            rows.append(row)
+    result = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup,
+              "timing": "wall clock; device time by CUDA events",
+              "stages": ("network and update run inside one CUDA graph: not timed separately" if graphed
+                         else "network and update by CUDA events, each stage enqueued alone"),
+              "network_ms_per_step": None, "update_ms_per_step": None}
     for key in rows[0]:
         result[key] = summarize(r[key] for r in rows)
     result["peak_rss_mb"] = peak_rss_mb()

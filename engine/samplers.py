@@ -123,7 +123,6 @@ class Sampler:
         the device with the fused kernel (engine/device_loop.py) when the images are a
         contiguous range and no stage hook asks for per-step host timing.
         """
-        stage = stage or _no_stage
         n, image_shape = int(shape[0]), tuple(int(s) for s in shape[1:])
         if image_indices is None:
             image_indices = np.arange(n)
@@ -133,10 +132,12 @@ class Sampler:
         if hasattr(model, "check_batch"):  # engines with fixed batch ranges say so before any work
             model.check_batch(n)
         first = int(image_indices[0])
+        # The device loop, where the model has one; a stage hook asks for the host loop's per-step timing.
         if stage is None and np.array_equal(image_indices, first + np.arange(n)):
             loop = getattr(model, "device_loop", None)
             if loop is not None:
                 return loop.sample(self, n, seed=seed, first_image=first, x_T=x_T)
+        stage = stage or _no_stage
         if x_T is None:
             x = gaussian_noise(seed, image_indices, 0, STREAM_INITIAL, image_shape)
         else:

@@ -9,6 +9,7 @@ host sampler.  The real kernel and networks are checked on a GPU in test_kernels
 test_tensorrt.py / test_torch_cuda.py.
 """
 
+import contextlib
 import ctypes
 
 import numpy as np
@@ -114,6 +115,9 @@ class EmulatedNetwork:
 
     def stream_handle(self):
         return 0
+
+    def __call__(self, x, t):  # the host loop's model interface
+        return host_model(self.input_dtype)(x, t)
 
     def _buffers(self, n):
         if n not in self.buffers:
@@ -231,14 +235,45 @@ class CountingTimer:
         return 1e3 * (time.perf_counter() - self._t)
 
 
-def test_profile_device_loop_reports_every_stage():
+def test_sampler_sample_runs_a_models_device_loop():
+    # What load_model(..., device="cuda") users call: Sampler.sample, not DeviceLoop.sample.
+    loop, gpu = make_loop(np.float32, cuda_graph=True)
+    net = loop.network
+    net.device_loop = loop
+    sampler = DDIMSampler(SCHEDULE, 6, eta=1.0)
+    expected = sampler.sample(host_model(np.float32), (2, *IMAGE_SHAPE), seed=4, progress=False)
+    for _ in range(2):  # captured, then replayed
+        np.testing.assert_allclose(sampler.sample(net, (2, *IMAGE_SHAPE), seed=4, progress=False), expected, atol=2e-5)
+    assert loop.captures == 1
+    # A stage hook asks for per-step host timing: the host loop calls the model.
+    stages = []
+
+    @contextlib.contextmanager
+    def stage(name):
+        stages.append(name)
+        yield
+
+    launches = gpu.launches
+    sampler.sample(net, (2, *IMAGE_SHAPE), seed=4, progress=False, stage=stage)
+    assert gpu.launches == launches and stages.count("network") == 6
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_profile_device_loop_reports_the_stages_it_can_see(cuda_graph):
     from ddpmrt.engine.profiling import profile_device_loop
 
-    loop, gpu = make_loop()
+    loop, gpu = make_loop(cuda_graph=cuda_graph)
     net = loop.network
     net.device_loop = loop
     result = profile_device_loop(net, DDIMSampler(SCHEDULE, 4), batch=2, runs=3, warmup=1, timer=CountingTimer())
     assert result["runs"] == 3 and result["steps"] == 4
-    for key in ("network_ms_per_step", "update_ms_per_step", "host_ms_per_step", "ms_per_image", "images_per_s"):
+    for key in ("host_ms_per_step", "ms_per_image", "images_per_s", "gpu_ms_per_step"):
         assert result[key]["n"] == 3 and result[key]["median"] > 0, key
-    assert loop.captures == 1  # the timed loops replayed one graph
+    if cuda_graph:
+        # One graph runs network and update together: no stage times from another (eager) run.
+        assert result["network_ms_per_step"] is None and result["update_ms_per_step"] is None
+        assert "one CUDA graph" in result["stages"]
+        assert loop.captures == 1  # the timed loops replayed one graph
+    else:
+        for key in ("network_ms_per_step", "update_ms_per_step"):
+            assert result[key]["n"] == 3 and result[key]["median"] > 0, key
