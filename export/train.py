@@ -86,19 +86,28 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step) % (2 ** 63)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when started by torchrun."""
+def _device_type(name: str) -> str:
+    """The device type a --device value trains on: auto is cuda where PyTorch sees a GPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _distributed(device_type: str) -> tuple[int, int]:
+    """(rank, world size); initialises the process group when started by torchrun.
+
+    The collective backend follows the training device, not the machine: NCCL reduces CUDA
+    tensors only, so `--device cpu` on a GPU machine needs gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
+        torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
 
 
 def _pick_device(name: str, rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = _device_type(name)
     if name == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
@@ -126,13 +135,14 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step
 def write_sample_grid(ema: torch.nn.Module, schedule: NoiseSchedule, image_shape, path: Path,
                       device: torch.device, n: int = 64, seed: int = 0) -> None:
     """64 DDIM-50 samples of the EMA weights through the engine's own sampler."""
-    model = TorchModel(ema, schedule, image_shape, str(device))
+    # fp32: the grid shows the EMA weights as trained, and the EMA itself is not cast in place.
+    model = TorchModel(ema, schedule, image_shape, str(device), precision="fp32")
     images = DDIMSampler(schedule, num_steps=50).sample(model, (n, *image_shape), seed=seed, progress=False)
     save_png(make_grid(to_uint8(images), ncols=8), path, scale=max(1, 128 // image_shape[-1]))
 
 
 def train(args: TrainArgs) -> Path:
-    rank, world = _distributed()
+    rank, world = _distributed(_device_type(args.device))
     device = _pick_device(args.device, rank)
     out = Path(args.out)
     state_path = out / STATE_FILE

@@ -134,3 +134,18 @@ def test_trains_on_a_folder_and_an_npz(tmp_path):
     np.save(tmp_path / "arr.npy", rng.integers(0, 255, (5, 16, 16), dtype=np.uint8))
     train(TrainArgs(**{**FAST, "dataset": str(tmp_path / "arr.npy")}, out=str(tmp_path / "b"), iters=2))
     assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["num_images"] == 5
+
+
+def test_process_group_backend_follows_the_training_device(monkeypatch):
+    # On a GPU machine `torchrun ... train --device cpu` needs gloo: NCCL reduces CUDA tensors only.
+    from ddpmrt.export import train as train_module
+
+    chosen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: chosen.append(backend))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    for device, backend in (("cpu", "gloo"), ("cuda", "nccl"), ("auto", "nccl")):
+        train_module._distributed(train_module._device_type(device))
+        assert chosen[-1] == backend, device
