@@ -33,7 +33,8 @@ def _sample(ns: argparse.Namespace) -> None:
     model = load_model(ns.model, backend=ns.backend, device=ns.device, threads=ns.threads,
                        schedule=schedule, image_shape=image_shape, cuda_graph=ns.cuda_graph, precision=ns.precision)
     if ns.cuda_graph and getattr(model, "device_loop", None) is None:
-        raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda")
+        raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda "
+                        "(and cuda-python with NVRTC: pip install 'ddpmrt[gpu]')")
     clip = ns.clip_sample if ns.clip_sample > 0 else None
     if ns.sampler == "ddim":
         sampler = DDIMSampler(model.schedule, num_steps=ns.steps, eta=ns.eta, spacing=ns.spacing, clip_sample=clip)
@@ -323,13 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip x̂₀ to ±C, as diffusers does (default 1.0: images lie in [-1, 1]); 0 turns it off")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or torch (default auto: by file type)")
+    p.add_argument("--backend", default="auto",
+                   help="auto, inductor, onnxruntime, tensorrt or torch (default auto: by file type; a checkpoint on "
+                        "--device cuda runs on inductor, torch.compile plus one CUDA graph per loop)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime (default: all cores)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto",
-                   help="torch backend: auto = fp16 on CUDA, fp32 on the CPU")
+    p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default="auto",
+                   help="torch and inductor backends: auto = fp16 on CUDA, fp32 on the CPU; fp32 is IEEE fp32 "
+                        "(tf32 asks for TF32 convolutions on CUDA)")
     p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata: linear[:T:start:end] or cosine[:T]")
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
     p.add_argument("--out", required=True, help="a .png grid or a .npz with array 'images'")

@@ -93,6 +93,9 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
     out = Path(out)
     start = time.perf_counter()
     reference = copy.deepcopy(module).float().eval()
+    if hasattr(reference, "set_execution_form"):
+        # The form whose fp16 graph keeps GroupNorm statistics and attention logits in fp32 explicitly.
+        reference.set_execution_form("export")
     if unwrap is not None:
         reference = _EpsOnly(reference, unwrap)
     exported = copy.deepcopy(reference)

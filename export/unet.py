@@ -11,6 +11,14 @@ decoder block concatenates the matching encoder activation (skip connection).
 
 The configuration is a plain dataclass so that it can be written to a checkpoint's
 config.json and to ONNX metadata, and read back without any code but this file.
+
+One module, two execution forms of the same weights (`UNet.set_execution_form`):
+- "export" (the default): GroupNorm statistics and attention logits computed in fp32 by explicit
+  casts, so an fp16 ONNX graph (and a strongly typed TensorRT engine built from it) keeps them
+  accurate whatever the backend's kernels do;
+- "native": PyTorch's own kernels, which already accumulate in fp32 on the GPU:
+  `F.group_norm` on the fp16 input and `F.scaled_dot_product_attention` (flash / memory-efficient
+  attention), in a layout that stays channels_last.  The torch and inductor backends run this.
 """
 
 from __future__ import annotations
@@ -72,14 +80,23 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
+EXECUTION_FORMS = ("export", "native")
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm whose statistics are computed in fp32 even when the module runs in fp16.
 
-    Mean and variance over a 32×32×C/G group overflow or lose precision in half; the
-    cast back keeps the activations (and the exported ONNX graph) in the module's dtype.
+    Export form: mean and variance over a 32×32×C/G group overflow or lose precision in half
+    unless computed in fp32, so the graph says so with casts; the cast back keeps the
+    activations (and the exported ONNX graph) in the module's dtype.  Native form: PyTorch's
+    kernel on the input's dtype, which accumulates its statistics in fp32 itself.
     """
 
+    native = False  # set by UNet.set_execution_form
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
@@ -111,6 +128,8 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all spatial positions, with a residual connection."""
 
+    native = False  # set by UNet.set_execution_form
+
     def __init__(self, ch: int, groups: int):
         super().__init__()
         self.norm = _norm(ch, groups)
@@ -119,6 +138,12 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
+        if self.native:
+            # (n, 3c, h, w) -> (n, hw, 3c): a view when the activations are channels_last.
+            qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2)
+            q, k, v = (part.unsqueeze(1) for part in qkv.chunk(3, dim=-1))   # (n, 1 head, hw, c)
+            out = F.scaled_dot_product_attention(q, k, v)                     # scale c^-1/2, fp32 softmax inside
+            return x + self.proj(out.squeeze(1).transpose(1, 2).reshape(n, c, h, w))
         q, k, v = self.qkv(self.norm(x)).reshape(n, 3, c, h * w).unbind(1)
         # Logits and softmax in fp32: in fp16 the logits of a 256-position row can
         # overflow and the softmax loses its small weights.
@@ -195,6 +220,15 @@ class UNet(nn.Module):
 
         self.norm_out = _norm(ch, c.norm_groups)
         self.conv_out = nn.Conv2d(ch, c.image_channels, 3, padding=1)
+
+    def set_execution_form(self, form: str) -> "UNet":
+        """"export" (explicit fp32 statistics and attention logits) or "native" (PyTorch's kernels)."""
+        if form not in EXECUTION_FORMS:
+            raise ValueError(f"unknown execution form {form!r}; choose one of {', '.join(EXECUTION_FORMS)}")
+        for module in self.modules():
+            if isinstance(module, (GroupNorm32, AttnBlock)):
+                module.native = form == "native"
+        return self
 
     @staticmethod
     def _run(blocks: nn.ModuleList, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:

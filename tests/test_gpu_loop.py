@@ -27,19 +27,24 @@ pytestmark = pytest.mark.skipif(not _ready(), reason="needs an NVIDIA GPU, PyTor
                                                      "NVRTC (pip install 'ddpmrt[gpu]')")
 
 
-@pytest.mark.parametrize("precision,tolerance", [("fp32", 2e-3), ("fp16", 5e-2)])
-def test_torch_cuda_loop_matches_the_cpu(precision, tolerance):
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 2e-3), ("fp16", 5e-2), ("bf16", 1.5e-1)])
+def test_torch_cuda_loop_matches_the_cpu(backend, precision, tolerance):
+    # fp32 is IEEE fp32 (TF32 off), so the GPU agrees with the CPU to the fp32 network's rounding.
     from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model
 
     cpu = load_model("digits")
-    eager = load_model("digits", device="cuda", precision=precision)
-    graphed = load_model("digits", device="cuda", precision=precision, cuda_graph=True)
+    eager = load_model("digits", backend=backend, device="cuda", precision=precision)
+    graphed = load_model("digits", backend=backend, device="cuda", precision=precision, cuda_graph=True)
     assert eager.device_loop is not None and cpu.device_loop is None
+    assert eager.device_loop.cuda_graph == (backend == "inductor")  # inductor always replays one graph
     for sampler in (DDIMSampler(cpu.schedule, 20), DDPMSampler(cpu.schedule, 25)):
         shape = (6, *cpu.image_shape)
         expected = sampler.sample(cpu, shape, seed=3, progress=False)
         got = sampler.sample(eager, shape, seed=3, progress=False)
         assert np.abs(got - expected).max() < tolerance
+        if backend == "torch":
+            assert eager.device_loop.captures == 0
         first = sampler.sample(graphed, shape, seed=3, progress=False)     # eager run, then capture
         replayed = sampler.sample(graphed, shape, seed=3, progress=False)  # replay
         np.testing.assert_allclose(replayed, first, atol=1e-6)
@@ -50,7 +55,7 @@ def test_torch_cuda_loop_matches_the_cpu(precision, tolerance):
 def test_images_do_not_depend_on_the_batch():
     from ddpmrt.engine import DDPMSampler, load_model
 
-    model = load_model("digits", device="cuda", precision="fp32")
+    model = load_model("digits", backend="torch", device="cuda", precision="fp32")
     sampler = DDPMSampler(model.schedule, 10)
     whole = sampler.sample(model, (4, *model.image_shape), seed=9, progress=False)
     alone = sampler.sample(model, (1, *model.image_shape), seed=9, image_indices=[2], progress=False)

@@ -52,3 +52,41 @@ def test_sinusoidal_embedding():
 def test_unknown_config_name():
     with pytest.raises(ValueError, match="unknown model config"):
         get_config("huge")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_native_and_export_forms_agree_in_fp32(name):
+    torch.manual_seed(1)
+    cfg = get_config(name)
+    model = UNet(cfg).eval()
+    x, t = torch.randn(2, cfg.image_channels, cfg.image_size, cfg.image_size), torch.tensor([3, 700])
+    with torch.no_grad():
+        exported = model.set_execution_form("export")(x, t)
+        native = model.set_execution_form("native")(x, t)
+    assert (native - exported).abs().max() < 1e-4 * exported.abs().max()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("form", ["export", "native"])
+def test_reduced_precision_forms_stay_close_to_the_fp32_reference(form, dtype):
+    # The fp32 reference is the export form in fp32; each form in half precision (channels_last for the
+    # native form, as the GPU backends run it) must stay within the half-precision error of it.
+    torch.manual_seed(2)
+    dtype = getattr(torch, dtype)
+    reference_model = UNet(get_config("tiny")).eval()
+    model = UNet(get_config("tiny")).eval()
+    model.load_state_dict(reference_model.state_dict())
+    model = model.set_execution_form(form).to(dtype)
+    if form == "native":
+        model = model.to(memory_format=torch.channels_last)
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([0, 10, 500, 999])
+    with torch.no_grad():
+        ref = reference_model(x, t)
+        got = model(x.to(dtype), t).float()
+    tolerance = 2e-2 if dtype == torch.float16 else 8e-2  # bf16 keeps 8 mantissa bits to fp16's 11
+    assert (got - ref).abs().max() < tolerance * max(1.0, ref.abs().max().item())
+
+
+def test_unknown_execution_form():
+    with pytest.raises(ValueError, match="unknown execution form"):
+        UNet(get_config("tiny")).set_execution_form("fast")

@@ -3,7 +3,8 @@
 Every loaded model also carries `schedule` (a NoiseSchedule) and `image_shape` (C, H, W),
 read from the model file itself, so a sampler needs nothing else.
 
-    checkpoint directory / shipped name  -> torch        (PyTorch, lazily imported)
+    checkpoint directory / shipped name  -> inductor on CUDA (torch.compile + one CUDA graph per loop),
+                                            torch on the CPU (PyTorch eager; lazily imported)
     .onnx                                -> onnxruntime  (CPU, or CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
 """
@@ -17,7 +18,7 @@ from ddpmrt.engine.metadata import ModelMetadata
 from ddpmrt.engine.schedule import NoiseSchedule
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "inductor", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
 ENGINE_SUFFIXES = (".plan", ".engine")
 
@@ -48,7 +49,8 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
     `schedule` and `image_shape` describe an ONNX file that carries no ddpmrt metadata
     (a file with metadata ignores them).  On a GPU backend (TensorRT, torch on CUDA) sampling
     runs the device loop, and `cuda_graph` replays the whole loop as one CUDA graph.
-    `precision` is the torch backend's: auto (fp16 on CUDA, fp32 on the CPU), fp32 or fp16.
+    `precision` is the torch backends': auto (fp16 on CUDA, fp32 on the CPU), fp32, tf32, fp16 or bf16.
+    A checkpoint on CUDA runs on the inductor backend unless `backend="torch"` asks for eager PyTorch.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -58,12 +60,13 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
     suffix = path.suffix.lower()
 
     if path.is_dir():
-        if backend not in ("auto", "torch"):
-            raise UserError(f"{path.name} is a checkpoint, which runs on the torch backend; for {backend}, "
+        if backend not in ("auto", "torch", "inductor"):
+            raise UserError(f"{path.name} is a checkpoint, which runs on the torch or inductor backend; for {backend}, "
                             "export it first (ddpmrt export-onnx / export-engine)")
         from ddpmrt.engine.backends.torch_backend import load_checkpoint
 
-        return load_checkpoint(path, device, precision=precision, cuda_graph=cuda_graph)
+        compile = backend == "inductor" or (backend == "auto" and device == "cuda")
+        return load_checkpoint(path, device, precision=precision, cuda_graph=cuda_graph, compile=compile)
 
     if suffix == ".onnx":
         if backend not in ("auto", "onnxruntime"):

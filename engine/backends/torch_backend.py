@@ -1,12 +1,17 @@
-"""The torch backend: a ddpmrt checkpoint run by PyTorch, behind the NumPy model interface.
+"""The torch and inductor backends: a ddpmrt checkpoint run by PyTorch, behind the NumPy model interface.
 
 torch is imported here, on first use, never by `import ddpmrt.engine`.
 
-On CUDA the module runs in half precision with channels_last weights (the default; fp32 on
-request), and sampling goes through engine/device_loop.py: the input, timestep table and ε
-stay in torch tensors on the GPU, the fused kernel is launched on torch's current stream, and
-with `cuda_graph=True` the network and the kernel are captured together by torch.cuda.graph,
-so torch's allocator keeps the graph's memory in its private pool.
+On CUDA the module runs in half precision with channels_last weights (the default; fp32, tf32
+or bf16 on request), and sampling goes through engine/device_loop.py: the input, timestep table
+and ε stay in torch tensors on the GPU, the fused kernel is launched on torch's current stream,
+and with `cuda_graph=True` the network and the kernel are captured together by
+torch.cuda.graph, so torch's allocator keeps the graph's memory in its private pool.
+
+The inductor backend is the same model compiled by TorchInductor (`torch.compile`, default
+mode: the loop's own graph capture replaces Inductor's CUDA graphs), captured as one CUDA
+graph per (batch, steps) on a GPU.  Inductor caches its compiled code on disk
+(TORCHINDUCTOR_CACHE_DIR), so a second process skips most of the compilation.
 """
 
 from __future__ import annotations
@@ -18,47 +23,128 @@ import numpy as np
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.schedule import NoiseSchedule
 
-PRECISIONS = ("auto", "fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """auto -> fp16 on CUDA, fp32 on the CPU; a precision the device cannot run is a UserError."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    on_cuda = device.startswith("cuda")
+    if precision == "auto":
+        return "fp16" if on_cuda else "fp32"
+    if precision in ("fp16", "tf32") and not on_cuda:
+        raise UserError(f"{precision} on the torch backend needs --device cuda; on the CPU use fp32 or bf16")
+    return precision
+
+
+def fp32_math(torch, allow_tf32: bool):
+    """A context in which fp32 convolutions and matrix products use TF32 or not.
+
+    PyTorch lets cuDNN convolutions use TF32 by default, which moves an fp32 network's output
+    by about 1e-3: `precision="fp32"` means IEEE fp32, and "tf32" asks for the faster mode.
+    """
+    import contextlib
+
+    mode = "tf32" if allow_tf32 else "ieee"
+    conv, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(getattr(conv, "conv", None), "fp32_precision"):  # torch >= 2.9
+        conv, attr = conv.conv, "fp32_precision"
+        value = mode
+    else:
+        attr, value = "allow_tf32", allow_tf32
+
+    @contextlib.contextmanager
+    def scoped():
+        saved = getattr(conv, attr), getattr(matmul, attr)
+        setattr(conv, attr, value)
+        setattr(matmul, attr, value)
+        try:
+            yield
+        finally:
+            setattr(conv, attr, saved[0])
+            setattr(matmul, attr, saved[1])
+    return scoped()
+
+
+def _network(torch, module, compute_dtype, io_dtype):
+    """The module between the device loop's buffers: input cast to the compute dtype, ε to the I/O dtype."""
+
+    class Network(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x, t):
+            return self.module(x.to(compute_dtype), t).to(io_dtype)
+    return Network()
 
 
 class TorchModel:
-    """eps = model(x_t, t) on NumPy arrays, around a torch nn.Module."""
+    """eps = model(x_t, t) on NumPy arrays, around a torch nn.Module.
+
+    precision: fp32 (IEEE), tf32 (CUDA), fp16 (CUDA) or bf16; auto = fp16 on CUDA, fp32 on the CPU.
+    compile:   run the network through TorchInductor (torch.compile, static shapes: one compiled
+               graph per batch size); on CUDA the whole sampling loop is then captured as one CUDA
+               graph per (batch, steps) unless the fused kernel cannot be loaded.
+    A module with `set_execution_form` (ddpmrt's U-Net) runs in its "native" form: PyTorch's own
+    fp16 GroupNorm and scaled_dot_product_attention kernels.
+    """
 
     backend = "torch"
 
     def __init__(self, module, schedule: NoiseSchedule, image_shape, device: str = "cpu", source: str = "",
-                 precision: str = "auto", cuda_graph: bool = False):
+                 precision: str = "auto", cuda_graph: bool = False, compile: bool = False):
         import torch
 
-        if precision not in PRECISIONS:
-            raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self._torch = torch
         self.device = torch.device(device)
         on_cuda = self.device.type == "cuda"
-        if precision == "fp16" and not on_cuda:
-            raise UserError("fp16 on the torch backend needs --device cuda; on the CPU use fp32")
+        self.precision = resolve_precision(precision, self.device.type)
+        self.compiled = bool(compile)
+        if self.compiled:
+            self.backend = "inductor"
+        compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+        # The kernel reads and writes fp16 or fp32; bf16 networks take fp32 and cast inside.
+        io_dtype = torch.float16 if compute_dtype == torch.float16 else torch.float32
         self.module = module.to(self.device).eval()
-        if on_cuda and precision in ("auto", "fp16"):
-            # Half precision with NHWC weights: the tensor-core path for convolutions.
-            self.module = self.module.half().to(memory_format=torch.channels_last)
-        self.dtype = next(self.module.parameters()).dtype
+        if hasattr(self.module, "set_execution_form"):
+            self.module.set_execution_form("native")
+        if compute_dtype != torch.float32:
+            self.module = self.module.to(compute_dtype)
+            if on_cuda:  # NHWC weights: the tensor-core path for convolutions
+                self.module = self.module.to(memory_format=torch.channels_last)
+        self.dtype = io_dtype
+        self.network = _network(torch, self.module, compute_dtype, io_dtype)
+        if self.compiled:
+            self.network = torch.compile(self.network, dynamic=False, fullgraph=True)
         self.schedule = schedule
         self.image_shape = tuple(image_shape)
         self.source = source
-        self.cuda_graph = cuda_graph
+        # An explicit cuda_graph=True must be honoured; the compiled backend captures by default.
+        self._graph_required = cuda_graph
+        self.cuda_graph = cuda_graph or (self.compiled and on_cuda)
         # The device loop's network interface (CUDA only).
-        self.input_dtype = np.dtype(np.float16 if self.dtype == torch.float16 else np.float32)
+        self.input_dtype = np.dtype(np.float16 if io_dtype == torch.float16 else np.float32)
         self.eps_dtype = "fp16" if self.input_dtype == np.float16 else "fp32"
         self._io: dict[int, dict] = {}      # per batch size: static x, timestep table, last ε
         self._graphs: list = []             # keeps captured graphs (and their memory pool) alive
         self._device_loop = None if on_cuda else False
 
+    def _math(self):
+        """TF32 on or off for this model's fp32 work (CUDA), as its precision says."""
+        if self.device.type != "cuda":
+            import contextlib
+
+            return contextlib.nullcontext()
+        return fp32_math(self._torch, allow_tf32=self.precision == "tf32")
+
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():
+        with torch.inference_mode(), self._math():
             xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
             tt = torch.from_numpy(np.ascontiguousarray(t, np.int64)).to(self.device)
-            return self.module(xt, tt).float().cpu().numpy()
+            return self.network(xt, tt).float().cpu().numpy()
 
     # -- the network interface of engine/device_loop.py (CUDA) ------------------------------------
 
@@ -69,7 +155,18 @@ class TorchModel:
             from ddpmrt.engine.device_loop import DeviceLoop
             from ddpmrt.engine.kernels import FusedUpdate
 
-            self._device_loop = DeviceLoop(self, kernel=FusedUpdate(self.device.index or 0), cuda_graph=self.cuda_graph,
+            try:
+                kernel = FusedUpdate(self.device.index or 0)
+            except UserError as exc:
+                if self._graph_required:
+                    raise
+                # Without cuda-python / NVRTC the network still runs on the GPU, step by step from the host.
+                import warnings
+
+                warnings.warn(f"sampling without the fused kernel and CUDA graphs: {exc}", stacklevel=2)
+                self._device_loop = False
+                return None
+            self._device_loop = DeviceLoop(self, kernel=kernel, cuda_graph=self.cuda_graph,
                                            max_steps=self.schedule.num_train_timesteps)
         return self._device_loop or None
 
@@ -80,8 +177,11 @@ class TorchModel:
         torch = self._torch
         if n not in self._io:
             # x stays NCHW-contiguous: the kernel indexes elements in (C, H, W) order, as the noise spec does.
+            # Timestep rows are padded to 16 bytes: every step's row is then as aligned as a fresh
+            # tensor, which compiled code checks for.
             self._io[n] = {"x": torch.zeros((n, *self.image_shape), dtype=self.dtype, device=self.device),
-                           "t": torch.zeros((self.schedule.num_train_timesteps, n), dtype=torch.int64, device=self.device),
+                           "t": torch.zeros((self.schedule.num_train_timesteps, n + n % 2), dtype=torch.int64,
+                                            device=self.device),
                            "eps": None}
         return self._io[n]
 
@@ -90,7 +190,7 @@ class TorchModel:
         timesteps = np.asarray(timesteps, np.int64)
         if io.get("timesteps") is None or not np.array_equal(io["timesteps"], timesteps):
             table = np.repeat(timesteps[:, None], n, axis=1)
-            io["t"][:len(table)].copy_(self._torch.from_numpy(table))
+            io["t"][:len(table), :n].copy_(self._torch.from_numpy(table))
             io["timesteps"] = timesteps
 
     def input_ptr(self, n: int) -> int:
@@ -98,8 +198,8 @@ class TorchModel:
 
     def forward(self, n: int, step: int) -> int:
         io = self._buffers(n)
-        with self._torch.inference_mode():
-            eps = self.module(io["x"], io["t"][step]).contiguous()  # NCHW, whatever layout the convs chose
+        with self._torch.inference_mode(), self._math():
+            eps = self.network(io["x"], io["t"][step, :n]).contiguous()  # NCHW, whatever layout the convs chose
         io["eps"] = eps  # alive until the next step: the kernel reads it on the same stream
         return eps.data_ptr()
 
@@ -114,13 +214,14 @@ class TorchModel:
                 self.forward(n, 0)
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, stream=side):
+        with torch.inference_mode(), self._math(), torch.cuda.graph(graph, stream=side):
             record()
         self._graphs.append(graph)
         return graph.replay
 
 
-def load_checkpoint(path: Path, device: str = "cpu", precision: str = "auto", cuda_graph: bool = False) -> TorchModel:
+def load_checkpoint(path: Path, device: str = "cpu", precision: str = "auto", cuda_graph: bool = False,
+                    compile: bool = False) -> TorchModel:
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -133,6 +234,7 @@ def load_checkpoint(path: Path, device: str = "cpu", precision: str = "auto", cu
             raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
     from ddpmrt.export.checkpoint import load_unet
 
+    resolve_precision(precision, device)  # a bad precision fails before the weights are read
     module, config = load_unet(path, device)
     return TorchModel(module, NoiseSchedule.from_dict(config["schedule"]), config["image_shape"], device, str(path),
-                      precision=precision, cuda_graph=cuda_graph)
+                      precision=precision, cuda_graph=cuda_graph, compile=compile)

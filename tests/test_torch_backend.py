@@ -1,0 +1,94 @@
+"""The torch and inductor backends on the CPU: precisions, compiled numerics, what runs where.
+
+Their CUDA paths (the device loop, CUDA graphs, TF32 off for fp32) run in test_gpu_loop.py on a GPU.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, run_cli
+
+torch = pytest.importorskip("torch")
+
+from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule, UserError, load_model  # noqa: E402
+from ddpmrt.engine.backends.torch_backend import TorchModel, fp32_math, resolve_precision  # noqa: E402
+
+
+def test_a_module_without_parameters_runs():
+    # report and demo wrap the Gaussian's closed-form ε* (buffers only) in TorchModel.
+    from ddpmrt.engine.gaussian import GaussianData
+    from ddpmrt.export.quality import GaussianEpsModule
+
+    schedule = NoiseSchedule.linear(1000)
+    data = GaussianData.random((2, 2, 2), schedule, seed=3)
+    module = GaussianEpsModule(data)
+    model = TorchModel(module, schedule, data.image_shape, "cpu", precision="fp32")
+    x, t = np.random.default_rng(0).standard_normal((3, 2, 2, 2)).astype(np.float32), np.array([0, 500, 999])
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    np.testing.assert_allclose(model(x, t), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision,device,fragment", [
+    ("fp16", "cpu", "needs --device cuda"),
+    ("tf32", "cpu", "needs --device cuda"),
+    ("int8", "cpu", "unknown precision"),
+])
+def test_precisions_a_device_cannot_run_are_user_errors(precision, device, fragment):
+    with pytest.raises(UserError, match=fragment):
+        resolve_precision(precision, device)
+    with pytest.raises(UserError, match=fragment):
+        load_model("digits", precision=precision)
+
+
+def test_precision_defaults():
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("tf32", "cuda:1") == "tf32"
+
+
+def test_bf16_on_the_cpu_stays_close_to_fp32():
+    fp32, bf16 = load_model("digits"), load_model("digits", precision="bf16")
+    sampler = DDIMSampler(fp32.schedule, 5, clip_sample=1.0)
+    a = sampler.sample(fp32, (4, *fp32.image_shape), seed=2, progress=False)
+    b = sampler.sample(bf16, (4, *fp32.image_shape), seed=2, progress=False)
+    assert np.abs(a - b).mean() < 0.05 and np.abs(a - b).max() < 0.5
+
+
+def test_fp32_math_scopes_tf32():
+    conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else torch.backends.cudnn
+    attr = "fp32_precision" if hasattr(conv, "fp32_precision") else "allow_tf32"
+    before = getattr(conv, attr)
+    with fp32_math(torch, allow_tf32=False):
+        assert getattr(conv, attr) in ("ieee", False)
+    with fp32_math(torch, allow_tf32=True):
+        assert getattr(conv, attr) in ("tf32", True)
+    assert getattr(conv, attr) == before
+
+
+def test_a_checkpoint_on_cuda_runs_on_inductor_by_default(monkeypatch):
+    # What load_model(..., device="cuda") and `ddpmrt sample --device cuda` pick, checked without a GPU.
+    from ddpmrt.engine.backends import torch_backend
+
+    calls = []
+    monkeypatch.setattr(torch_backend, "load_checkpoint", lambda path, device, **kw: calls.append((device, kw)))
+    load_model("digits", device="cuda")
+    load_model("digits", device="cuda", backend="torch")
+    load_model("digits")
+    assert [kw["compile"] for _, kw in calls] == [True, False, False]
+
+
+@pytest.mark.slow
+def test_inductor_matches_eager_on_the_cpu():
+    eager = load_model("digits", backend="torch")
+    compiled = load_model("digits", backend="inductor")
+    assert compiled.backend == "inductor" and compiled.compiled and not eager.compiled
+    for sampler, n in ((DDIMSampler(eager.schedule, 4), 3), (DDPMSampler(eager.schedule, 3, clip_sample=1.0), 2)):
+        shape = (n, *eager.image_shape)
+        expected = sampler.sample(eager, shape, seed=5, progress=False)
+        np.testing.assert_allclose(sampler.sample(compiled, shape, seed=5, progress=False), expected, atol=1e-4)
+
+
+def test_sample_cli_precision_errors(tmp_path):
+    result = run_cli("sample", "digits", "--precision", "fp16", "--steps", "2", "--batch", "1", "--out",
+                     str(tmp_path / "x.png"))
+    assert_user_error(result, "fp16", "needs --device cuda")
