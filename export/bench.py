@@ -1,10 +1,14 @@
 """`ddpmrt bench`: profile every available backend and compare with diffusers on the same weights.
 
 For each backend and batch size: network, update and host time per step, time per image,
-images per second and peak memory; medians and spreads over `runs` loops after `warmup`.
-diffusers' DDIMPipeline (or DDPMPipeline for `sampler="ddpm"`) runs the same weights (converted,
-diffusers_convert.py) with the same sampler, steps, batch and threads, in the same process, and
-the report gives the ratios.
+images per second, TFLOP/s (and % of the GPU's peak) from the network's FLOP count, and peak
+memory; medians and spreads over `runs` loops after `warmup`.  diffusers' DDIMPipeline (or
+DDPMPipeline for `sampler="ddpm"`) runs the same weights (converted, diffusers_convert.py) with
+the same sampler, steps, batch and threads, in the same process, twice: as shipped, and with
+the best one line a user can add, `torch.compile(unet, mode="reduce-overhead", fullgraph=True)`
+(the `diffusers-compiled` rows, on a GPU by default).  The report gives both ratios.  Compiled
+backends also get their start-up: the time for a fresh process to its first image with an
+empty Inductor cache (cold) and with the cache the first one left (warm).
 
 Writes bench.json (with the environment), bench.md and bench.png into the output directory.
 """
@@ -12,6 +16,9 @@ Writes bench.json (with the environment), bench.md and bench.png into the output
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +35,12 @@ from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.sources import from_checkpoint
 
-BENCH_BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "torch-cuda-graph", "onnxruntime-cuda", "tensorrt")
+BENCH_BACKENDS = ("torch-cpu", "inductor-cpu", "onnxruntime-cpu", "torch-cuda", "torch-cuda-graph", "inductor-cuda",
+                  "onnxruntime-cuda", "tensorrt")
+DIFFUSERS_COMPILED = ("auto", "always", "never")
+# Dense fp16/bf16 tensor-core peak by GPU name (datasheets; shared/reference/anchors.md), for % of peak.
+# The first name that occurs in the device name wins; --peak-tflops overrides.
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 BENCH_SAMPLERS = ("ddim", "ddpm")
 
 
@@ -50,18 +62,21 @@ def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS)
     models, missing = {}, {}
     if "torch-cpu" in wanted:
         models["torch-cpu"] = load_model(checkpoint, backend="torch")
+    if "inductor-cpu" in wanted:
+        models["inductor-cpu"] = load_model(checkpoint, backend="inductor")
     onnx_path = work / "model-fp32.onnx"
     if {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted):
         source = from_checkpoint(checkpoint, "fp32")
         export_onnx(source.module, source.metadata, onnx_path)
     if "onnxruntime-cpu" in wanted:
         models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
-    for name, graph in (("torch-cuda", False), ("torch-cuda-graph", True)):
+    for name, backend, graph in (("torch-cuda", "torch", False), ("torch-cuda-graph", "torch", True),
+                                 ("inductor-cuda", "inductor", True)):
         if name not in wanted:
             continue
         if torch.cuda.is_available():
-            # fp16 on the device loop: eagerly, or as one CUDA graph per (batch, steps).
-            models[name] = load_model(checkpoint, backend="torch", device="cuda", cuda_graph=graph)
+            # fp16 on the device loop: eagerly, or as one CUDA graph per (batch, steps); inductor compiled.
+            models[name] = load_model(checkpoint, backend=backend, device="cuda", cuda_graph=graph)
         else:
             missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
     if "onnxruntime-cuda" in wanted:
@@ -91,7 +106,7 @@ def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS)
     return models, missing
 
 
-def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, sampler: str = "ddim"):
+def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, sampler: str = "ddim", compiled: bool = False):
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
     from ddpmrt.export.diffusers_convert import to_diffusers
@@ -112,11 +127,14 @@ def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, samp
     if dtype != torch.float32:
         pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
+    if compiled:
+        # The one line an experienced diffusers user adds: Inductor plus its own CUDA graphs.
+        pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
     return pipe
 
 
 def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int, sampler: str) -> dict:
-    totals = []
+    totals, first_run_s = [], None
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     extra = {"eta": 0.0} if sampler == "ddim" else {}  # DDPMPipeline takes no eta
@@ -124,9 +142,12 @@ def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int, sample
         start = time.perf_counter()
         pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(run),
              output_type="np", **extra)  # returns host arrays: synchronized, like ddpmrt's loop
+        if run == 0:
+            first_run_s = time.perf_counter() - start  # compilation included, where there is one
         if run >= warmup:
             totals.append(time.perf_counter() - start)
-    row = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "total_s": summarize(totals),
+    row = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "first_run_s": first_run_s,
+           "total_s": summarize(totals),
            "ms_per_image": summarize(1e3 * t / batch for t in totals),
            "images_per_s": summarize(batch / t for t in totals)}
     row["peak_rss_mb"] = peak_rss_mb()
@@ -136,17 +157,61 @@ def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int, sample
     return row
 
 
-def _mb(row: dict, key: str) -> str:
-    return f"{row[key]:.0f}" if row.get(key) is not None else ""
+def network_flops_per_image(checkpoint: Path) -> float:
+    """FLOPs of one forward per image (convolutions and matrix products, torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module, config = load_unet(checkpoint)
+    x = torch.zeros(1, *config["image_shape"])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x, torch.zeros(1, dtype=torch.int64))
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(gpu_name: str | None) -> float | None:
+    """The datasheet's dense fp16 peak of a GPU this table knows, else None."""
+    for name, peak in PEAK_TFLOPS:
+        if gpu_name and name in gpu_name:
+            return peak
+    return None
+
+
+STARTUP_SCRIPT = """
+import sys
+from ddpmrt.engine import DDIMSampler, load_model
+model = load_model(sys.argv[1], backend=sys.argv[2], device=sys.argv[3])
+DDIMSampler(model.schedule, int(sys.argv[4])).sample(model, (1, *model.image_shape), seed=0, progress=False)
+"""
+
+
+def measure_startup(checkpoint: Path, backend: str, device: str, steps: int, threads: int) -> dict:
+    """Seconds from starting a fresh process to its first image (batch 1, DDIM-`steps`), twice:
+    cold (an empty Inductor cache) and warm (the cache the first process left): what a
+    low-latency user's second process pays."""
+    times = {}
+    with tempfile.TemporaryDirectory(prefix="ddpmrt-inductor-cache-") as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": str(threads)}
+        for kind in ("cold", "warm"):
+            start = time.perf_counter()
+            result = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT, str(checkpoint), backend, device, str(steps)],
+                                    env=env, capture_output=True, text=True)
+            if result.returncode != 0:
+                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+                raise UserError(f"the start-up measurement of {backend} on {device} failed: {last}")
+            times[f"{kind}_start_s"] = time.perf_counter() - start
+    return times
 
 
 def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, runs: int = 10, warmup: int = 2,
               threads: int | None = None, compare_diffusers: bool = True, progress: bool = True,
-              backends=BENCH_BACKENDS, sampler: str = "ddim") -> dict:
+              backends=BENCH_BACKENDS, sampler: str = "ddim", diffusers_compiled: str = "auto",
+              startup: bool = True, peak: float | None = None) -> dict:
     from tqdm.auto import tqdm
 
     if sampler not in BENCH_SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
+    if diffusers_compiled not in DIFFUSERS_COMPILED:
+        raise UserError(f"unknown --diffusers-compiled {diffusers_compiled!r}; choose one of {', '.join(DIFFUSERS_COMPILED)}")
     pipeline = {"ddim": "DDIMPipeline", "ddpm": "DDPMPipeline"}[sampler]
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or torch.get_num_threads()
@@ -158,17 +223,28 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     if not models:
         raise UserError("none of the backends asked for runs here: "
                         + "; ".join(f"{name} {why}" for name, why in missing.items()))
+    env = environment(threads)
+    flops = network_flops_per_image(checkpoint)
+    gpu_peak = peak or peak_tflops((env.get("gpu") or {}).get("name"))
     results = []
     jobs = [(name, b) for name in models for b in batches]
-    # diffusers as users run it: fp32 on the CPU, fp16 on a GPU.
-    pipes = {}
+    # diffusers as users run it: fp32 on the CPU, fp16 on a GPU; eager, and compiled where asked.
+    pipes = []
+    on_cpu = any(name.endswith("-cpu") for name in models)
+    on_gpu = torch.cuda.is_available() and not all(name.endswith("-cpu") for name in models)
     if compare_diffusers:
-        if any(name.endswith("-cpu") for name in backends):
-            pipes["cpu"] = (f"diffusers-{pipeline}-cpu", _diffusers_pipeline(checkpoint, "cpu", sampler=sampler))
-        if torch.cuda.is_available() and not all(name.endswith("-cpu") for name in backends):
-            pipes["cuda"] = (f"diffusers-{pipeline}-cuda-fp16",
-                             _diffusers_pipeline(checkpoint, "cuda", torch.float16, sampler=sampler))
-    with tqdm(total=len(jobs) + len(batches) * len(pipes), disable=not progress, desc="bench") as bar:
+        for compiled in (False, True):
+            if compiled and diffusers_compiled == "never":
+                continue
+            suffix = "compiled-" if compiled else ""
+            if on_cpu and (not compiled or diffusers_compiled == "always"):
+                pipes.append((f"diffusers-{pipeline}-{suffix}cpu", "cpu", compiled,
+                              _diffusers_pipeline(checkpoint, "cpu", sampler=sampler, compiled=compiled)))
+            if on_gpu:
+                pipes.append((f"diffusers-{pipeline}-{suffix}cuda-fp16", "cuda", compiled,
+                              _diffusers_pipeline(checkpoint, "cuda", torch.float16, sampler=sampler, compiled=compiled)))
+    startups = [name for name in models if name.startswith("inductor-")] if startup else []
+    with tqdm(total=len(jobs) + len(batches) * len(pipes) + len(startups), disable=not progress, desc="bench") as bar:
         for name, batch in jobs:
             model = models[name]
             profile = profile_device_loop if getattr(model, "device_loop", None) is not None else profile_sampler
@@ -177,23 +253,59 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
             results.append(row)
             bar.update(1)
         diffusers_rows = []
-        for device, (name, pipe) in pipes.items():
+        for name, device, compiled, pipe in pipes:
             for batch in batches:
                 row = _time_diffusers(pipe, batch, steps, runs, warmup, sampler)
-                row["backend"], row["device"] = name, device
+                row["backend"], row["device"], row["compiled"] = name, device, compiled
                 diffusers_rows.append(row)
                 bar.update(1)
+        startup_rows = []
+        for name in startups:
+            device = "cuda" if name.endswith("-cuda") else "cpu"
+            startup_rows.append({"backend": name, "batch": 1, "steps": steps,
+                                 **measure_startup(checkpoint, "inductor", device, steps, threads)})
+            bar.update(1)
+    for row in results + diffusers_rows:
+        seconds_per_image = row["ms_per_image"]["median"] / 1e3
+        row["tflops"] = flops * steps / seconds_per_image / 1e12
+        device = "cpu" if row["backend"].endswith("-cpu") else "cuda"
+        row["percent_of_peak"] = 100 * row["tflops"] / gpu_peak if gpu_peak and (device == "cuda" or peak) else None
     for row in results:
         device = "cpu" if row["backend"].endswith("-cpu") else "cuda"
-        ref = next((d for d in diffusers_rows if d["batch"] == row["batch"] and d["device"] == device), None)
-        if ref:
-            row["speedup_vs_diffusers"] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
+        for compiled, key in ((False, "speedup_vs_diffusers"), (True, "speedup_vs_diffusers_compiled")):
+            ref = next((d for d in diffusers_rows
+                        if d["batch"] == row["batch"] and d["device"] == device and d["compiled"] == compiled), None)
+            if ref:
+                row[key] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
     module, config = load_unet(checkpoint)
-    report = {"model": {"source": str(checkpoint), "config": config["model"], "image_shape": config["image_shape"]},
+    report = {"model": {"source": str(checkpoint), "config": config["model"], "image_shape": config["image_shape"],
+                        "gflop_per_forward_per_image": flops / 1e9},
               "sampler": make_sampler(sampler, next(iter(models.values())).schedule, steps).config, "results": results,
-              "diffusers": diffusers_rows, "unavailable": missing, "environment": environment(threads)}
+              "diffusers": diffusers_rows, "startup": startup_rows, "peak_tflops": gpu_peak, "unavailable": missing,
+              "environment": env}
     write_report(report, out)
     return report
+
+
+def _cell(value, fmt: str, none: str = "") -> str:
+    return none if value is None else format(value, fmt)
+
+
+def _stage(row: dict, key: str, fmt: str) -> str:
+    """A stage column: its median, or why there is none (the stages ran inside one CUDA graph)."""
+    if row.get(key) is not None:
+        return format(row[key]["median"], fmt)
+    return "in graph" if "graph" in row.get("stages", "") else ""
+
+
+def _flops(row: dict) -> str:
+    if row.get("tflops") is None:
+        return ""
+    return f"{row['tflops']:.2f}" + (f" ({row['percent_of_peak']:.1f}%)" if row.get("percent_of_peak") is not None else "")
+
+
+def _ratio(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}x" if key in row else ""
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -201,31 +313,46 @@ def write_report(report: dict, out: Path) -> None:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     env = report["environment"]
     title = f"{report['sampler']['sampler'].upper()}-{report['sampler']['num_steps']}"
+    peak = report.get("peak_tflops")
     lines = [f"# ddpmrt bench: {title}, {report['model']['config'].get('ch')}-channel U-Net "
              f"{'x'.join(map(str, report['model']['image_shape']))}", "",
              f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {env['threads']} threads)"
              + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU")
              + f"; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, diffusers {env.get('diffusers')}.",
              "Medians over the runs after warm-up (spread: 25th-75th percentile of ms/image). GPU rows run the "
-             "device loop: end to end by wall clock, network and update by CUDA events, host = enqueue time; "
-             "'vs diffusers' compares with diffusers on the same device (fp32 on the CPU, fp16 on a GPU). "
-             "RSS: the process's peak resident memory when the row finished (rows run in order, so it only grows); "
+             "device loop: end to end by wall clock, network and update by CUDA events (a loop replayed as one CUDA "
+             "graph has no separate stages: 'in graph'), host = enqueue time; 'vs diffusers' compares with diffusers' "
+             "pipeline on the same device (fp32 on the CPU, fp16 on a GPU) as shipped, 'vs compiled' with its U-Net "
+             "under torch.compile(mode=\"reduce-overhead\", fullgraph=True). "
+             f"TFLOP/s: {report['model'].get('gflop_per_forward_per_image', 0):.2f} GFLOP per image per network call"
+             + (f", % of a {peak:g} TFLOP/s dense fp16 peak" if peak else "")
+             + ". RSS: the process's peak resident memory when the row finished (rows run in order, so it only grows); "
              "GPU: device memory in use after the row.", "",
              "| backend | batch | network ms/step | update ms/step | host ms/step | ms/image (p25-p75) | images/s "
-             "| vs diffusers | peak RSS MB | GPU MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| TFLOP/s | vs diffusers | vs compiled | peak RSS MB | GPU MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["results"]:
         ms = r["ms_per_image"]
-        ratio = f"{r['speedup_vs_diffusers']:.2f}x" if "speedup_vs_diffusers" in r else ""
-        lines.append(f"| {r['backend']} | {r['batch']} | {r['network_ms_per_step']['median']:.2f} | "
-                     f"{r['update_ms_per_step']['median']:.3f} | {r['host_ms_per_step']['median']:.3f} | "
-                     f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | {r['images_per_s']['median']:.1f} | {ratio} | "
-                     f"{_mb(r, 'peak_rss_mb')} | {_mb(r, 'gpu_memory_used_mb')} |")
+        lines.append(f"| {r['backend']} | {r['batch']} | {_stage(r, 'network_ms_per_step', '.2f')} | "
+                     f"{_stage(r, 'update_ms_per_step', '.3f')} | {r['host_ms_per_step']['median']:.3f} | "
+                     f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | {r['images_per_s']['median']:.1f} | "
+                     f"{_flops(r)} | {_ratio(r, 'speedup_vs_diffusers')} | {_ratio(r, 'speedup_vs_diffusers_compiled')} | "
+                     f"{_cell(r.get('peak_rss_mb'), '.0f')} | {_cell(r.get('gpu_memory_used_mb'), '.0f')} |")
     for d in report["diffusers"]:
         ms = d["ms_per_image"]
+        mine = "1.00x" if not d.get("compiled") else ""
+        theirs = "1.00x" if d.get("compiled") else ""
         lines.append(f"| {d['backend']} | {d['batch']} | | | | {ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | "
-                     f"{d['images_per_s']['median']:.1f} | 1.00x | {_mb(d, 'peak_rss_mb')} | "
-                     f"{_mb(d, 'gpu_memory_used_mb')} |")
+                     f"{d['images_per_s']['median']:.1f} | {_flops(d)} | {mine} | {theirs} | "
+                     f"{_cell(d.get('peak_rss_mb'), '.0f')} | {_cell(d.get('gpu_memory_used_mb'), '.0f')} |")
+    compiled = [d for d in report["diffusers"] if d.get("compiled")]
+    if report.get("startup") or compiled:
+        lines += ["", "Start-up: seconds from a fresh process to its first image (batch 1); cold with an empty "
+                  "Inductor cache, warm with the cache a first process left. diffusers-compiled: its first "
+                  "pipeline call in this process (compilation and CUDA-graph recording).", "",
+                  "| backend | cold start s | warm start s | first call s |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['backend']} | {r['cold_start_s']:.1f} | {r['warm_start_s']:.1f} | |" for r in report.get("startup", [])]
+        lines += [f"| {d['backend']} (batch {d['batch']}) | | | {_cell(d.get('first_run_s'), '.1f')} |" for d in compiled]
     if report["unavailable"]:
         lines += ["", "Not measured here:", ""] + [f"- {k}: {v}" for k, v in report["unavailable"].items()]
     lines += ["", "![time per image](bench.png)", ""]

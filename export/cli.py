@@ -169,6 +169,8 @@ def _bench(ns: argparse.Namespace) -> None:
         raise UserError(f"--backends {ns.backends!r}: choose all or some of {', '.join(BENCH_BACKENDS)}")
     if ns.runs < 1 or ns.warmup < 0 or ns.steps < 1:
         raise UserError("--runs and --steps must be positive and --warmup non-negative")
+    if ns.peak_tflops is not None and not ns.peak_tflops > 0:
+        raise UserError(f"--peak-tflops {ns.peak_tflops}: give the device's dense peak in TFLOP/s, a positive number")
     with tempfile.TemporaryDirectory() as tmp:
         if ns.random_weights:
             if ns.random_weights not in CONFIGS:
@@ -182,7 +184,8 @@ def _bench(ns: argparse.Namespace) -> None:
             raise UserError("name a checkpoint or shipped model, or pass --random-weights cifar10")
         run_bench(checkpoint, Path(ns.out), batches=batches, steps=ns.steps, runs=ns.runs,
                   warmup=ns.warmup, threads=ns.threads, compare_diffusers=not ns.no_diffusers,
-                  progress=not ns.quiet, backends=backends, sampler=ns.sampler)
+                  progress=not ns.quiet, backends=backends, sampler=ns.sampler,
+                  diffusers_compiled=ns.diffusers_compiled, startup=not ns.no_startup, peak=ns.peak_tflops)
     print((Path(ns.out) / "bench.md").read_text(encoding="utf-8"))
 
 
@@ -355,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", metavar="CONFIG", help="bench a named U-Net config (tiny, cifar10) with random weights")
     p.add_argument("--batch", default="1,8,64", help="batch sizes (default 1,8,64)")
     p.add_argument("--backends", default="all",
-                   help="all (default: every one that runs here) or a list of torch-cpu, onnxruntime-cpu, torch-cuda, "
-                        "torch-cuda-graph, onnxruntime-cuda, tensorrt")
+                   help="all (default: every one that runs here) or a list of torch-cpu, inductor-cpu, onnxruntime-cpu, "
+                        "torch-cuda, torch-cuda-graph, inductor-cuda, onnxruntime-cuda, tensorrt")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ddim (η=0, against DDIMPipeline; default) or ddpm (against DDPMPipeline)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps per loop (default 20)")
@@ -364,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed loops first (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: torch's)")
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
+    p.add_argument("--diffusers-compiled", choices=["auto", "always", "never"], default="auto",
+                   help="also time diffusers with torch.compile(unet, mode='reduce-overhead', fullgraph=True): "
+                        "auto = on a GPU (default), always = on the CPU too, never")
+    p.add_argument("--no-startup", action="store_true",
+                   help="skip the cold and warm start-up of the inductor backends (two fresh processes each)")
+    p.add_argument("--peak-tflops", type=float, help="the device's dense peak for the %% of peak column "
+                   "(default: the datasheet figure of a known GPU)")
     p.add_argument("--out", default="bench", help="report directory (default ./bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_bench)

@@ -13,7 +13,8 @@ pytest.importorskip("matplotlib")
 def test_bench_writes_json_markdown_and_plot(tmp_path):
     out = tmp_path / "bench"
     result = run_cli("bench", "--random-weights", "tiny", "--batch", "1,2", "--steps", "2", "--runs", "2",
-                     "--warmup", "1", "--threads", "1", "--out", str(out), "--quiet")
+                     "--warmup", "1", "--threads", "1", "--backends", "torch-cpu,onnxruntime-cpu,torch-cuda-graph",
+                     "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "bench.json").read_text())
     backends = {(r["backend"], r["batch"]) for r in report["results"]}
@@ -27,6 +28,59 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert (out / "bench.png").stat().st_size > 1000 and "| onnxruntime-cpu |" in (out / "bench.md").read_text()
     assert all(r["peak_rss_mb"] > 50 for r in report["results"] + report["diffusers"])  # torch alone is larger
     assert "| peak RSS MB | GPU MB |" in (out / "bench.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_inductor_against_compiled_diffusers(tmp_path):
+    # The rows a GPU run compares (inductor against diffusers + torch.compile), run on the CPU.
+    out = tmp_path / "bench"
+    result = run_cli("bench", "--random-weights", "tiny", "--batch", "1", "--steps", "2", "--runs", "2", "--warmup", "1",
+                     "--threads", "1", "--backends", "inductor-cpu", "--diffusers-compiled", "always",
+                     "--peak-tflops", "0.5", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert [d["backend"] for d in report["diffusers"]] == ["diffusers-DDIMPipeline-cpu",
+                                                           "diffusers-DDIMPipeline-compiled-cpu"]
+    row = report["results"][0]
+    assert row["backend"] == "inductor-cpu" and row["speedup_vs_diffusers"] > 0 and row["speedup_vs_diffusers_compiled"] > 0
+    # TFLOP/s from the FLOP count: 2 network calls per image in the measured time.
+    gflop = report["model"]["gflop_per_forward_per_image"]
+    assert 0.1 < gflop < 0.2  # the tiny U-Net at 16x16
+    assert row["tflops"] == pytest.approx(gflop * 2 / row["ms_per_image"]["median"], rel=1e-6)  # GFLOP/ms = TFLOP/s
+    assert row["percent_of_peak"] == pytest.approx(100 * row["tflops"] / 0.5)
+    (startup,) = report["startup"]
+    assert startup["backend"] == "inductor-cpu" and startup["warm_start_s"] < startup["cold_start_s"]
+    assert report["diffusers"][1]["first_run_s"] > report["diffusers"][1]["total_s"]["median"]  # compilation
+    md = (out / "bench.md").read_text()
+    assert "| inductor-cpu | 1 |" in md and "cold start s" in md and "vs compiled" in md
+
+
+def test_bench_markdown_says_when_a_graph_hides_the_stages(tmp_path):
+    from ddpmrt.engine.profiling import environment, summarize
+    from ddpmrt.export.bench import write_report
+
+    def row(backend, stages, network):
+        timing = summarize([1.0, 2.0])
+        return {"backend": backend, "batch": 4, "stages": stages, "host_ms_per_step": timing, "ms_per_image": timing,
+                "images_per_s": timing, "network_ms_per_step": network, "update_ms_per_step": network,
+                "tflops": 3.0, "percent_of_peak": 0.3}
+
+    report = {"model": {"config": {"ch": 32}, "image_shape": [1, 16, 16], "gflop_per_forward_per_image": 0.13},
+              "sampler": {"sampler": "ddim", "num_steps": 5}, "diffusers": [], "startup": [], "unavailable": {},
+              "peak_tflops": 989.0, "environment": environment(1),
+              "results": [row("inductor-cuda", "network and update run inside one CUDA graph", None),
+                          row("torch-cuda", "network and update by CUDA events", summarize([0.25]))]}
+    write_report(report, tmp_path)
+    md = (tmp_path / "bench.md").read_text()
+    assert "| inductor-cuda | 4 | in graph | in graph |" in md
+    assert "| torch-cuda | 4 | 0.25 | 0.250 |" in md and "| 3.00 (0.3%) |" in md
+
+
+def test_peak_tflops_by_gpu_name():
+    from ddpmrt.export.bench import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA GeForce RTX 3050") is None and peak_tflops(None) is None
 
 
 def test_bench_ddpm_compares_with_ddpm_pipeline(tmp_path):
@@ -90,6 +144,8 @@ def test_demo(tmp_path):
     (["bench"], "name a checkpoint"),
     (["bench", "digits", "--backends", "cuda"], "choose all or some of"),
     (["bench", "digits", "--backends", "tensorrt", "--no-diffusers"], "none of the backends asked for runs here"),
+    (["bench", "digits", "--peak-tflops", "-3"], "positive number"),
+    (["bench", "digits", "--diffusers-compiled", "maybe"], "invalid choice"),
     (["report", "digits", "--samplers", "ddim:x"], "not understood"),
     (["report", "digits", "--spacing", "cubic"], "unknown spacing"),
     (["report", "digits", "--spacing", "leading,leading"], "each spacing once"),
