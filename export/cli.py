@@ -15,18 +15,19 @@ from ddpmrt.engine.errors import UserError
 
 
 def _train(ns: argparse.Namespace) -> None:
+    from ddpmrt.engine.io import check_output_dir
     from ddpmrt.export.train import TrainArgs, train
 
+    check_output_dir(ns.out)
     fields = TrainArgs.__dataclass_fields__
     train(TrainArgs(**{k: v for k, v in vars(ns).items() if k in fields and v is not None}))
 
 
 def _sample(ns: argparse.Namespace) -> None:
     from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model, save_images
+    from ddpmrt.engine.io import check_output_file
 
-    out = Path(ns.out)
-    if out.suffix.lower() not in (".png", ".npz"):
-        raise UserError(f"--out {out} must end in .png (a grid) or .npz (array 'images')")
+    out = check_output_file(ns.out, (".png", ".npz"))
     if ns.batch < 1:
         raise UserError("--batch must be at least 1")
     schedule, image_shape = _description(ns)
@@ -75,11 +76,10 @@ def _batch_arg(text: str):
 
 
 def _export_onnx(ns: argparse.Namespace) -> None:
+    from ddpmrt.engine.io import check_output_file
     from ddpmrt.export.onnx_export import export_onnx
 
-    out = Path(ns.out)
-    if out.suffix.lower() != ".onnx":
-        raise UserError(f"--out {out} must end in .onnx")
+    out = check_output_file(ns.out, (".onnx",))
     source = _export_source(ns, ns.precision)
     result = export_onnx(source.module, source.metadata, out, opset=ns.opset, batch=_batch_arg(ns.batch),
                          unwrap=source.unwrap)
@@ -106,12 +106,15 @@ def _onnx_is_current(path: Path, metadata, opset: int) -> bool:
 
 def _export_engine(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.tensorrt_flavour import import_flavour
-    from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata
+    from ddpmrt.engine.io import check_output_file
+    from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata, sidecar_path
     from ddpmrt.export.sources import sha256_file
 
-    plan = Path(ns.out)
-    if plan.suffix.lower() not in (".plan", ".engine"):
-        raise UserError(f"--out {plan} must end in .plan (or .engine)")
+    plan = check_output_file(ns.out, (".plan", ".engine"))
+    # Everything written beside the engine: its ONNX, the sidecar and TensorRT's timing cache.
+    for companion, suffixes in ((plan.with_suffix(".onnx"), (".onnx",)), (sidecar_path(plan), (".json",)),
+                                (plan.with_name(plan.name + ".timing-cache"), (".timing-cache",))):
+        check_output_file(companion, suffixes, option=f"--out {plan} writes")
     flavour = import_flavour(ns.flavour)          # fail early, before a long export
     targets = parse_targets(ns.targets, flavour)
     profile = BatchProfile.parse(ns.batch)
@@ -158,10 +161,12 @@ def _bench(ns: argparse.Namespace) -> None:
     import tempfile
 
     from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.engine.io import check_output_dir
     from ddpmrt.export.bench import BENCH_BACKENDS, run_bench
     from ddpmrt.export.checkpoint import write_random_checkpoint
     from ddpmrt.export.unet import CONFIGS
 
+    check_output_dir(ns.out)
     batches = _int_list(ns.batch, "--batch")
     backends = BENCH_BACKENDS if ns.backends == "all" else [b.strip() for b in ns.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BENCH_BACKENDS]
@@ -191,9 +196,11 @@ def _bench(ns: argparse.Namespace) -> None:
 
 def _report(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.engine.io import check_output_dir
     from ddpmrt.engine.samplers import SPACINGS
     from ddpmrt.export.report import parse_samplers, run_report
 
+    check_output_dir(ns.out)
     checkpoint = resolve_model_path(ns.model)
     if not checkpoint.is_dir():
         raise UserError(f"{checkpoint} is not a checkpoint directory; report needs the weights")
@@ -235,8 +242,10 @@ def _demo(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.tensorrt_flavour import import_flavour
     from ddpmrt.export.report import QUICK, run_report
 
+    from ddpmrt.engine.io import check_output_dir
+
     start = time.perf_counter()
-    out = Path(ns.out)
+    out = check_output_dir(ns.out)
     checkpoint = resolve_model_path("digits")
     print(f"ddpmrt demo: the shipped 'digits' model ({checkpoint}) -> {out}/")
     try:
