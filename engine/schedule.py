@@ -15,7 +15,7 @@ import numpy as np
 @dataclass(frozen=True)
 class NoiseSchedule:
     betas: np.ndarray                       # β_t, t = 0 .. T-1
-    kind: str = "custom"                    # linear | cosine | custom
+    kind: str = "custom"                    # linear | scaled_linear | cosine | custom
     params: dict = field(default_factory=dict)  # the constructor's arguments, for to_dict()
 
     def __post_init__(self):
@@ -33,6 +33,14 @@ class NoiseSchedule:
         betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
         return cls(betas, "linear", {"num_train_timesteps": num_train_timesteps,
                                      "beta_start": beta_start, "beta_end": beta_end})
+
+    @classmethod
+    def scaled_linear(cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+                      beta_end: float = 0.012) -> "NoiseSchedule":
+        """√β linear from √beta_start to √beta_end (latent diffusion; diffusers' "scaled_linear")."""
+        betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=np.float64) ** 2
+        return cls(betas, "scaled_linear", {"num_train_timesteps": num_train_timesteps,
+                                            "beta_start": beta_start, "beta_end": beta_end})
 
     @classmethod
     def cosine(cls, num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
@@ -58,6 +66,8 @@ class NoiseSchedule:
         kind = d.pop("kind")
         if kind == "linear":
             return cls.linear(**d)
+        if kind == "scaled_linear":
+            return cls.scaled_linear(**d)
         if kind == "cosine":
             return cls.cosine(**d)
         if kind == "custom":

@@ -30,10 +30,9 @@ from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
-from ddpmrt.export.checkpoint import load_unet
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
-from ddpmrt.export.sources import from_checkpoint
+from ddpmrt.export.sources import from_checkpoint, from_diffusers
 
 BENCH_BACKENDS = ("torch-cpu", "inductor-cpu", "onnxruntime-cpu", "torch-cuda", "torch-cuda-graph", "inductor-cuda",
                   "onnxruntime-cuda", "tensorrt")
@@ -54,6 +53,25 @@ def make_sampler(name: str, schedule, steps: int):
     raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
 
 
+def _source(model: Path, precision: str):
+    """The weights as an export Source: a ddpmrt checkpoint or a diffusers pipeline / unet folder."""
+    from ddpmrt.engine.backends.torch_backend import is_diffusers_folder
+
+    return from_diffusers(model, precision) if is_diffusers_folder(model) else from_checkpoint(model, precision)
+
+
+def _diffusers_schedule(schedule) -> dict:
+    """A diffusers scheduler's schedule arguments for a ddpmrt NoiseSchedule (any kind, by its betas if need be)."""
+    kinds = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+    args = {"num_train_timesteps": schedule.num_train_timesteps, "timestep_spacing": "leading"}
+    if schedule.kind in ("linear", "scaled_linear"):
+        return {**args, "beta_schedule": kinds[schedule.kind], "beta_start": schedule.params["beta_start"],
+                "beta_end": schedule.params["beta_end"]}
+    if schedule.kind == "cosine" and schedule.params.get("s", 0.008) == 0.008 and schedule.params.get("max_beta", 0.999) == 0.999:
+        return {**args, "beta_schedule": "squaredcos_cap_v2"}
+    return {**args, "trained_betas": schedule.betas.tolist()}
+
+
 def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS) -> tuple[dict, dict]:
     """name -> loaded model for every wanted backend that runs here; name -> why not, for the others."""
     from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
@@ -66,8 +84,8 @@ def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS)
         models["inductor-cpu"] = load_model(checkpoint, backend="inductor")
     onnx_path = work / "model-fp32.onnx"
     if {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted):
-        source = from_checkpoint(checkpoint, "fp32")
-        export_onnx(source.module, source.metadata, onnx_path)
+        source = _source(checkpoint, "fp32")
+        export_onnx(source.module, source.metadata, onnx_path, unwrap=source.unwrap)
     if "onnxruntime-cpu" in wanted:
         models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
     for name, backend, graph in (("torch-cuda", "torch", False), ("torch-cuda-graph", "torch", True),
@@ -95,9 +113,9 @@ def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS)
             from ddpmrt.export.sources import sha256_file
 
             flavour = import_flavour("auto")
-            source16 = from_checkpoint(checkpoint, "fp16")
+            source16 = _source(checkpoint, "fp16")
             onnx16 = work / "model-fp16.onnx"
-            export_onnx(source16.module, source16.metadata, onnx16)
+            export_onnx(source16.module, source16.metadata, onnx16, unwrap=source16.unwrap)
             plan = work / "model-fp16.plan"
             build_engine(onnx16, plan, source16.metadata, sha256_file(onnx16), flavour, BatchProfile(1, 8, 256), ["current"])
             models["tensorrt"] = load_model(plan, backend="tensorrt", cuda_graph=True)
@@ -111,17 +129,15 @@ def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, samp
 
     from ddpmrt.export.diffusers_convert import to_diffusers
 
-    module, config = load_unet(checkpoint, device)
-    sched = config["schedule"]
-    if sched["kind"] != "linear":
-        raise UserError("the diffusers comparison supports linear schedules")
-    schedule = dict(num_train_timesteps=sched["num_train_timesteps"], beta_start=sched["beta_start"],
-                    beta_end=sched["beta_end"], beta_schedule="linear", timestep_spacing="leading")
+    source = _source(checkpoint, "fp32")
+    # A ddpmrt U-Net is converted to UNet2DModel; a diffusers folder's UNet2DModel is used as it is.
+    unet = source.module if source.unwrap is not None else to_diffusers(source.module)
+    schedule = _diffusers_schedule(source.metadata.schedule)
     if sampler == "ddim":
-        pipe = DDIMPipeline(unet=to_diffusers(module),
+        pipe = DDIMPipeline(unet=unet,
                             scheduler=DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=True))
     else:
-        pipe = DDPMPipeline(unet=to_diffusers(module),
+        pipe = DDPMPipeline(unet=unet,
                             scheduler=DDPMScheduler(**schedule, clip_sample=True, variance_type="fixed_small"))
     pipe = pipe.to(device)
     if dtype != torch.float32:
@@ -161,8 +177,9 @@ def network_flops_per_image(checkpoint: Path) -> float:
     """FLOPs of one forward per image (convolutions and matrix products, torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    module, config = load_unet(checkpoint)
-    x = torch.zeros(1, *config["image_shape"])
+    source = _source(checkpoint, "fp32")
+    module = source.eps_module().eval()
+    x = torch.zeros(1, *source.metadata.image_shape)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(x, torch.zeros(1, dtype=torch.int64))
     return float(counter.get_total_flops())
@@ -277,8 +294,9 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
                         if d["batch"] == row["batch"] and d["device"] == device and d["compiled"] == compiled), None)
             if ref:
                 row[key] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
-    module, config = load_unet(checkpoint)
-    report = {"model": {"source": str(checkpoint), "config": config["model"], "image_shape": config["image_shape"],
+    metadata = _source(checkpoint, "fp32").metadata
+    report = {"model": {"source": str(checkpoint), "config": metadata.model_config,
+                        "image_shape": list(metadata.image_shape),
                         "gflop_per_forward_per_image": flops / 1e9},
               "sampler": make_sampler(sampler, next(iter(models.values())).schedule, steps).config, "results": results,
               "diffusers": diffusers_rows, "startup": startup_rows, "peak_tflops": gpu_peak, "unavailable": missing,

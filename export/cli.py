@@ -31,7 +31,13 @@ def _sample(ns: argparse.Namespace) -> None:
     if ns.batch < 1:
         raise UserError("--batch must be at least 1")
     schedule, image_shape = _description(ns)
-    model = load_model(ns.model, backend=ns.backend, device=ns.device, threads=ns.threads,
+    if ns.from_diffusers:
+        from ddpmrt.export.sources import find_diffusers_unet
+
+        find_diffusers_unet(ns.from_diffusers)  # a one-line error for anything but a pipeline or unet/ folder
+    elif not ns.model:
+        raise UserError("name a model (checkpoint, shipped name, .onnx or .plan) or pass --from-diffusers DIR")
+    model = load_model(ns.from_diffusers or ns.model, backend=ns.backend, device=ns.device, threads=ns.threads,
                        schedule=schedule, image_shape=image_shape, cuda_graph=ns.cuda_graph, precision=ns.precision)
     if ns.cuda_graph and getattr(model, "device_loop", None) is None:
         raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda "
@@ -105,8 +111,8 @@ def _onnx_is_current(path: Path, metadata, opset: int) -> bool:
 
 
 def _export_engine(ns: argparse.Namespace) -> None:
-    from ddpmrt.engine.tensorrt_flavour import import_flavour
     from ddpmrt.engine.io import check_output_file
+    from ddpmrt.engine.tensorrt_flavour import import_flavour
     from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata, sidecar_path
     from ddpmrt.export.sources import sha256_file
 
@@ -164,6 +170,7 @@ def _bench(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.io import check_output_dir
     from ddpmrt.export.bench import BENCH_BACKENDS, run_bench
     from ddpmrt.export.checkpoint import write_random_checkpoint
+    from ddpmrt.export.sources import find_diffusers_unet
     from ddpmrt.export.unet import CONFIGS
 
     check_output_dir(ns.out)
@@ -181,12 +188,15 @@ def _bench(ns: argparse.Namespace) -> None:
             if ns.random_weights not in CONFIGS:
                 raise UserError(f"--random-weights {ns.random_weights!r}: choose one of {', '.join(sorted(CONFIGS))}")
             checkpoint = write_random_checkpoint(Path(tmp) / ns.random_weights, ns.random_weights)
+        elif ns.from_diffusers:
+            checkpoint = Path(ns.from_diffusers)
+            find_diffusers_unet(checkpoint)  # a one-line error for anything but a pipeline or unet/ folder
         elif ns.model:
             checkpoint = resolve_model_path(ns.model)
             if not checkpoint.is_dir():
                 raise UserError(f"{checkpoint} is not a checkpoint directory; bench needs the weights (it exports them itself)")
         else:
-            raise UserError("name a checkpoint or shipped model, or pass --random-weights cifar10")
+            raise UserError("name a checkpoint or shipped model, pass --from-diffusers DIR, or --random-weights cifar10")
         run_bench(checkpoint, Path(ns.out), batches=batches, steps=ns.steps, runs=ns.runs,
                   warmup=ns.warmup, threads=ns.threads, compare_diffusers=not ns.no_diffusers,
                   progress=not ns.quiet, backends=backends, sampler=ns.sampler,
@@ -239,10 +249,9 @@ def _demo(ns: argparse.Namespace) -> None:
     import time
 
     from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.engine.io import check_output_dir
     from ddpmrt.engine.tensorrt_flavour import import_flavour
     from ddpmrt.export.report import QUICK, run_report
-
-    from ddpmrt.engine.io import check_output_dir
 
     start = time.perf_counter()
     out = check_output_dir(ns.out)
@@ -282,7 +291,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def _add_export_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="checkpoint directory or shipped model name")
-    p.add_argument("--from-diffusers", metavar="DIR", help="a saved diffusers UNet2DModel directory instead")
+    p.add_argument("--from-diffusers", metavar="DIR",
+                   help="a saved diffusers pipeline folder (model_index.json, unet/, scheduler/) or its unet/ folder instead")
     p.add_argument("--schedule", help="noise schedule where the source has none: linear[:T:start:end] or cosine[:T]")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
 
@@ -325,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sample", help="sample images from a model")
-    p.add_argument("model", help="checkpoint directory, shipped model name (e.g. digits), .onnx or .plan file")
+    p.add_argument("model", nargs="?", help="checkpoint directory, shipped model name (e.g. digits), .onnx or .plan file, "
+                   "or a diffusers pipeline folder")
+    p.add_argument("--from-diffusers", metavar="DIR", help="a saved diffusers pipeline folder (or its unet/ folder)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
@@ -346,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default="auto",
                    help="torch and inductor backends: auto = fp16 on CUDA, fp32 on the CPU; fp32 is IEEE fp32 "
                         "(tf32 asks for TF32 convolutions on CUDA)")
-    p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata: linear[:T:start:end] or cosine[:T]")
+    p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata or a bare diffusers UNet folder: "
+                   "linear[:T:start:end] or cosine[:T]")
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
     p.add_argument("--out", required=True, help="a .png grid or a .npz with array 'images'")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -365,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="profile every available backend against diffusers")
     p.add_argument("model", nargs="?", help="checkpoint directory or shipped model name")
     p.add_argument("--random-weights", metavar="CONFIG", help="bench a named U-Net config (tiny, cifar10) with random weights")
+    p.add_argument("--from-diffusers", metavar="DIR", help="a saved diffusers pipeline folder (or its unet/) instead")
     p.add_argument("--batch", default="1,8,64", help="batch sizes (default 1,8,64)")
     p.add_argument("--backends", default="all",
                    help="all (default: every one that runs here) or a list of torch-cpu, inductor-cpu, onnxruntime-cpu, "

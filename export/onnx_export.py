@@ -28,6 +28,7 @@ import torch
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.metadata import ModelMetadata
+from ddpmrt.export.sources import EpsOnly
 
 # Validation targets (max, mean absolute error against PyTorch fp32 on the same inputs).
 TOLERANCES = {"fp32": (1e-4, 1e-5), "fp16": (2e-2, 2e-3)}
@@ -41,17 +42,6 @@ class ExportedModel:
     max_abs_error: float
     mean_abs_error: float
     seconds: float
-
-
-class _EpsOnly(torch.nn.Module):
-    """Adapts a module whose forward returns more than ε (diffusers returns an output object)."""
-
-    def __init__(self, module: torch.nn.Module, unwrap):
-        super().__init__()
-        self.module, self.unwrap = module, unwrap
-
-    def forward(self, x, t):
-        return self.unwrap(self.module(x, t))
 
 
 def _export(module: torch.nn.Module, example: tuple, path: Path, opset: int, dynamic_batch: bool) -> None:
@@ -97,7 +87,7 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
         # The form whose fp16 graph keeps GroupNorm statistics and attention logits in fp32 explicitly.
         reference.set_execution_form("export")
     if unwrap is not None:
-        reference = _EpsOnly(reference, unwrap)
+        reference = EpsOnly(reference, unwrap)
     exported = copy.deepcopy(reference)
     if metadata.precision == "fp16":
         exported = exported.half()

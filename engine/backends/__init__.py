@@ -3,7 +3,8 @@
 Every loaded model also carries `schedule` (a NoiseSchedule) and `image_shape` (C, H, W),
 read from the model file itself, so a sampler needs nothing else.
 
-    checkpoint directory / shipped name  -> inductor on CUDA (torch.compile + one CUDA graph per loop),
+    checkpoint directory / shipped name,
+    diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop),
                                             torch on the CPU (PyTorch eager; lazily imported)
     .onnx                                -> onnxruntime  (CPU, or CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
@@ -47,7 +48,8 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
     """Load a model file as a sampler-ready callable.
 
     `schedule` and `image_shape` describe an ONNX file that carries no ddpmrt metadata
-    (a file with metadata ignores them).  On a GPU backend (TensorRT, torch on CUDA) sampling
+    (a file with metadata ignores them); `schedule` also stands in for a bare diffusers UNet
+    folder's missing scheduler config.  On a GPU backend (TensorRT, torch on CUDA) sampling
     runs the device loop, and `cuda_graph` replays the whole loop as one CUDA graph.
     `precision` is the torch backends': auto (fp16 on CUDA, fp32 on the CPU), fp32, tf32, fp16 or bf16.
     A checkpoint on CUDA runs on the inductor backend unless `backend="torch"` asks for eager PyTorch.
@@ -63,9 +65,12 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
         if backend not in ("auto", "torch", "inductor"):
             raise UserError(f"{path.name} is a checkpoint, which runs on the torch or inductor backend; for {backend}, "
                             "export it first (ddpmrt export-onnx / export-engine)")
-        from ddpmrt.engine.backends.torch_backend import load_checkpoint
+        from ddpmrt.engine.backends.torch_backend import is_diffusers_folder, load_checkpoint, load_diffusers
 
         compile = backend == "inductor" or (backend == "auto" and device == "cuda")
+        if is_diffusers_folder(path):
+            return load_diffusers(path, device, precision=precision, cuda_graph=cuda_graph, compile=compile,
+                                  schedule=schedule)
         return load_checkpoint(path, device, precision=precision, cuda_graph=cuda_graph, compile=compile)
 
     if suffix == ".onnx":

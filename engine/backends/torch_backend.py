@@ -238,3 +238,33 @@ def load_checkpoint(path: Path, device: str = "cpu", precision: str = "auto", cu
     module, config = load_unet(path, device)
     return TorchModel(module, NoiseSchedule.from_dict(config["schedule"]), config["image_shape"], device, str(path),
                       precision=precision, cuda_graph=cuda_graph, compile=compile)
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    """A saved diffusers pipeline (model_index.json) or model folder (config.json with a _class_name)."""
+    import json
+
+    if (path / "model_index.json").is_file():
+        return True
+    try:
+        return "_class_name" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def load_diffusers(path: Path, device: str = "cpu", precision: str = "auto", cuda_graph: bool = False,
+                   compile: bool = False, schedule: NoiseSchedule | None = None) -> TorchModel:
+    """A diffusers pipeline folder (or its unet/) on the torch backends, schedule from its scheduler config."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError("a diffusers folder runs on the torch backend, which needs PyTorch: pip install 'ddpmrt[export]' "
+                        "(or export it to ONNX with `ddpmrt export-onnx --from-diffusers`)") from None
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    resolve_precision(precision, device)
+    from ddpmrt.export.sources import from_diffusers
+
+    source = from_diffusers(path, "fp32", schedule)
+    return TorchModel(source.eps_module(), source.metadata.schedule, source.metadata.image_shape, device, str(path),
+                      precision=precision, cuda_graph=cuda_graph, compile=compile)
