@@ -87,6 +87,9 @@ def load_folder(folder: Path, image_size: int) -> Dataset:
     images = []
     for path in files:
         try:
+            if path.suffix.lower() == ".png":
+                with Image.open(path) as img:
+                    img.verify()  # every chunk's CRC: a flipped bit is an error, not a different image
             with Image.open(path) as img:
                 img = img.convert("RGB")
                 scale = image_size / min(img.size)
@@ -94,25 +97,34 @@ def load_folder(folder: Path, image_size: int) -> Dataset:
                 img = img.resize((w, h), Image.BICUBIC)
                 left, top = (w - image_size) // 2, (h - image_size) // 2
                 images.append(np.asarray(img.crop((left, top, left + image_size, top + image_size))))
-        except OSError as exc:
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            # Pillow's decoders use all of these for damaged files (SyntaxError: "broken PNG file").
             raise UserError(f"cannot read image {path}: {exc}; remove or fix the file") from None
     array = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
     return Dataset(array, None, folder.name)
 
 
 def load_array(path: Path, image_size: int | None) -> Dataset:
+    import zipfile
+    import zlib
+
+    # .npz members carry a CRC-32 (checked as they are read); a .npy has none beyond its header.
+    damaged = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read array file {path}: {exc}") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        keys = list(loaded.keys())
-        key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise UserError(f"{path} holds arrays {keys}; name the image array 'images'")
-        array = loaded[key]
-    else:
-        array = loaded
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            keys = list(loaded.keys())
+            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise UserError(f"{path} holds arrays {keys}; name the image array 'images'")
+            array = loaded[key]
+        else:
+            array = loaded
+    except damaged as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"cannot read array file {path} ({first}); the file is damaged or not a NumPy array") from None
+    if array.size == 0:
+        raise UserError(f"{path} holds no images (shape {array.shape}); save at least one image")
     original_shape = array.shape
     if array.ndim == 3:
         array = array[:, None]                  # (N, H, W): greyscale
@@ -125,6 +137,8 @@ def load_array(path: Path, image_size: int | None) -> Dataset:
         images = array.astype(np.float32) / 127.5 - 1.0
     elif np.issubdtype(array.dtype, np.floating):
         images = array.astype(np.float32)
+        if not np.isfinite(images).all():
+            raise UserError(f"{path}: the images hold NaN or Inf; the file is damaged or was saved from bad data")
         if images.min() < -1.0 - 1e-3 or images.max() > 1.0 + 1e-3:
             raise UserError(f"{path}: float images must lie in [-1, 1] (got [{images.min():.3g}, {images.max():.3g}]); "
                             "save uint8 in [0, 255] or rescale")

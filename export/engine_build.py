@@ -21,6 +21,7 @@ from pathlib import Path
 from ddpmrt.engine import __version__
 from ddpmrt.engine.cuda_runtime import device_compute_capability
 from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.integrity import check_onnx_metadata_is_sealed, json_seal_matches, read_onnx_bytes, seal_json, sha256_file
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.metadata import ModelMetadata
 from ddpmrt.engine.tensorrt_flavour import RTX_TARGETS, Flavour
@@ -115,8 +116,11 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
             existing = json.loads(sidecar_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             existing = {}
-        if existing.get("cache_key") == key and existing.get("engine_bytes") == plan.stat().st_size:
+        # A cache hit only for an intact pair: same key, sidecar and engine matching their checksums.
+        if (isinstance(existing, dict) and existing.get("cache_key") == key and json_seal_matches(existing)
+                and existing.get("engine_sha256") == sha256_file(plan)):
             return BuildResult(plan, existing, 0.0, cached=True)
+    read_onnx_metadata(onnx_path, metadata.schedule, metadata.image_shape)  # never build from a damaged file
 
     trt = flavour.trt
     start = time.perf_counter()
@@ -165,11 +169,13 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
         "onnx": onnx_path.name,
         "onnx_sha256": onnx_sha256,
         "engine_bytes": plan.stat().st_size,
+        "engine_sha256": sha256_file(plan),
         "build_seconds": round(seconds, 2),
         "built_with_gpu": list(device_compute_capability() or []),
         "ddpmrt_version": __version__,
         "cache_key": key,
     }
+    sidecar = seal_json(sidecar)
     with atomic_write(sidecar_file) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return BuildResult(plan, sidecar, seconds, cached=False)
@@ -183,11 +189,13 @@ def read_onnx_metadata(onnx_path: Path, schedule=None, image_shape=None) -> Mode
     """
     import onnx
 
+    data, sealed = read_onnx_bytes(onnx_path)
     try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        model = onnx.load_model_from_string(data)
     except Exception:
         raise UserError(f"cannot read {onnx_path.name}: it is truncated or not an ONNX model; re-export it") from None
     props = {p.key: p.value for p in model.metadata_props}
+    check_onnx_metadata_is_sealed(props, sealed, onnx_path.name)
     x_type = next((i.type.tensor_type.elem_type for i in model.graph.input if i.name == "x"), None)
     precision = "fp16" if x_type == onnx.TensorProto.FLOAT16 else "fp32"
     if not any(key.startswith("ddpmrt.") for key in props) and schedule is not None and image_shape is not None:

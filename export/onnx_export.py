@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_onnx_file
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.metadata import ModelMetadata
 from ddpmrt.export.sources import EpsOnly
@@ -103,8 +104,11 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
             raise UserError(f"ONNX export failed: {str(exc).splitlines()[0][:300]}") from exc
         model = onnx.load(str(tmp))
         metadata.write_to(model)
+        seal = model.metadata_props.add()  # filled with the file's checksum once saved (engine/integrity.py)
+        seal.key, seal.value = ONNX_SEAL_KEY, PLACEHOLDER
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
+        seal_onnx_file(tmp)
         max_err = mean_err = float("nan")
         if check:
             max_err, mean_err = validate(tmp, reference, metadata, batch=4 if dynamic else n)

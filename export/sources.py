@@ -6,7 +6,6 @@ goes into the ONNX file, and an `unwrap` for modules whose output is not ε itse
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from ddpmrt.engine import __version__
 from ddpmrt.engine.backends import resolve_model_path
 from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.integrity import sha256_file
 from ddpmrt.engine.metadata import ModelMetadata
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import WEIGHTS_FILE, load_unet
@@ -44,14 +44,6 @@ class Source:
     def eps_module(self) -> torch.nn.Module:
         """The module as eps = f(x, t)."""
         return self.module if self.unwrap is None else EpsOnly(self.module, self.unwrap)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def from_checkpoint(model: str | Path, precision: str) -> Source:

@@ -30,7 +30,7 @@ from ddpmrt.engine.images import make_grid, save_png, to_uint8
 from ddpmrt.engine.io import atomic_write
 from ddpmrt.engine.samplers import DDIMSampler
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.export.checkpoint import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_json
+from ddpmrt.export.checkpoint import STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config
 from ddpmrt.export.data import load_dataset
 from ddpmrt.export.unet import UNet, count_parameters, get_config
 
@@ -207,7 +207,7 @@ def train(args: TrainArgs) -> Path:
                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                         "model_config": model_config.to_dict()}, tmp)
         save_weights(out / WEIGHTS_FILE, ema)
-        write_json(out / CONFIG_FILE, make_config(model_config, schedule, data.statistics(), train_args, step))
+        write_config(out, make_config(model_config, schedule, data.statistics(), train_args, step))
 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

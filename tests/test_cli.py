@@ -55,7 +55,13 @@ def damaged_checkpoints(tmp_path):
     shutil.copytree(shipped, wrong)
     config = json.loads((wrong / "config.json").read_text())
     config["model"]["ch"] = 64
+    del config["checksum"]  # a deliberate edit: accepted, and then the weights do not fit
     (wrong / "config.json").write_text(json.dumps(config))
+    edited = tmp_path / "edited"
+    shutil.copytree(shipped, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["schedule"]["beta_end"] = 0.03  # still valid JSON and a valid schedule: only the checksum tells
+    (edited / "config.json").write_text(json.dumps(config))
     return tmp_path
 
 
@@ -70,6 +76,7 @@ def damaged_checkpoints(tmp_path):
     ("{tmp}/no_weights", [], "no model.safetensors"),
     ("{tmp}/truncated", [], "cannot read"),
     ("{tmp}/wrong", [], "does not match its config.json"),
+    ("{tmp}/edited", [], "does not match its checksum"),
     ("{tmp}", [], "not a ddpmrt checkpoint"),
 ])
 def test_bad_sample_input(damaged_checkpoints, model, extra, fragment):

@@ -207,7 +207,11 @@ def test_damaged_engine_and_sidecar(built, tmp_path):
     assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")
     sidecar = _sidecar(plan)
     copy.write_bytes(plan.read_bytes())
-    Path(str(copy) + ".json").write_text(json.dumps({**sidecar, "flavour": "tensorrt"}))
+    from ddpmrt.engine.integrity import seal_json
+
+    Path(str(copy) + ".json").write_text(json.dumps({**sidecar, "flavour": "tensorrt", "checksum": "edited"}))
+    assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")
+    Path(str(copy) + ".json").write_text(json.dumps(seal_json({**sidecar, "flavour": "tensorrt"})))
     if _installed_flavour() is None or _installed_flavour().name != "tensorrt":
         assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "pip install tensorrt")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
 from ddpmrt.engine.metadata import PREFIX, ModelMetadata
 
 
@@ -51,14 +52,16 @@ class OnnxRuntimeModel:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
+        model_bytes, sealed = read_onnx_bytes(self.path)  # a damaged ddpmrt file is an error, not wrong samples
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+            self.session = ort.InferenceSession(model_bytes, options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph types
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load {self.path.name} with ONNX Runtime ({first}); "
                             "the file is truncated or not an ONNX model: re-export it") from None
         # The file's own metadata; the caller's description only for files that carry none.
         props = self.session.get_modelmeta().custom_metadata_map
+        check_onnx_metadata_is_sealed(props, sealed, self.path.name)
         has_metadata = any(key.startswith(PREFIX) for key in props)
         self.metadata = (ModelMetadata.from_strings(props, self.path.name) if has_metadata or fallback_metadata is None
                          else fallback_metadata)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ddpmrt.engine.cuda_runtime import CudaError, DeviceBuffer, check, cudart, device_compute_capability
 from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.integrity import json_seal_matches, sha256_file
 from ddpmrt.engine.metadata import ModelMetadata
 from ddpmrt.engine.tensorrt_flavour import import_flavour
 
@@ -39,7 +40,11 @@ def read_sidecar(plan: Path) -> dict:
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
         _ = data["flavour"], data["flavour_version"], data["profile"], data["metadata"], data["engine_bytes"]
+        _ = data["engine_sha256"]
+        intact = json_seal_matches(data)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        intact = False
+    if not intact:  # unreadable, incomplete, edited, or written before sidecars carried a checksum
         raise UserError(f"{sidecar.name} is damaged; rebuild the engine with `export-engine --force`") from None
     return data
 
@@ -49,6 +54,9 @@ def check_compatible(plan: Path, sidecar: dict, compute_capability: tuple[int, i
     if plan.stat().st_size != sidecar["engine_bytes"]:
         raise UserError(f"{plan.name} is {plan.stat().st_size} bytes but was built as {sidecar['engine_bytes']}: "
                         "the file is truncated or replaced; rebuild with `export-engine --force`")
+    if sha256_file(plan) != sidecar["engine_sha256"]:
+        raise UserError(f"{plan.name} is damaged: its bytes do not match the checksum in {plan.name}.json; "
+                        "rebuild with `export-engine --force`")
     if flavour.version != sidecar["flavour_version"]:
         raise UserError(f"{plan.name} was built with {sidecar['flavour']} {sidecar['flavour_version']} but "
                         f"{flavour.version} is installed; rebuild with `export-engine`, or install that version")
