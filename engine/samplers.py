@@ -14,10 +14,13 @@ kernel serves DDPM, DDIM and any η.
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ddpmrt.engine import checks
+from ddpmrt.engine.checks import as_images, check_int, check_real
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.schedule import NoiseSchedule
@@ -41,9 +44,10 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
     linspace: round(linspace(0, T − 1, S)), reversed
     quad:     floor(linspace(0, √(0.8 T), S)²), reversed  (DDIM paper's CIFAR-10 choice)
     """
-    T, S = num_train_timesteps, num_steps
-    if not 1 <= S <= T:
-        raise UserError(f"number of steps must lie in [1, {T}] (the training timesteps), got {S}")
+    T = num_train_timesteps
+    if isinstance(num_steps, (bool, np.bool_)) or not isinstance(num_steps, numbers.Integral) or not 1 <= num_steps <= T:
+        raise UserError(f"number of steps must be an integer in [1, {T}] (the training timesteps), got {num_steps!r}")
+    S = int(num_steps)
     if spacing == "leading":
         ts = np.arange(S) * (T // S)
     elif spacing == "trailing":
@@ -88,10 +92,11 @@ class Sampler:
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int, spacing: str, clip_sample: float | None):
         self.schedule = schedule
+        self.timesteps = make_timesteps(schedule.num_train_timesteps, num_steps, spacing)
         self.num_steps = int(num_steps)
         self.spacing = spacing
-        self.clip_sample = None if clip_sample is None else float(clip_sample)
-        self.timesteps = make_timesteps(schedule.num_train_timesteps, self.num_steps, spacing)
+        # 0 or None: no clipping (as `--clip-sample 0`); otherwise x̂₀ is clipped to ±clip_sample.
+        self.clip_sample = None if clip_sample is None else check_real(clip_sample, "clip_sample", 0.0) or None
         abar = schedule.alphas_cumprod
         # ᾱ of each step's timestep and of the previous (next-in-table) one; 1 after the last.
         self.alpha_bar = abar[self.timesteps]
@@ -107,6 +112,13 @@ class Sampler:
 
     def step(self, x_t: np.ndarray, eps: np.ndarray, i: int, noise: np.ndarray | None = None) -> np.ndarray:
         """One update at timesteps[i]; `noise` is needed where σ_i > 0."""
+        i = check_int(i, "the step index", 0, self.num_steps - 1)
+        x_t = as_images(x_t, "x_t")
+        eps = as_images(eps, "eps", x_t.shape)
+        if noise is not None:
+            noise = as_images(noise, "noise", x_t.shape)
+        elif self.coefficients[i, SIGMA] > 0:
+            raise UserError(f"step {i} adds noise (sigma > 0): pass noise of shape {x_t.shape}")
         return apply_update(x_t, eps, self.coefficients[i], self.clip_sample, noise)
 
     def sample(self, model, shape, seed: int = 0, x_T: np.ndarray | None = None, progress: bool = True,
@@ -123,12 +135,11 @@ class Sampler:
         the device with the fused kernel (engine/device_loop.py) when the images are a
         contiguous range and no stage hook asks for per-step host timing.
         """
-        n, image_shape = int(shape[0]), tuple(int(s) for s in shape[1:])
-        if image_indices is None:
-            image_indices = np.arange(n)
-        image_indices = np.asarray(image_indices, np.int64)
-        if image_indices.shape != (n,):
-            raise ValueError(f"image_indices must have {n} entries")
+        n, image_shape = checks.sample_shape(shape, getattr(model, "image_shape", None))
+        seed = check_int(seed, "seed", 0, 2 ** 64 - 1)
+        image_indices = checks.image_indices(np.arange(n) if image_indices is None else image_indices, n)
+        if x_T is not None:
+            x_T = as_images(x_T, "x_T", (n, *image_shape))
         if hasattr(model, "check_batch"):  # engines with fixed batch ranges say so before any work
             model.check_batch(n)
         first = int(image_indices[0])
@@ -138,12 +149,7 @@ class Sampler:
             if loop is not None:
                 return loop.sample(self, n, seed=seed, first_image=first, x_T=x_T)
         stage = stage or _no_stage
-        if x_T is None:
-            x = gaussian_noise(seed, image_indices, 0, STREAM_INITIAL, image_shape)
-        else:
-            x = np.array(x_T, dtype=np.float32)
-            if x.shape != (n, *image_shape):
-                raise ValueError(f"x_T has shape {x.shape}, expected {(n, *image_shape)}")
+        x = gaussian_noise(seed, image_indices, 0, STREAM_INITIAL, image_shape) if x_T is None else x_T.copy()
         for i in tqdm(range(self.num_steps), desc=type(self).__name__, disable=not progress, leave=False):
             t = np.full(n, self.timesteps[i], dtype=np.int64)
             with stage("network"):
@@ -164,9 +170,7 @@ class DDIMSampler(Sampler):
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0,
                  spacing: str = DEFAULT_SPACING, clip_sample: float | None = None):
-        if eta < 0:
-            raise UserError(f"eta must be >= 0, got {eta}")
-        self.eta = float(eta)
+        self.eta = check_real(eta, "eta", 0.0)
         super().__init__(schedule, num_steps, spacing, clip_sample)
 
     @property
@@ -197,7 +201,7 @@ class DDPMSampler(Sampler):
         if variance not in self.VARIANCES:
             raise UserError(f"unknown variance {variance!r}; choose one of {', '.join(self.VARIANCES)}")
         self.variance = variance
-        super().__init__(schedule, num_steps or schedule.num_train_timesteps, spacing, clip_sample)
+        super().__init__(schedule, schedule.num_train_timesteps if num_steps is None else num_steps, spacing, clip_sample)
 
     @property
     def config(self) -> dict:

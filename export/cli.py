@@ -8,10 +8,48 @@ one line and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from ddpmrt.engine.errors import UserError
+
+# -- numeric options: ranges checked while parsing, so a bad value is one line before any work ---
+
+MAX_BATCH = 65536          # images per call; more is a loop over calls
+MAX_THREADS = 4096
+
+
+def int_in(low: int, high: int):
+    """argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{low}, {high}]")
+        return value
+    return parse
+
+
+def real_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """argparse type: a finite number in [low, high] (open ends where asked)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if not math.isfinite(value) or below or above:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{text} is outside {interval}")
+        return value
+    return parse
+
+
+THREADS = int_in(1, MAX_THREADS)
 
 
 def _train(ns: argparse.Namespace) -> None:
@@ -76,9 +114,9 @@ def _export_source(ns: argparse.Namespace, precision: str):
 def _batch_arg(text: str):
     if text == "dynamic":
         return text
-    if text.isdigit() and int(text) > 0:
+    if text.isdigit() and 0 < int(text) <= MAX_BATCH:
         return int(text)
-    raise UserError(f"--batch {text!r}: use dynamic or a positive integer")
+    raise UserError(f"--batch {text!r}: use dynamic or an integer in [1, {MAX_BATCH}]")
 
 
 def _export_onnx(ns: argparse.Namespace) -> None:
@@ -158,8 +196,8 @@ def _int_list(text: str, option: str) -> list[int]:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise UserError(f"{option} {text!r}: use positive integers separated by commas, e.g. 1,8,64")
+    if not values or min(values) < 1 or max(values) > MAX_BATCH:
+        raise UserError(f"{option} {text!r}: use integers in [1, {MAX_BATCH}] separated by commas, e.g. 1,8,64")
     return values
 
 
@@ -181,8 +219,6 @@ def _bench(ns: argparse.Namespace) -> None:
         raise UserError(f"--backends {ns.backends!r}: choose all or some of {', '.join(BENCH_BACKENDS)}")
     if ns.runs < 1 or ns.warmup < 0 or ns.steps < 1:
         raise UserError("--runs and --steps must be positive and --warmup non-negative")
-    if ns.peak_tflops is not None and not ns.peak_tflops > 0:
-        raise UserError(f"--peak-tflops {ns.peak_tflops}: give the device's dense peak in TFLOP/s, a positive number")
     with tempfile.TemporaryDirectory() as tmp:
         if ns.random_weights:
             if ns.random_weights not in CONFIGS:
@@ -284,7 +320,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", default="auto",
                    help="auto (this GPU, else the flavour's defaults), current, or e.g. sm86,sm89 (TensorRT-RTX)")
     p.add_argument("--flavour", default="auto", help="auto, tensorrt or tensorrt-rtx")
-    p.add_argument("--optimization-level", type=int, help="builder optimization level (0-5)")
+    p.add_argument("--optimization-level", type=int_in(0, 5), help="builder optimization level (0-5)")
     p.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
     p.set_defaults(func=_export_engine)
 
@@ -294,7 +330,7 @@ def _add_export_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-diffusers", metavar="DIR",
                    help="a saved diffusers pipeline folder (model_index.json, unet/, scheduler/) or its unet/ folder instead")
     p.add_argument("--schedule", help="noise schedule where the source has none: linear[:T:start:end] or cosine[:T]")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=int_in(7, 30), default=18, help="ONNX opset (default 18)")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -315,22 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an ε-predicting U-Net (DDPM L_simple)")
     p.add_argument("--dataset", required=True, help="digits, shapes, a folder of images, or a .npz/.npy array")
     p.add_argument("--model", default="tiny", help="U-Net config: tiny or cifar10 (default tiny)")
-    p.add_argument("--iters", type=int, required=True, help="total training steps (a resumed run continues to this)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch per process (default 128)")
+    p.add_argument("--iters", type=int_in(1, 10 ** 9), required=True, help="total training steps (a resumed run continues to this)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=128, help="batch per process (default 128)")
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--image-size", type=int, help="resize the data to S×S")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-4)")
-    p.add_argument("--warmup", type=int, help="LR warm-up steps (default 500)")
-    p.add_argument("--ema-decay", type=float, help="EMA decay (default 0.9999)")
-    p.add_argument("--grad-clip", type=float, help="gradient-norm clip (default 1.0)")
+    p.add_argument("--image-size", type=int_in(4, 4096), help="resize the data to S×S")
+    p.add_argument("--lr", type=real_in(0, 1, low_open=True), help="peak learning rate (default 2e-4)")
+    p.add_argument("--warmup", type=int_in(0, 10 ** 9), help="LR warm-up steps (default 500)")
+    p.add_argument("--ema-decay", type=real_in(0, 1, high_open=True), help="EMA decay (default 0.9999)")
+    p.add_argument("--grad-clip", type=real_in(0, 1e6, low_open=True), help="gradient-norm clip (default 1.0)")
     p.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule (default linear)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="autocast precision (default fp32)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--seed", type=int, help="seed for every random choice (default 0)")
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default 1000)")
-    p.add_argument("--sample-every", type=int, help="sample grid every N steps and at the end, 0 = never (default 2000)")
-    p.add_argument("--log-every", type=int, help="log line every N steps (default 50)")
+    p.add_argument("--seed", type=int_in(0, 2 ** 63 - 1), help="seed for every random choice (default 0)")
+    p.add_argument("--save-every", type=int_in(1, 10 ** 9), help="checkpoint every N steps (default 1000)")
+    p.add_argument("--sample-every", type=int_in(0, 10 ** 9), help="sample grid every N steps and at the end, 0 = never (default 2000)")
+    p.add_argument("--log-every", type=int_in(1, 10 ** 9), help="log line every N steps (default 50)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(func=_train)
 
@@ -339,20 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a diffusers pipeline folder")
     p.add_argument("--from-diffusers", metavar="DIR", help="a saved diffusers pipeline folder (or its unet/ folder)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--steps", type=int_in(1, 100_000), default=50)
+    p.add_argument("--eta", type=real_in(0, 10), default=0.0, help="DDIM η in [0, 10] (0 deterministic, 1 DDPM-like)")
     p.add_argument("--spacing", choices=SPACINGS, default=DEFAULT_SPACING,
                    help=f"timestep spacing (default {DEFAULT_SPACING}: the best measured)")
     p.add_argument("--variance", choices=["fixed_small", "fixed_large"], default="fixed_small", help="DDPM only")
-    p.add_argument("--clip-sample", type=float, default=1.0,
+    p.add_argument("--clip-sample", type=real_in(0, 100), default=1.0,
                    help="clip x̂₀ to ±C, as diffusers does (default 1.0: images lie in [-1, 1]); 0 turns it off")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=64)
+    p.add_argument("--seed", type=int_in(0, 2 ** 64 - 1), default=0)
     p.add_argument("--backend", default="auto",
                    help="auto, inductor, onnxruntime, tensorrt or torch (default auto: by file type; a checkpoint on "
                         "--device cuda runs on inductor, torch.compile plus one CUDA graph per loop)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime (default: all cores)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for ONNX Runtime (default: all cores)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default="auto",
@@ -385,17 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch-cuda, torch-cuda-graph, inductor-cuda, onnxruntime-cuda, tensorrt")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ddim (η=0, against DDIMPipeline; default) or ddpm (against DDPMPipeline)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps per loop (default 20)")
-    p.add_argument("--runs", type=int, default=10, help="timed loops per configuration (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed loops first (default 2)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: torch's)")
+    p.add_argument("--steps", type=int_in(1, 100_000), default=20, help="sampler steps per loop (default 20)")
+    p.add_argument("--runs", type=int_in(1, 10_000), default=10, help="timed loops per configuration (default 10)")
+    p.add_argument("--warmup", type=int_in(0, 10_000), default=2, help="untimed loops first (default 2)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch and ONNX Runtime (default: torch's)")
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
     p.add_argument("--diffusers-compiled", choices=["auto", "always", "never"], default="auto",
                    help="also time diffusers with torch.compile(unet, mode='reduce-overhead', fullgraph=True): "
                         "auto = on a GPU (default), always = on the CPU too, never")
     p.add_argument("--no-startup", action="store_true",
                    help="skip the cold and warm start-up of the inductor backends (two fresh processes each)")
-    p.add_argument("--peak-tflops", type=float, help="the device's dense peak for the %% of peak column "
+    p.add_argument("--peak-tflops", type=real_in(0, 1e6, low_open=True), help="the device's dense peak for the %% of peak column "
                    "(default: the datasheet figure of a known GPU)")
     p.add_argument("--out", default="bench", help="report directory (default ./bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -404,22 +440,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="quality against latency per sampler and step count (offline metrics)")
     p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")
     p.add_argument("--samplers", default="full", help="quick, full (default), or e.g. ddim:20,ddim:50:1,ddpm:1000")
-    p.add_argument("--samples", type=int, default=500, help="images per sampler (default 500)")
+    p.add_argument("--samples", type=int_in(2, 10 ** 6), default=500, help="images per sampler (default 500)")
     p.add_argument("--spacing", default=DEFAULT_SPACING,
                    help=f"timestep spacing, or several to compare, e.g. leading,trailing,linspace (default {DEFAULT_SPACING}: "
                         "the best measured)")
     p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
                    help="onnxruntime (fp32 ONNX), torch, or tensorrt (an fp16 engine built here; needs a GPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--out", default="report", help="report directory (default ./report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="export, build and sample the shipped model; write a report (a few minutes on a CPU)")
     p.add_argument("--out", default="demo", help="report directory (default ./demo)")
-    p.add_argument("--samples", type=int, default=128, help="images per sampler (default 128)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--samples", type=int_in(2, 10 ** 6), default=128, help="images per sampler (default 128)")
+    p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_demo)
     return parser

@@ -105,11 +105,14 @@ def load_folder(folder: Path, image_size: int) -> Dataset:
 
 
 def load_array(path: Path, image_size: int | None) -> Dataset:
+    import tokenize
     import zipfile
     import zlib
 
     # .npz members carry a CRC-32 (checked as they are read); a .npy has none beyond its header.
-    damaged = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+    # np.load parses the .npy header with Python's tokenizer: a damaged one raises SyntaxError or TokenError.
+    damaged = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+               SyntaxError, tokenize.TokenError, MemoryError)
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):

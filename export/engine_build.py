@@ -48,8 +48,8 @@ class BatchProfile:
             values = []
         if len(values) == 1:
             values *= 3
-        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-            raise UserError(f"--batch {text!r}: use N, or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX")
+        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2] <= 65536:
+            raise UserError(f"--batch {text!r}: use N, or MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX <= 65536")
         return cls(*values)
 
     def __str__(self) -> str:

@@ -67,7 +67,7 @@ def damaged_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("model,extra,fragment", [
     ("no-such-model", [], "not found"),
-    ("digits", ["--steps", "0"], "number of steps"),
+    ("digits", ["--steps", "0"], "--steps: 0 is outside [1, 100000]"),
     ("digits", ["--steps", "5000"], "number of steps"),
     ("digits", ["--backend", "tpu"], "unknown backend"),
     ("digits", ["--cuda-graph"], "needs a GPU backend"),

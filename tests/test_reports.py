@@ -140,11 +140,11 @@ def test_demo(tmp_path):
 
 @pytest.mark.parametrize("args,fragment", [
     (["bench", "--random-weights", "huge"], "choose one of"),
-    (["bench", "digits", "--batch", "0"], "positive integers"),
+    (["bench", "digits", "--batch", "0"], "integers in [1, 65536]"),
     (["bench"], "name a checkpoint"),
     (["bench", "digits", "--backends", "cuda"], "choose all or some of"),
     (["bench", "digits", "--backends", "tensorrt", "--no-diffusers"], "none of the backends asked for runs here"),
-    (["bench", "digits", "--peak-tflops", "-3"], "positive number"),
+    (["bench", "digits", "--peak-tflops", "-3"], "outside (0, 1e+06]"),
     (["bench", "digits", "--diffusers-compiled", "maybe"], "invalid choice"),
     (["report", "digits", "--samplers", "ddim:x"], "not understood"),
     (["report", "digits", "--spacing", "cubic"], "unknown spacing"),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
 from ddpmrt.engine.metadata import PREFIX, ModelMetadata
@@ -93,10 +94,10 @@ class OnnxRuntimeModel:
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         ort = _import_ort()
+        x, t = model_inputs(x, t, self.image_shape, self.schedule.num_train_timesteps)
         n = len(x)
         self.check_batch(n)
         x = np.ascontiguousarray(x, dtype=self.metadata.input_dtype)
-        t = np.ascontiguousarray(t, dtype=np.int64)
         self._binding.bind_cpu_input("x", x)
         self._binding.bind_cpu_input("t", t)
         out = self._outputs.get(n)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.cuda_runtime import CudaError, DeviceBuffer, check, cudart, device_compute_capability
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.integrity import json_seal_matches, sha256_file
@@ -210,6 +211,7 @@ class TensorRTModel:
     # -- NumPy in, NumPy out -----------------------------------------------------------------------
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        x, t = model_inputs(x, t, self.image_shape, self.schedule.num_train_timesteps)
         n = len(x)
         self._set_batch(n)
         self._set_addresses(self.t_call.ptr)

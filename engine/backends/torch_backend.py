@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.schedule import NoiseSchedule
 
@@ -141,9 +142,10 @@ class TorchModel:
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         torch = self._torch
+        x, t = model_inputs(x, t, self.image_shape, self.schedule.num_train_timesteps)
         with torch.inference_mode(), self._math():
-            xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
-            tt = torch.from_numpy(np.ascontiguousarray(t, np.int64)).to(self.device)
+            xt = torch.from_numpy(x).to(self.device, self.dtype)
+            tt = torch.from_numpy(t).to(self.device)
             return self.network(xt, tt).float().cpu().numpy()
 
     # -- the network interface of engine/device_loop.py (CUDA) ------------------------------------

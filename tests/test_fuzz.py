@@ -1,0 +1,326 @@
+"""A fuzzed bad-input suite over load_model, the samplers and the command line, deterministic by seed.
+
+Every case must end in a UserError (the library) or a one-line `ddpmrt: error:` with exit status 2
+(the CLI): never a traceback, a hang (each case runs under an alarm) or a crash, and never a file
+left behind.  The cases, generated from SEED:
+
+| class | cases | how |
+| --- | --- | --- |
+| `.onnx` (the shipped digits model, exported fp32) | 50 | 20 truncations, 30 single-bit flips anywhere |
+| `.plan` engine (TensorRT-RTX, built for sm86) | 25 | 10 truncations, 15 bit flips anywhere |
+| `.plan.json` sidecar | 30 | 10 truncations, 20 bit flips anywhere |
+| checkpoint `config.json` | 35 | 10 truncations, 25 bit flips anywhere |
+| checkpoint `model.safetensors` | 35 | 10 truncations, 25 bit flips anywhere |
+| `.npz` data set for `train --dataset` | 20 | 5 truncations, 15 bit flips in the compressed array (zip timestamps and other fields no reader uses are left alone: flipping them leaves the same data) |
+| `.npy` data set | 20 | 5 truncations, 15 bit flips in the header (dtype, shape, order); a flipped pixel is a different valid image, so the payload is not flipped |
+| PNG images of a folder data set | 20 | 5 truncations, 15 bit flips anywhere (every chunk carries a CRC) |
+| arrays passed to samplers and models | 59 | x_T, x and t of wrong shape, dtype, rank or value; sampler arguments; image indices; sample shapes |
+| CLI arguments | 78 | out-of-range and non-numeric values of every numeric option of sample, bench, report, export-onnx, export-engine and train |
+| total | 372 | |
+"""
+
+import contextlib
+import shutil
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+from ddpmrt.engine import DDIMSampler, DDPMSampler, UserError, load_model
+from ddpmrt.export.cli import main
+
+SEED = 20261122
+CASE_SECONDS = 120
+
+
+@contextlib.contextmanager
+def deadline(seconds=CASE_SECONDS):
+    """A hang becomes a failure (POSIX); elsewhere the case simply runs."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def timeout(signum, frame):
+        raise TimeoutError(f"case still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# -- mutations ---------------------------------------------------------------------------------
+
+def truncations(size: int, count: int, rng) -> list[int]:
+    """Lengths to cut a file to: empty, one byte, and points spread over the file."""
+    points = [0, 1] + sorted(int(v) for v in rng.integers(2, size, count - 2))
+    return points[:count]
+
+
+def flips(lo: int, hi: int, count: int, rng) -> list[tuple[int, int]]:
+    """(byte offset, bit) pairs in [lo, hi)."""
+    return [(int(o), int(b)) for o, b in zip(rng.integers(lo, hi, count), rng.integers(0, 8, count))]
+
+
+def mutated(data: bytes, mutation) -> bytes:
+    kind, arg = mutation
+    if kind == "truncate":
+        return data[:arg]
+    offset, bit = arg
+    out = bytearray(data)
+    out[offset] ^= 1 << bit
+    return bytes(out)
+
+
+def file_mutations(size: int, n_truncate: int, n_flip: int, seed: int, region=None):
+    rng = np.random.default_rng(seed)
+    lo, hi = region or (0, size)
+    return ([("truncate", n) for n in truncations(size, n_truncate, rng)]
+            + [("flip", f) for f in flips(lo, hi, n_flip, rng)])
+
+
+# -- the files mutated ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory):
+    """One intact copy of every file kind, made once."""
+    from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.export.onnx_export import export_onnx
+    from ddpmrt.export.sources import from_checkpoint
+
+    root = tmp_path_factory.mktemp("originals")
+    checkpoint = root / "checkpoint"
+    shutil.copytree(resolve_model_path("digits"), checkpoint)
+    source = from_checkpoint(checkpoint, "fp32")
+    export_onnx(source.module, source.metadata, root / "model.onnx")
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16), dtype=np.uint8)
+    np.savez_compressed(root / "data.npz", images=images)
+    np.save(root / "data.npy", images)
+    from PIL import Image
+
+    (root / "pngs").mkdir()
+    for i in range(2):
+        Image.fromarray(images[i]).save(root / "pngs" / f"{i}.png")
+    files = {"checkpoint": checkpoint, "onnx": root / "model.onnx", "npz": root / "data.npz", "npy": root / "data.npy",
+             "pngs": root / "pngs"}
+    try:
+        import tensorrt_rtx  # noqa: F401
+    except ImportError:
+        return files
+    from ddpmrt.engine.tensorrt_flavour import import_flavour
+    from ddpmrt.export.engine_build import BatchProfile, build_engine
+    from ddpmrt.export.sources import sha256_file
+
+    source16 = from_checkpoint(checkpoint, "fp16")
+    export_onnx(source16.module, source16.metadata, root / "engine.onnx")
+    build_engine(root / "engine.onnx", root / "engine.plan", source16.metadata, sha256_file(root / "engine.onnx"),
+                 import_flavour("tensorrt-rtx"), BatchProfile(1, 2, 4), ["sm86"])
+    files["plan"] = root / "engine.plan"
+    return files
+
+
+def npz_member_region(path) -> tuple[int, int]:
+    """Byte range of the compressed array inside the .npz (zip) file."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("images.npy")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), "<u2")
+    start = info.header_offset + 30 + int(name_len) + int(extra_len)
+    return start, start + info.compress_size
+
+
+def npy_header_region(path) -> tuple[int, int]:
+    data = open(path, "rb").read(16)
+    header_len = int(np.frombuffer(data[8:10], "<u2")[0])
+    return 0, 10 + header_len
+
+
+FILE_CLASSES = {  # kind: (truncations, flips, seed offset)
+    "onnx": (20, 30, 1), "plan": (10, 15, 2), "sidecar": (10, 20, 3), "config": (10, 25, 4),
+    "weights": (10, 25, 5), "npz": (5, 15, 6), "npy": (5, 15, 7), "png": (5, 15, 8),
+}
+
+
+def file_cases():
+    for kind, (n_truncate, n_flip, offset) in FILE_CLASSES.items():
+        for index in range(n_truncate + n_flip):
+            yield pytest.param(kind, index, offset, id=f"{kind}-{index}")
+
+
+def target_file(kind: str, work, originals):
+    """Copy what `kind` damages into `work`; return (the file to damage, what to load)."""
+    if kind in ("onnx",):
+        path = work / "model.onnx"
+        shutil.copy(originals["onnx"], path)
+        return path, path
+    if kind in ("plan", "sidecar"):
+        if "plan" not in originals:
+            pytest.skip("needs TensorRT-RTX to build the engine these cases damage (pip install tensorrt-rtx)")
+        plan = work / "engine.plan"
+        shutil.copy(originals["plan"], plan)
+        shutil.copy(str(originals["plan"]) + ".json", str(plan) + ".json")
+        return (plan if kind == "plan" else plan.with_name(plan.name + ".json")), plan
+    if kind in ("config", "weights"):
+        checkpoint = work / "checkpoint"
+        shutil.copytree(originals["checkpoint"], checkpoint)
+        return checkpoint / ("config.json" if kind == "config" else "model.safetensors"), checkpoint
+    if kind in ("npz", "npy"):
+        path = work / f"data.{kind}"
+        shutil.copy(originals[kind], path)
+        return path, path
+    folder = work / "pngs"
+    shutil.copytree(originals["pngs"], folder)
+    return folder / "1.png", folder
+
+
+@pytest.mark.parametrize("kind,index,offset", list(file_cases()))
+def test_damaged_files(kind, index, offset, originals, tmp_path):
+    damaged, load_target = target_file(kind, tmp_path, originals)
+    data = damaged.read_bytes()
+    region = {"npz": lambda: npz_member_region(damaged), "npy": lambda: npy_header_region(damaged)}.get(kind)
+    n_truncate, n_flip, _ = FILE_CLASSES[kind]
+    mutation = file_mutations(len(data), n_truncate, n_flip, SEED + offset, region() if region else None)[index]
+    damaged.write_bytes(mutated(data, mutation))
+    before = sorted(tmp_path.rglob("*"))
+    with deadline(), pytest.raises(UserError) as error:
+        if kind in ("npz", "npy", "png"):
+            from ddpmrt.export.data import load_dataset
+
+            load_dataset(str(load_target))
+        else:
+            model = load_model(load_target)
+            # Where a flip left a file that loads, sampling must still fail before a wrong image appears.
+            DDIMSampler(model.schedule, 2).sample(model, (1, *model.image_shape), progress=False)
+    assert str(error.value) and "\n" not in str(error.value)
+    assert sorted(tmp_path.rglob("*")) == before, "the failed load left a file behind"
+
+
+# -- arrays passed to samplers and models ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def onnx_model(originals):
+    return load_model(originals["onnx"], threads=1)
+
+
+def array_cases():
+    """(name, callable(model) -> anything): each must raise UserError."""
+    rng = np.random.default_rng(SEED + 20)
+    shape = (2, 1, 16, 16)
+    good_x = rng.standard_normal(shape).astype(np.float32)
+    good_t = np.array([10, 500])
+    bad_arrays = {
+        "x-rank3": good_x[0], "x-rank5": good_x[None], "x-channels": np.zeros((2, 3, 16, 16), np.float32),
+        "x-height": np.zeros((2, 1, 15, 16), np.float32), "x-empty": np.zeros((0, 1, 16, 16), np.float32),
+        "x-nan": np.full(shape, np.nan, np.float32), "x-inf": np.full(shape, np.inf, np.float32),
+        "x-complex": good_x.astype(np.complex64), "x-string": np.full(shape, "a"), "x-object": np.full(shape, None),
+        "x-bool": good_x > 0, "x-list-ragged": [[1.0], [1.0, 2.0]],
+    }
+    bad_t = {
+        "t-float": np.array([10.5, 3.2]), "t-negative": np.array([-1, 5]), "t-too-large": np.array([1000, 5]),
+        "t-shape": np.array([[10, 5]]), "t-length": np.array([10, 5, 7]), "t-string": np.array(["a", "b"]),
+        "t-nan": np.array([np.nan, 1.0]), "t-huge": np.array([2 ** 62, 1]),
+    }
+    cases = []
+    for name, x in bad_arrays.items():
+        cases.append((f"model-call-{name}", lambda m, x=x: m(x, good_t)))
+    for name, t in bad_t.items():
+        cases.append((f"model-call-{name}", lambda m, t=t: m(good_x, t)))
+    sampler = lambda m: DDIMSampler(m.schedule, 3)  # noqa: E731
+    for name, x in bad_arrays.items():
+        if name != "x-empty":
+            cases.append((f"x_T-{name}", lambda m, x=x: sampler(m).sample(m, shape, x_T=x, progress=False)))
+    for name, s in {"shape-rank": (2, 16, 16), "shape-zero": (0, 1, 16, 16), "shape-negative": (-2, 1, 16, 16),
+                    "shape-image": (2, 1, 8, 8), "shape-float": (2.5, 1, 16, 16), "shape-string": ("2", 1, 16, 16)}.items():
+        cases.append((name, lambda m, s=s: sampler(m).sample(m, s, progress=False)))
+    for name, indices in {"indices-length": [0], "indices-negative": [-1, 0], "indices-huge": [2 ** 40, 0],
+                          "indices-float": [0.5, 1.0], "indices-string": ["a", "b"], "indices-2d": [[0, 1]]}.items():
+        cases.append((name, lambda m, i=indices: sampler(m).sample(m, shape, image_indices=i, progress=False)))
+    for name, seed in {"seed-negative": -1, "seed-huge": 2 ** 64, "seed-float": 1.5, "seed-string": "a"}.items():
+        cases.append((name, lambda m, s=seed: sampler(m).sample(m, shape, seed=s, progress=False)))
+    for name, make in {
+        "ddim-steps-zero": lambda m: DDIMSampler(m.schedule, 0), "ddim-steps-float": lambda m: DDIMSampler(m.schedule, 2.5),
+        "ddim-steps-huge": lambda m: DDIMSampler(m.schedule, 10 ** 6), "ddim-eta-negative": lambda m: DDIMSampler(m.schedule, 3, eta=-1),
+        "ddim-eta-nan": lambda m: DDIMSampler(m.schedule, 3, eta=float("nan")),
+        "ddim-eta-string": lambda m: DDIMSampler(m.schedule, 3, eta="1"),
+        "ddim-spacing": lambda m: DDIMSampler(m.schedule, 3, spacing="cubic"),
+        "ddim-clip-negative": lambda m: DDIMSampler(m.schedule, 3, clip_sample=-1.0),
+        "ddim-clip-nan": lambda m: DDIMSampler(m.schedule, 3, clip_sample=float("nan")),
+        "ddpm-variance": lambda m: DDPMSampler(m.schedule, 3, variance="learned"),
+        "ddpm-steps-negative": lambda m: DDPMSampler(m.schedule, -3),
+        "step-index": lambda m: DDIMSampler(m.schedule, 3).step(good_x, good_x, 7),
+    }.items():
+        cases.append((name, make))
+    return cases
+
+
+ARRAY_CASES = array_cases()
+
+
+@pytest.mark.parametrize("name", [name for name, _ in ARRAY_CASES])
+def test_bad_arrays(name, onnx_model):
+    call = dict(ARRAY_CASES)[name]
+    with deadline(), pytest.raises(UserError) as error:
+        call(onnx_model)
+    assert "\n" not in str(error.value)
+
+
+# -- command-line arguments --------------------------------------------------------------------
+
+NUMERIC_OPTIONS = {  # command prefix: options and the values that must be refused
+    ("sample", "digits", "--quiet"): ["--steps", "--batch", "--eta", "--seed", "--clip-sample", "--threads"],
+    ("bench", "digits", "--no-diffusers", "--quiet"): ["--batch", "--steps", "--runs", "--warmup", "--threads",
+                                                       "--peak-tflops"],
+    ("report", "digits", "--quiet"): ["--samples", "--threads"],
+    ("export-onnx", "digits"): ["--opset", "--batch"],
+    ("export-engine", "digits", "--flavour", "tensorrt-rtx", "--targets", "sm86"): ["--batch", "--optimization-level",
+                                                                                     "--opset"],
+    ("train", "--dataset", "digits", "--no-progress"): ["--iters", "--batch-size", "--image-size", "--lr", "--ema-decay",
+                                                         "--grad-clip", "--seed"],
+}
+BAD_VALUES = ["abc", "", "-1", "0", "nan", "inf", "1e30", "99999999999999999999"]
+OUT = {"sample": "o.png", "export-onnx": "o.onnx", "export-engine": "o.plan"}
+# Values that are in range for an option (so not a bad case): warm-up 0, seed 0, eta 0, clip 0 (off),
+# optimization level 0, --runs/--warmup/--samples... as listed.
+ALLOWED = {("--warmup", "0"), ("--seed", "0"), ("--eta", "0"), ("--clip-sample", "0"), ("--optimization-level", "0")}
+
+
+def cli_cases():
+    rng = np.random.default_rng(SEED + 30)
+    cases = []
+    for prefix, options in NUMERIC_OPTIONS.items():
+        for option in options:
+            values = [v for v in BAD_VALUES if (option, v) not in ALLOWED]
+            for value in rng.choice(values, size=min(3, len(values)), replace=False):
+                cases.append(pytest.param(prefix, option, str(value), id=f"{prefix[0]}{option}={value or 'empty'}"))
+    return cases
+
+
+@pytest.mark.parametrize("prefix,option,value", cli_cases())
+def test_bad_cli_values(prefix, option, value, tmp_path, capsys):
+    out = tmp_path / OUT.get(prefix[0], "out")
+    argv = [*prefix, option, value, "--out", str(out)]
+    if prefix[0] == "train":
+        argv += ["--iters", "1"] if option != "--iters" else []
+    with deadline():
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse
+            code = exc.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, (argv, err)
+    assert len(err) == 1 and err[0].startswith("ddpmrt: error:"), (argv, err)
+    assert list(tmp_path.iterdir()) == [], f"{argv} left {list(tmp_path.iterdir())}"
+
+
+def test_case_count():
+    """The docstring's table is the suite: at least 300 cases."""
+    files = sum(t + f for t, f, _ in FILE_CLASSES.values())
+    total = files + len(ARRAY_CASES) + len(cli_cases())
+    assert total >= 300, total
+    assert f"| total | {total} |" in sys.modules[__name__].__doc__, total
