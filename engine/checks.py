@@ -95,3 +95,13 @@ def image_indices(indices, n: int) -> np.ndarray:
     if array.min() < 0 or array.max() >= 2 ** 32:
         raise UserError(f"image indices must lie in [0, 2**32), got [{array.min()}, {array.max()}]")
     return array.astype(np.int64)
+
+
+def seeds(seed, n: int):
+    """One seed in [0, 2^64), or a sequence of n of them (one per image): an int or a tuple of ints."""
+    if np.ndim(seed) == 0:
+        return check_int(seed, "seed", 0, 2 ** 64 - 1)
+    values = list(np.asarray(seed, dtype=object).ravel()) if not isinstance(seed, (list, tuple)) else list(seed)
+    if len(values) != n or np.ndim(seed) != 1:
+        raise UserError(f"seed must be one integer or {n} of them (one per image), got {np.shape(seed)}")
+    return tuple(check_int(v, "every seed", 0, 2 ** 64 - 1) for v in values)

@@ -8,7 +8,8 @@ exactly this specification; change one and you must change the other.
 
 Specification (version 1)
 -------------------------
-key     k0 = seed & 0xFFFFFFFF, k1 = (seed >> 32) & 0xFFFFFFFF        (seed: 0 .. 2^64 - 1)
+key     k0 = seed & 0xFFFFFFFF, k1 = (seed >> 32) & 0xFFFFFFFF        (seed: 0 .. 2^64 - 1; one per
+        image where a batch holds several requests, each with its own seed)
 counter c0 = element // 4        element index in the image, C-order over (C, H, W)
         c1 = image index         the image's index in the run (not in the batch)
         c2 = step index i        the sampler step (index into timesteps); 0 for the initial noise
@@ -36,11 +37,15 @@ STREAM_STEP = 1
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
-def philox4x32(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
-    """Philox4x32-10 of counters (..., 4) uint32 under one key; returns (..., 4) uint32."""
+def philox4x32(counter: np.ndarray, key) -> np.ndarray:
+    """Philox4x32-10 of counters (..., 4) uint32; returns (..., 4) uint32.
+
+    `key` is (k0, k1): two integers, or two uint32 arrays broadcasting against counter[..., 0]
+    (one key per image).
+    """
     c = np.asarray(counter, dtype=np.uint32)
     c0, c1, c2, c3 = (c[..., i].astype(np.uint64) for i in range(4))
-    k0, k1 = np.uint32(key[0] & 0xFFFFFFFF), np.uint32(key[1] & 0xFFFFFFFF)
+    k0, k1 = (np.asarray(np.asarray(k, dtype=np.uint64) & _MASK32, dtype=np.uint32) for k in key)
     for round_ in range(PHILOX_ROUNDS):
         if round_:
             # Key bump between rounds, mod 2^32 (uint32 arithmetic wraps).
@@ -50,7 +55,7 @@ def philox4x32(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
         p1 = PHILOX_M1 * c2
         hi0, lo0 = p0 >> np.uint64(32), p0 & _MASK32
         hi1, lo1 = p1 >> np.uint64(32), p1 & _MASK32
-        c0, c1, c2, c3 = hi1 ^ c1 ^ np.uint64(k0), lo1, hi0 ^ c3 ^ np.uint64(k1), lo0
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0.astype(np.uint64), lo1, hi0 ^ c3 ^ k1.astype(np.uint64), lo0
     return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
 
 
@@ -80,18 +85,25 @@ def _counters(num_elements: int, image_indices: np.ndarray, step: int, stream: i
     return counter
 
 
-def _key(seed: int) -> tuple[int, int]:
-    seed = int(seed)
-    if not 0 <= seed < 2 ** 64:
-        raise ValueError(f"seed must lie in [0, 2^64), got {seed}")
-    return seed & 0xFFFFFFFF, seed >> 32
+def _key(seed) -> tuple:
+    """(k0, k1) of one seed, or per-image (n, 1) arrays of a sequence of seeds."""
+    if np.ndim(seed) == 0:
+        seed = int(seed)
+        if not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed must lie in [0, 2^64), got {seed}")
+        return seed & 0xFFFFFFFF, seed >> 32
+    seeds = [int(s) for s in np.asarray(seed, dtype=object).ravel()]
+    if not all(0 <= s < 2 ** 64 for s in seeds):
+        raise ValueError("every seed must lie in [0, 2^64)")
+    return (np.array([s & 0xFFFFFFFF for s in seeds], np.uint32)[:, None],
+            np.array([s >> 32 for s in seeds], np.uint32)[:, None])
 
 
 def gaussian_noise(seed: int, image_indices, step: int, stream: int, image_shape) -> np.ndarray:
     """Standard normal noise of shape (len(image_indices), *image_shape), float32.
 
-    Row k depends only on (seed, image_indices[k], step, stream): an image is the same
-    whether generated alone or in any batch.
+    Row k depends only on (seed, image_indices[k], step, stream), or (seed[k], ...) where `seed`
+    holds one seed per image: an image is the same whether generated alone or in any batch.
     """
     image_indices = np.atleast_1d(np.asarray(image_indices, dtype=np.int64))
     num_elements = int(np.prod(image_shape))

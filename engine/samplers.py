@@ -127,7 +127,9 @@ class Sampler:
 
         `model(x_t, t)` takes float32 NCHW and int64 (N,) timesteps and returns ε.
         Noise comes from philox.gaussian_noise keyed by (seed, image index, step), so image k
-        is the same whether generated alone (image_indices=[k]) or in a batch.
+        is the same whether generated alone (image_indices=[k]) or in a batch.  `seed` may also
+        hold one seed per image: a batch of several requests then gives each request exactly the
+        images it would get alone.
         `stage(name)`, if given, returns a context manager wrapped around each "network" call
         and each "update" (noise and step): the profiler's hook.
 
@@ -136,15 +138,16 @@ class Sampler:
         contiguous range and no stage hook asks for per-step host timing.
         """
         n, image_shape = checks.sample_shape(shape, getattr(model, "image_shape", None))
-        seed = check_int(seed, "seed", 0, 2 ** 64 - 1)
+        seed = checks.seeds(seed, n)
         image_indices = checks.image_indices(np.arange(n) if image_indices is None else image_indices, n)
         if x_T is not None:
             x_T = as_images(x_T, "x_T", (n, *image_shape))
         if hasattr(model, "check_batch"):  # engines with fixed batch ranges say so before any work
             model.check_batch(n)
         first = int(image_indices[0])
-        # The device loop, where the model has one; a stage hook asks for the host loop's per-step timing.
-        if stage is None and np.array_equal(image_indices, first + np.arange(n)):
+        # The device loop, where the model has one; a stage hook asks for the host loop's per-step timing,
+        # and one seed per image (a served batch of several requests) is a host-loop feature too.
+        if stage is None and np.ndim(seed) == 0 and np.array_equal(image_indices, first + np.arange(n)):
             loop = getattr(model, "device_loop", None)
             if loop is not None:
                 return loop.sample(self, n, seed=seed, first_image=first, x_T=x_T)

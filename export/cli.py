@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 from ddpmrt.engine.errors import UserError
@@ -311,6 +312,33 @@ def _demo(ns: argparse.Namespace) -> None:
     print(f"ddpmrt demo: done in {time.perf_counter() - start:.0f} s; open {out / 'report.md'}")
 
 
+def _serve(ns: argparse.Namespace) -> None:
+    """`ddpmrt serve`: Ray Serve on this machine, or on the Ray cluster named by --address."""
+    from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.engine.serve import build_app
+
+    model = str(resolve_model_path(ns.model))
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise UserError("serving needs Ray Serve: pip install 'ddpmrt[serve]'") from None
+    ray.init(address=ns.address, include_dashboard=False, logging_level="ERROR")
+    try:
+        serve.start(http_options={"host": ns.host, "port": ns.port, "request_timeout_s": ns.request_timeout_s})
+        app = build_app(model, backend=ns.backend, device=ns.device, replicas=ns.replicas, max_batch=ns.max_batch,
+                        batch_wait_ms=ns.batch_wait_ms, max_queued=ns.max_queued, threads=ns.threads,
+                        max_images=ns.max_images, batching=not ns.no_batching)
+        serve.run(app, name="ddpmrt", route_prefix="/")
+        print(f"ddpmrt serve: {model} on http://{ns.host}:{ns.port} (POST /sample, GET /healthz, GET /metadata); "
+              "Ctrl-C stops", flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     _add_export_source_args(p)
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
@@ -451,6 +479,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="report directory (default ./report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP with Ray Serve (batching, replicas, back-pressure)")
+    p.add_argument("model", help="an .onnx or .plan file, checkpoint directory or shipped model name (on every node)")
+    p.add_argument("--backend", default="auto", help="auto (by file type), onnxruntime, tensorrt, torch or inductor")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: one replica per GPU of the cluster")
+    p.add_argument("--replicas", type=int_in(1, 4096), help="replicas (default: one per GPU on cuda, else 1)")
+    p.add_argument("--max-batch", type=int_in(1, 1024), default=8, help="requests per batch (default 8)")
+    p.add_argument("--batch-wait-ms", type=real_in(0, 10_000), default=5.0,
+                   help="how long a batch waits for more requests (default 5 ms)")
+    p.add_argument("--no-batching", action="store_true", help="run every request alone")
+    p.add_argument("--max-queued", type=int_in(1, 10 ** 6), default=64,
+                   help="requests waiting for a replica before Serve answers 503 (default 64)")
+    p.add_argument("--request-timeout-s", type=real_in(0, 86_400, low_open=True), default=120.0,
+                   help="a request running longer is answered 408 (default 120 s)")
+    p.add_argument("--max-images", type=int_in(1, MAX_BATCH), default=64, help="images per request (default 64)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads per replica (default 1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int_in(1, 65535), default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--address", help="a running Ray cluster (e.g. auto or ray://head:10001); default: start one here")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("demo", help="export, build and sample the shipped model; write a report (a few minutes on a CPU)")
     p.add_argument("--out", default="demo", help="report directory (default ./demo)")

@@ -145,3 +145,22 @@ def test_steps_noise_only_where_sigma_positive():
     assert np.all(ddim.coefficients[:, 5] == 0)
     ddpm = DDPMSampler(NoiseSchedule.linear(1000), 10)
     assert np.all(ddpm.coefficients[:-1, 5] > 0) and ddpm.coefficients[-1, 5] == 0
+
+
+def test_one_seed_per_image_serves_several_requests_in_one_batch():
+    # A served batch of request A (seed 3, two images) and request B (seed 7, one image): each
+    # request gets exactly the images it gets alone.
+    from ddpmrt.engine import NoiseSchedule
+
+    schedule = NoiseSchedule.linear(1000)
+
+    def model(x, t):
+        return (0.2 * np.tanh(x) + np.sin(t / 300.0)[:, None, None, None]).astype(np.float32)
+
+    for sampler in (DDPMSampler(schedule, 6), DDIMSampler(schedule, 6, eta=1.0)):
+        batch = sampler.sample(model, (3, 1, 4, 4), seed=(3, 3, 7), image_indices=[0, 1, 0], progress=False)
+        alone_a = sampler.sample(model, (2, 1, 4, 4), seed=3, progress=False)
+        alone_b = sampler.sample(model, (1, 1, 4, 4), seed=7, progress=False)
+        np.testing.assert_array_equal(batch, np.concatenate([alone_a, alone_b]))
+    with pytest.raises(UserError, match="one per image"):
+        DDIMSampler(schedule, 2).sample(model, (3, 1, 4, 4), seed=(1, 2), progress=False)

@@ -1,0 +1,142 @@
+"""`ddpmrt serve`: Ray Serve on this machine (loopback only), the shipped digits model on ONNX Runtime.
+
+200 requests from 16 concurrent clients: every response equals what that request gets alone
+(bitwise: batching changes throughput, never an image), none is lost or duplicated, batches of
+several requests did form, and bad bodies get 400 with one line.
+"""
+
+import io
+import json
+import socket
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="needs Ray Serve: pip install 'ddpmrt[serve]'")
+serve = pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ddpmrt[serve]'")
+pytest.importorskip("torch", reason="exports the shipped model to ONNX")
+
+from ddpmrt.engine import UserError  # noqa: E402
+from ddpmrt.engine.serve import SamplingService, build_app, parse_request  # noqa: E402
+
+REQUESTS, CLIENTS, TIMEOUT_S = 200, 16, 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    from ddpmrt.export.onnx_export import export_onnx
+    from ddpmrt.export.sources import from_checkpoint
+
+    path = tmp_path_factory.mktemp("serve") / "digits.onnx"
+    source = from_checkpoint("digits", "fp32")
+    export_onnx(source.module, source.metadata, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(onnx_model):
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": TIMEOUT_S})
+        handle = serve.run(build_app(str(onnx_model), max_batch=8, batch_wait_ms=20, max_queued=1000, threads=1),
+                           name="ddpmrt", route_prefix="/")
+        yield f"http://127.0.0.1:{port}", handle
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def post(url: str, body):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url + "/sample", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            return response.status, response.read(), response.headers  # case-insensitive names
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers
+
+
+def request_bodies():
+    rng = np.random.default_rng(12)
+    bodies = []
+    for i in range(REQUESTS):
+        sampler = ["ddim", "ddpm"][i % 2]
+        bodies.append({"sampler": sampler, "steps": 3, "n": int(rng.integers(1, 4)), "seed": int(rng.integers(0, 2 ** 40)),
+                       "format": "npz", **({"eta": 0.5} if sampler == "ddim" and i % 4 == 0 else {})})
+    return bodies
+
+
+def test_concurrent_requests_get_their_own_images(server, onnx_model):
+    url, _ = server
+    bodies = request_bodies()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        responses = list(pool.map(lambda body: post(url, body), bodies))
+    assert len(responses) == REQUESTS
+    local = SamplingService(str(onnx_model), threads=1)
+    batch_sizes = []
+    for body, (status, content, headers) in zip(bodies, responses):
+        assert status == 200, content[:200]
+        images = np.load(io.BytesIO(content))["images"]
+        (expected,) = local.run_batch([local.parse(body)])  # the same request, alone
+        assert images.shape == (body["n"], 16, 16, 1)
+        np.testing.assert_array_equal(images, expected)
+        batch_sizes.append(int(headers["X-Batch-Requests"]))
+    assert max(batch_sizes) > 1, "no two requests were ever batched"
+
+
+def test_health_metadata_and_png(server):
+    url, _ = server
+    with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
+        assert json.loads(response.read()) == {"status": "ok"}
+    with urllib.request.urlopen(url + "/metadata", timeout=30) as response:
+        meta = json.loads(response.read())
+    assert meta["image_shape"] == [1, 16, 16] and meta["backend"] == "onnxruntime" and meta["schedule"]["kind"] == "linear"
+    status, content, headers = post(url, {"steps": 2, "n": 4, "seed": 1})
+    assert status == 200 and headers["content-type"] == "image/png" and content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ({"sampler": "euler"}, "unknown sampler"),
+    ({"steps": 0}, "'steps' must lie in [1, 1000]"),
+    ({"steps": 5000}, "'steps' must lie in [1, 1000]"),
+    ({"n": 1000}, "'n' must lie in [1, 64]"),
+    ({"steps": "5"}, "'steps' must be an integer"),
+    ({"seed": 1.5}, "'seed' must be an integer"),
+    ({"eta": "a lot"}, "'eta' must be a number"),
+    ({"format": "gif"}, "unknown format"),
+    ({"stepz": 5}, "unknown fields"),
+    ([1, 2], "must be a JSON object"),
+    (b"{not json", "not JSON"),
+])
+def test_bad_requests_get_400(server, body, fragment):
+    url, _ = server
+    status, content, _ = post(url, body)
+    assert status == 400
+    error = json.loads(content)["error"]
+    assert fragment in error and "\n" not in error
+
+
+def test_the_handle_serves_python_callers(server, onnx_model):
+    _, handle = server
+    body = {"sampler": "ddpm", "steps": 3, "n": 2, "seed": 99}
+    images = handle.sample.remote(body).result(timeout_s=TIMEOUT_S)
+    local = SamplingService(str(onnx_model), threads=1)
+    np.testing.assert_array_equal(images, local.run_batch([local.parse(body)])[0])
+
+
+def test_parse_request_defaults_and_limits():
+    request = parse_request({}, 1000)
+    assert (request.sampler, request.steps, request.n, request.format, request.clip_sample) == ("ddim", 50, 1, "png", 1.0)
+    assert parse_request({"clip_sample": 0}, 1000).clip_sample is None
+    with pytest.raises(UserError, match=r"'n' must lie in \[1, 8\]"):
+        parse_request({"n": 9}, 1000, max_images=8)
