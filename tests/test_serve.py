@@ -76,6 +76,48 @@ def request_bodies():
     return bodies
 
 
+def test_the_serve_command(onnx_model, tmp_path):
+    # The command line as a user runs it: its own Ray instance, HTTP on loopback, stopped by Ctrl-C.
+    # (Runs before the module's in-process Ray is started.)
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from ddpmrt.export.cli import main; sys.exit(main())",
+                                "serve", str(onnx_model), "--port", str(port), "--max-batch", "4"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, status = time.monotonic() + 120, None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                status, content, _ = post(f"http://127.0.0.1:{port}", {"steps": 2, "n": 1, "format": "npz"})
+                break
+            except OSError:
+                time.sleep(1)
+        assert status == 200, process.stdout.read() if process.poll() is not None else "no answer in 120 s"
+        assert np.load(io.BytesIO(content))["images"].shape == (1, 16, 16, 1)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    # Ctrl-C shuts Serve and Ray down and exits 130 (the banner may not be printed yet: Serve answers
+    # as soon as the app runs, while serve.run still waits for its status).
+    assert "Traceback" not in output and process.returncode == 130, output[-2000:]
+
+
+def test_serve_argument_errors(tmp_path):
+    from conftest import assert_user_error, run_cli
+
+    assert_user_error(run_cli("serve", "no-such-model"), "not found")
+    assert_user_error(run_cli("serve", "digits", "--port", "70000"), "outside [1, 65535]")
+    assert_user_error(run_cli("serve", "digits", "--max-batch", "0"), "outside [1, 1024]")
+
+
 def test_concurrent_requests_get_their_own_images(server, onnx_model):
     url, _ = server
     bodies = request_bodies()
@@ -132,6 +174,48 @@ def test_the_handle_serves_python_callers(server, onnx_model):
     images = handle.sample.remote(body).result(timeout_s=TIMEOUT_S)
     local = SamplingService(str(onnx_model), threads=1)
     np.testing.assert_array_equal(images, local.run_batch([local.parse(body)])[0])
+
+
+def test_a_full_queue_is_answered_503(server, onnx_model):
+    # One request running and one waiting per replica: the rest are refused at once, not queued without bound.
+    url, _ = server
+    serve.run(build_app(str(onnx_model), max_batch=1, max_ongoing=1, max_queued=1, threads=1),
+              name="tight", route_prefix="/tight")
+    body = {"steps": 200, "n": 16, "format": "npz"}
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda _: post(url + "/tight", body), range(12)))
+    codes = [status for status, _, _ in results]
+    assert 503 in codes and 200 in codes and set(codes) <= {200, 503}, codes
+    refused = next(content for status, content, _ in results if status == 503)
+    assert b"backpressure" in refused.lower() or b"max_queued_requests" in refused
+    serve.delete("tight")
+
+
+def test_a_dead_replica_is_restarted_and_a_retry_succeeds(server, onnx_model):
+    import time
+
+    url, _ = server
+    serve.run(build_app(str(onnx_model), threads=1), name="fragile", route_prefix="/fragile")
+    body = {"sampler": "ddim", "steps": 3, "n": 2, "seed": 5, "format": "npz"}
+    assert post(url + "/fragile", body)[0] == 200
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::") and "fragile" in a["name"]]
+    assert len(replicas) == 1, replicas
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    local = SamplingService(str(onnx_model), threads=1)
+    expected = local.run_batch([local.parse(body)])[0]
+    deadline = time.monotonic() + 90
+    while True:  # what a client does: retry a failed request
+        try:
+            status, content, _ = post(url + "/fragile", body)
+        except OSError:
+            status = None
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status == 200, "no replica came back within 90 s"
+    np.testing.assert_array_equal(np.load(io.BytesIO(content))["images"], expected)
+    serve.delete("fragile")
 
 
 def test_parse_request_defaults_and_limits():
