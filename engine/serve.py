@@ -30,6 +30,7 @@ import asyncio
 import io
 import math
 import numbers
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +117,9 @@ class SamplingService:
         self.model_name = str(model)
         self.model = load_model(model, backend=backend, device=device, threads=threads)
         self.backend, self.device, self.max_images = self.model.backend, device, max_images
+        # A model is one stream of work (an ONNX Runtime binding, a GPU's buffers and graphs): requests
+        # running in threads at once (batching off) take turns.
+        self._lock = threading.Lock()
 
     def parse(self, body) -> SampleRequest:
         return parse_request(body, self.model.schedule.num_train_timesteps, self.max_images)
@@ -130,6 +134,10 @@ class SamplingService:
 
     def run_batch(self, requests: list[SampleRequest]) -> list[np.ndarray]:
         """uint8 images (n, H, W, C) per request; requests with equal settings share one sampler call."""
+        with self._lock:
+            return self._run_batch(requests)
+
+    def _run_batch(self, requests: list[SampleRequest]) -> list[np.ndarray]:
         from ddpmrt.engine.images import to_uint8
 
         results: list[np.ndarray | None] = [None] * len(requests)

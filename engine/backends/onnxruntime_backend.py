@@ -6,6 +6,7 @@ every step, so a sampling loop does no per-step allocation inside ONNX Runtime.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,8 @@ class OnnxRuntimeModel:
         self._check_signature()
         self._binding = self.session.io_binding()
         self._outputs: dict[int, object] = {}  # batch size -> OrtValue reused every call
+        # The binding and output buffers are shared state: one call at a time (callers may use threads).
+        self._lock = threading.Lock()
 
     def _check_signature(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -98,6 +101,11 @@ class OnnxRuntimeModel:
         n = len(x)
         self.check_batch(n)
         x = np.ascontiguousarray(x, dtype=self.metadata.input_dtype)
+        with self._lock:
+            return self._run(ort, x, t)
+
+    def _run(self, ort, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        n = len(x)
         self._binding.bind_cpu_input("x", x)
         self._binding.bind_cpu_input("t", t)
         out = self._outputs.get(n)
