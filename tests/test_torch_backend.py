@@ -55,14 +55,16 @@ def test_bf16_on_the_cpu_stays_close_to_fp32():
 
 
 def test_fp32_math_scopes_tf32():
-    conv = torch.backends.cudnn.conv if hasattr(torch.backends.cudnn, "conv") else torch.backends.cudnn
-    attr = "fp32_precision" if hasattr(conv, "fp32_precision") else "allow_tf32"
-    before = getattr(conv, attr)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     with fp32_math(torch, allow_tf32=False):
-        assert getattr(conv, attr) in ("ieee", False)
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: the newer names agree, and reading them works
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        compiled = torch.compile(lambda a, b: a @ b)  # Inductor reads the flags while compiling
+        assert compiled(torch.ones(2, 2), torch.ones(2, 2)).sum().item() == 8.0
     with fp32_math(torch, allow_tf32=True):
-        assert getattr(conv, attr) in ("tf32", True)
-    assert getattr(conv, attr) == before
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 def test_a_checkpoint_on_cuda_runs_on_inductor_by_default(monkeypatch):

@@ -44,27 +44,25 @@ def fp32_math(torch, allow_tf32: bool):
 
     PyTorch lets cuDNN convolutions use TF32 by default, which moves an fp32 network's output
     by about 1e-3: `precision="fp32"` means IEEE fp32, and "tf32" asks for the faster mode.
+    Only the `allow_tf32` flags are set: in torch 2.9+ setting the newer `fp32_precision` of
+    cuDNN's convolutions alone makes every later read of `cudnn.allow_tf32` (Inductor's conv
+    templates read it) raise, while the flags set here keep both kinds of read working.
     """
     import contextlib
 
-    mode = "tf32" if allow_tf32 else "ieee"
-    conv, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    if hasattr(getattr(conv, "conv", None), "fp32_precision"):  # torch >= 2.9
-        conv, attr = conv.conv, "fp32_precision"
-        value = mode
-    else:
-        attr, value = "allow_tf32", allow_tf32
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
 
     @contextlib.contextmanager
     def scoped():
-        saved = getattr(conv, attr), getattr(matmul, attr)
-        setattr(conv, attr, value)
-        setattr(matmul, attr, value)
+        try:
+            saved = cudnn.allow_tf32, matmul.allow_tf32
+        except RuntimeError:  # the process mixed the old and new TF32 APIs: restore PyTorch's defaults
+            saved = True, False
+        cudnn.allow_tf32 = matmul.allow_tf32 = allow_tf32
         try:
             yield
         finally:
-            setattr(conv, attr, saved[0])
-            setattr(matmul, attr, saved[1])
+            cudnn.allow_tf32, matmul.allow_tf32 = saved
     return scoped()
 
 
