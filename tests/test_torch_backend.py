@@ -88,6 +88,19 @@ def test_inductor_matches_eager_on_the_cpu():
         shape = (n, *eager.image_shape)
         expected = sampler.sample(eager, shape, seed=5, progress=False)
         np.testing.assert_allclose(sampler.sample(compiled, shape, seed=5, progress=False), expected, atol=1e-4)
+    # The device loop's path (run on CUDA inside one graph capture): x from the static buffer, t a row
+    # of the timestep table.  Every step must reuse the graph compiled for the batch: a recompile
+    # would run inside the capture.
+    import torch._dynamo
+
+    sampler = DDIMSampler(eager.schedule, 4)
+    compiled.prepare(3, sampler.timesteps)
+    eager.prepare(3, sampler.timesteps)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(4):
+            compiled.forward(3, step)
+            eager.forward(3, step)
+            torch.testing.assert_close(compiled._io[3]["eps"], eager._io[3]["eps"], atol=5e-4, rtol=0)  # fp32 sums reordered
 
 
 def test_sample_cli_precision_errors(tmp_path):

@@ -178,11 +178,13 @@ class TorchModel:
         if n not in self._io:
             # x stays NCHW-contiguous: the kernel indexes elements in (C, H, W) order, as the noise spec does.
             # Timestep rows are padded to 16 bytes: every step's row is then as aligned as a fresh
-            # tensor, which compiled code checks for.
-            self._io[n] = {"x": torch.zeros((n, *self.image_shape), dtype=self.dtype, device=self.device),
-                           "t": torch.zeros((self.schedule.num_train_timesteps, n + n % 2), dtype=torch.int64,
-                                            device=self.device),
-                           "eps": None}
+            # tensor, which compiled code checks for.  Inference tensors, like those the host path
+            # makes: compiled code guards on the dispatch keys, and other keys would compile again.
+            with torch.inference_mode():
+                self._io[n] = {"x": torch.zeros((n, *self.image_shape), dtype=self.dtype, device=self.device),
+                               "t": torch.zeros((self.schedule.num_train_timesteps, n + n % 2), dtype=torch.int64,
+                                                device=self.device),
+                               "eps": None}
         return self._io[n]
 
     def prepare(self, n: int, timesteps: np.ndarray) -> None:
@@ -190,7 +192,8 @@ class TorchModel:
         timesteps = np.asarray(timesteps, np.int64)
         if io.get("timesteps") is None or not np.array_equal(io["timesteps"], timesteps):
             table = np.repeat(timesteps[:, None], n, axis=1)
-            io["t"][:len(table), :n].copy_(self._torch.from_numpy(table))
+            with self._torch.inference_mode():  # an inference tensor is written in inference mode only
+                io["t"][:len(table), :n].copy_(self._torch.from_numpy(table))
             io["timesteps"] = timesteps
 
     def input_ptr(self, n: int) -> int:
