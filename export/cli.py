@@ -155,6 +155,9 @@ def _export_engine(ns: argparse.Namespace) -> None:
     from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata, sidecar_path
     from ddpmrt.export.sources import sha256_file
 
+    if ns.flavour == "inductor":
+        return _export_inductor_package(ns)
+    ns.precision = ns.precision or "fp16"
     plan = check_output_file(ns.out, (".plan", ".engine"))
     # Everything written beside the engine: its ONNX, the sidecar and TensorRT's timing cache.
     for companion, suffixes in ((plan.with_suffix(".onnx"), (".onnx",)), (sidecar_path(plan), (".json",)),
@@ -190,6 +193,31 @@ def _export_engine(ns: argparse.Namespace) -> None:
         print(f"{plan} is up to date ({what}, {size_mb:.1f} MB); --force rebuilds")
     else:
         print(f"built {plan} ({what}) in {result.seconds:.1f} s, {size_mb:.1f} MB")
+
+
+def _export_inductor_package(ns: argparse.Namespace) -> None:
+    """export-engine --flavour inductor: an AOTInductor .pt2 and its sidecar (export/aot_package.py)."""
+    import torch
+
+    from ddpmrt.engine.io import check_output_file
+    from ddpmrt.export.aot_package import build_aot_package
+    from ddpmrt.export.engine_build import BatchProfile
+
+    out = check_output_file(ns.out, (".pt2",), option="--out (with --flavour inductor)")
+    check_output_file(out.with_name(out.name + ".json"), (".json",), option=f"--out {out} writes")
+    device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = ns.precision or ("fp16" if device == "cuda" else "fp32")
+    if ns.model and ns.model.lower().endswith(".onnx"):
+        raise UserError("--flavour inductor compiles the PyTorch model: give a checkpoint, shipped name or "
+                        "--from-diffusers, not an .onnx")
+    source = _export_source(ns, "fp32")
+    result = build_aot_package(source, out, device, precision, BatchProfile.parse(ns.batch), force=ns.force)
+    size_mb = result.sidecar["package_bytes"] / 1e6
+    what = f"AOTInductor, {precision} on {device}, batch {ns.batch}"
+    if result.cached:
+        print(f"{out} is up to date ({what}, {size_mb:.1f} MB); --force rebuilds")
+    else:
+        print(f"built {out} ({what}) in {result.seconds:.1f} s, {size_mb:.1f} MB")
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -300,7 +328,7 @@ def _demo(ns: argparse.Namespace) -> None:
         flavour = None
         print(f"skipping the engine build: {exc}")
     else:
-        engine_args = argparse.Namespace(model=str(checkpoint), from_diffusers=None, schedule=None, image_shape=None,
+        engine_args = argparse.Namespace(model=str(checkpoint), from_diffusers=None, device=None, schedule=None, image_shape=None,
                                          opset=18, out=str(out / "digits-fp16.plan"), precision="fp16", batch="1:64:256",
                                          targets="auto", flavour=flavour.name, optimization_level=None, force=False)
         _export_engine(engine_args)
@@ -343,11 +371,15 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     _add_export_source_args(p)
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
     p.add_argument("--out", required=True, help="output engine (.plan); its ONNX and sidecar .plan.json go beside it")
-    p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="engine precision (default fp16)")
+    p.add_argument("--precision", choices=["fp16", "fp32", "bf16"],
+                   help="engine precision (default fp16; bf16 for inductor packages, whose default on the CPU is fp32)")
     p.add_argument("--batch", default="1:8:64", help="N (static shape) or MIN:OPT:MAX (default 1:8:64)")
     p.add_argument("--targets", default="auto",
                    help="auto (this GPU, else the flavour's defaults), current, or e.g. sm86,sm89 (TensorRT-RTX)")
-    p.add_argument("--flavour", default="auto", help="auto, tensorrt or tensorrt-rtx")
+    p.add_argument("--flavour", default="auto",
+                   help="auto, tensorrt or tensorrt-rtx; inductor writes an AOTInductor .pt2 package instead")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="--flavour inductor: the device the package runs on (default: cuda if PyTorch sees one)")
     p.add_argument("--optimization-level", type=int_in(0, 5), help="builder optimization level (0-5)")
     p.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
     p.set_defaults(func=_export_engine)

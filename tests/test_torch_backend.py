@@ -107,3 +107,39 @@ def test_sample_cli_precision_errors(tmp_path):
     result = run_cli("sample", "digits", "--precision", "fp16", "--steps", "2", "--batch", "1", "--out",
                      str(tmp_path / "x.png"))
     assert_user_error(result, "fp16", "needs --device cuda")
+
+
+@pytest.mark.slow
+def test_inductor_package_builds_loads_and_samples(tmp_path):
+    # export-engine --flavour inductor: an AOTInductor .pt2 a new process loads without compiling.
+    from conftest import assert_user_error, run_cli
+
+    package = tmp_path / "digits.pt2"
+    args = ("export-engine", "digits", "--flavour", "inductor", "--device", "cpu", "--batch", "1:4:8",
+            "--out", str(package))
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "AOTInductor, fp32 on cpu" in result.stdout and (tmp_path / "digits.pt2.json").is_file()
+    assert "is up to date" in run_cli(*args).stdout  # the same call again: a cache hit
+    model = load_model(package)
+    assert model.backend == "inductor" and model.image_shape == (1, 16, 16)
+    eager = load_model("digits", backend="torch")
+    sampler = DDPMSampler(eager.schedule, 4, clip_sample=1.0)
+    for n in (1, 3):  # one package, any batch in its range
+        shape = (n, *eager.image_shape)
+        np.testing.assert_allclose(sampler.sample(model, shape, seed=2, progress=False),
+                                   sampler.sample(eager, shape, seed=2, progress=False), atol=1e-4)
+    # A damaged package or sidecar is one line, not a crash inside the loader.
+    data = package.read_bytes()
+    package.write_bytes(data[:-10] + bytes(10))
+    with pytest.raises(UserError, match="is damaged"):
+        load_model(package)
+    package.write_bytes(data)
+    sidecar = tmp_path / "digits.pt2.json"
+    sidecar.write_text(sidecar.read_text().replace('"cpu"', '"cuda"'))
+    with pytest.raises(UserError, match="damaged"):
+        load_model(package)
+    assert_user_error(run_cli("export-engine", "digits", "--flavour", "inductor", "--out", str(tmp_path / "x.plan")),
+                      ".pt2")
+    assert_user_error(run_cli("export-engine", "digits", "--flavour", "inductor", "--device", "cpu", "--precision",
+                              "fp16", "--out", str(tmp_path / "y.pt2")), "needs --device cuda")

@@ -8,6 +8,7 @@ read from the model file itself, so a sampler needs nothing else.
                                             torch on the CPU (PyTorch eager; lazily imported)
     .onnx                                -> onnxruntime  (CPU, or CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
+    .pt2                                 -> inductor     (an AOTInductor package, for the device it was built for)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 BACKENDS = ("auto", "inductor", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
 ENGINE_SUFFIXES = (".plan", ".engine")
+PACKAGE_SUFFIX = ".pt2"  # an AOTInductor package from `export-engine --flavour inductor`
 
 
 def shipped_models() -> list[str]:
@@ -92,5 +94,12 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
 
         return TensorRTModel(path, cuda_graph=cuda_graph)
 
-    raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx or .plan")
+    if suffix == PACKAGE_SUFFIX:
+        if backend not in ("auto", "inductor"):
+            raise UserError(f"{path.name} is an inductor package: use --backend inductor (or auto)")
+        from ddpmrt.engine.backends.torch_backend import load_aot_package
+
+        return load_aot_package(path, device=device if device == "cuda" else None, cuda_graph=True)
+
+    raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx, .plan or .pt2")
 

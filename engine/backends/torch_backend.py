@@ -271,3 +271,55 @@ def load_diffusers(path: Path, device: str = "cpu", precision: str = "auto", cud
     source = from_diffusers(path, "fp32", schedule)
     return TorchModel(source.eps_module(), source.metadata.schedule, source.metadata.image_shape, device, str(path),
                       precision=precision, cuda_graph=cuda_graph, compile=compile)
+
+
+def load_aot_package(path: Path, device: str | None = None, cuda_graph: bool = True) -> TorchModel:
+    """An AOTInductor package (`export-engine --flavour inductor`), checked against its sidecar first.
+
+    The package computes in its own precision and takes x and returns ε in fp32; on CUDA the
+    sampling loop is captured as one CUDA graph like the inductor backend's.
+    """
+    import json
+
+    from ddpmrt.engine.integrity import json_seal_matches, sha256_file
+    from ddpmrt.engine.metadata import ModelMetadata
+
+    path = Path(path)
+    sidecar_file = path.with_name(path.name + ".json")
+    if not sidecar_file.is_file():
+        raise UserError(f"{path.name} has no sidecar {sidecar_file.name}; build packages with "
+                        "`export-engine --flavour inductor`")
+    try:
+        sidecar = json.loads(sidecar_file.read_text(encoding="utf-8"))
+        intact = json_seal_matches(sidecar) and sidecar["format"] == "ddpmrt-aoti-1"
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        intact = False
+    if not intact:
+        raise UserError(f"{sidecar_file.name} is damaged; rebuild with `export-engine --flavour inductor --force`")
+    if sha256_file(path) != sidecar["package_sha256"]:
+        raise UserError(f"{path.name} is damaged: its bytes do not match the checksum in {sidecar_file.name}; "
+                        "rebuild with `export-engine --flavour inductor --force`")
+    try:
+        import torch
+    except ImportError:
+        raise UserError("an inductor package needs PyTorch: pip install 'ddpmrt[export]'") from None
+    built_for = sidecar["device"]
+    if device not in (None, built_for):
+        raise UserError(f"{path.name} was compiled for {built_for}, not {device}; rebuild it with "
+                        f"`export-engine --flavour inductor --device {device}`")
+    if built_for == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{path.name} was compiled for CUDA and PyTorch sees no GPU; build a --device cpu package here")
+    if sidecar["torch_version"] != torch.__version__:
+        raise UserError(f"{path.name} was compiled with torch {sidecar['torch_version']}, this is {torch.__version__}; "
+                        "rebuild it with `export-engine --flavour inductor`")
+    metadata = ModelMetadata.from_strings(sidecar["metadata"], path.name)
+    runner = torch._inductor.aoti_load_package(str(path))
+
+    class Package(torch.nn.Module):
+        def forward(self, x, t):
+            return runner(x.float(), t)
+
+    model = TorchModel(Package(), metadata.schedule, metadata.image_shape, built_for, str(path), precision="fp32",
+                       cuda_graph=cuda_graph and built_for == "cuda")
+    model.backend = "inductor"
+    return model

@@ -1,0 +1,113 @@
+"""Ahead-of-time packages: `export-engine --flavour inductor` writes an AOTInductor `.pt2`.
+
+    build_aot_package(source, out.pt2, device, precision, profile)  ->  out.pt2 + out.pt2.json
+
+The U-Net (its native form) is exported by torch.export with a dynamic batch and compiled by
+AOTInductor into a self-contained package for one device kind (cpu or cuda): a new process
+loads it in milliseconds with no tracing or compiling, which is what low-latency users start
+with.  The package takes x and returns ε in fp32, whatever precision it computes in.  Its
+sidecar (`model.pt2.json`) carries the ddpmrt metadata, device, precision, batch range, torch
+version, the package's SHA-256 and its own checksum, like an engine's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ddpmrt.engine import __version__
+from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.integrity import json_seal_matches, seal_json, sha256_file
+from ddpmrt.engine.io import atomic_write
+from ddpmrt.export.engine_build import BatchProfile
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class PackageResult:
+    path: Path
+    sidecar: dict
+    seconds: float
+    cached: bool
+
+
+class _Fp32Io(torch.nn.Module):
+    """ε = module(x.to(dtype), t) returned in fp32: the package's interface in every precision."""
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, x, t):
+        return self.module(x.to(self.dtype), t).float()
+
+
+def build_aot_package(source, out: Path, device: str, precision: str, profile: BatchProfile,
+                      force: bool = False) -> PackageResult:
+    out = Path(out)
+    sidecar_file = out.with_name(out.name + ".json")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r} for an inductor package; choose one of {', '.join(PRECISIONS)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: AOTInductor compiles for the GPU it runs on and PyTorch sees none; "
+                        "build on a GPU machine, or use --device cpu")
+    if precision == "fp16" and device == "cpu":
+        raise UserError("an fp16 inductor package needs --device cuda; on the CPU use --precision fp32 or bf16")
+    key = {"source_sha256": source.metadata.source_sha256, "device": device, "precision": precision,
+           "profile": [profile.min, profile.opt, profile.max], "torch": torch.__version__, "ddpmrt": __version__}
+    if not force and out.is_file() and sidecar_file.is_file():
+        try:
+            existing = json.loads(sidecar_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            existing = {}
+        if (isinstance(existing, dict) and existing.get("cache_key") == key and json_seal_matches(existing)
+                and existing.get("package_sha256") == sha256_file(out)):
+            return PackageResult(out, existing, 0.0, cached=True)
+
+    start = time.perf_counter()
+    dtype = PRECISIONS[precision]
+    module = source.eps_module().eval()
+    if hasattr(source.module, "set_execution_form"):
+        source.module.set_execution_form("native")
+    module = module.to(device=device, dtype=dtype)
+    if device == "cuda" and dtype != torch.float32:
+        module = module.to(memory_format=torch.channels_last)
+    network = _Fp32Io(module, dtype).eval()
+    n = max(profile.opt, 2)  # an example batch of 1 would be specialised despite the dynamic dimension
+    example = (torch.randn(n, *source.metadata.image_shape, device=device), torch.zeros(n, dtype=torch.int64, device=device))
+    batch = torch.export.Dim("batch", min=profile.min, max=max(profile.max, 2))
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(network, example, dynamic_shapes={"x": {0: batch}, "t": {0: batch}})
+    except Exception as exc:  # torch.export's errors are long; keep their first line
+        raise UserError(f"torch.export failed: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from exc
+    with atomic_write(out) as tmp:
+        staging = tmp.with_suffix(".pt2")  # AOTInductor insists on the .pt2 suffix
+        try:
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(staging))
+            staging.replace(tmp)
+        finally:
+            staging.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    sidecar = seal_json({
+        "format": "ddpmrt-aoti-1",
+        "metadata": source.metadata.to_strings(),
+        "device": device,
+        "precision": precision,
+        "io": "fp32",
+        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+        "torch_version": torch.__version__,
+        "package_bytes": out.stat().st_size,
+        "package_sha256": sha256_file(out),
+        "build_seconds": round(seconds, 2),
+        "ddpmrt_version": __version__,
+        "cache_key": key,
+    })
+    with atomic_write(sidecar_file) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return PackageResult(out, sidecar, seconds, cached=False)
