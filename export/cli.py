@@ -355,7 +355,8 @@ def _serve(ns: argparse.Namespace) -> None:
     try:
         serve.start(http_options={"host": ns.host, "port": ns.port, "request_timeout_s": ns.request_timeout_s})
         app = build_app(model, backend=ns.backend, device=ns.device, replicas=ns.replicas, max_batch=ns.max_batch,
-                        batch_wait_ms=ns.batch_wait_ms, max_queued=ns.max_queued, threads=ns.threads,
+                        batch_wait_ms=ns.batch_wait_ms, max_ongoing=ns.max_ongoing, max_queued=ns.max_queued,
+                        threads=ns.threads,
                         max_images=ns.max_images, batching=not ns.no_batching)
         serve.run(app, name="ddpmrt", route_prefix="/")
         print(f"ddpmrt serve: {model} on http://{ns.host}:{ns.port} (POST /sample, GET /healthz, GET /metadata); "
@@ -521,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=real_in(0, 10_000), default=5.0,
                    help="how long a batch waits for more requests (default 5 ms)")
     p.add_argument("--no-batching", action="store_true", help="run every request alone")
+    p.add_argument("--max-ongoing", type=int_in(1, 10 ** 5),
+                   help="requests a replica runs or batches at once (Serve's max_ongoing_requests; default 2 x --max-batch)")
     p.add_argument("--max-queued", type=int_in(1, 10 ** 6), default=64,
                    help="requests waiting for a replica before Serve answers 503 (default 64)")
     p.add_argument("--request-timeout-s", type=real_in(0, 86_400, low_open=True), default=120.0,

@@ -116,6 +116,7 @@ def test_serve_argument_errors(tmp_path):
     assert_user_error(run_cli("serve", "no-such-model"), "not found")
     assert_user_error(run_cli("serve", "digits", "--port", "70000"), "outside [1, 65535]")
     assert_user_error(run_cli("serve", "digits", "--max-batch", "0"), "outside [1, 1024]")
+    assert_user_error(run_cli("serve", "digits", "--max-ongoing", "-2"), "outside [1, 100000]")
 
 
 def test_concurrent_requests_get_their_own_images(server, onnx_model):
