@@ -28,13 +28,12 @@ in front of the replicas; past that Serve answers 503.  A request that takes lon
 # definition time, and Request is imported inside build_app (Ray Serve is an optional extra).
 import asyncio
 import io
-import math
-import numbers
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from ddpmrt.engine.checks import check_int, check_real
 from ddpmrt.engine.errors import UserError
 
 SAMPLERS = ("ddim", "ddpm")
@@ -60,26 +59,6 @@ class SampleRequest:
         return self.sampler, self.steps, self.eta, self.spacing, self.clip_sample
 
 
-def _integer(body: dict, key: str, default: int, low: int, high: int) -> int:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise UserError(f"'{key}' must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise UserError(f"'{key}' must lie in [{low}, {high}], got {value}")
-    return int(value)
-
-
-def _number(body: dict, key: str, default, low: float, high: float) -> float | None:
-    value = body.get(key, default)
-    if value is None and default is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise UserError(f"'{key}' must be a number, got {value!r}")
-    if not low <= value <= high:
-        raise UserError(f"'{key}' must lie in [{low:g}, {high:g}], got {value}")
-    return float(value)
-
-
 def _choice(body: dict, key: str, default: str, choices) -> str:
     value = body.get(key, default)
     if value not in choices:
@@ -96,14 +75,18 @@ def parse_request(body, num_train_timesteps: int, max_images: int = DEFAULT_MAX_
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise UserError(f"unknown fields {unknown}; a request takes {', '.join(FIELDS)}")
-    clip = _number(body, "clip_sample", 1.0, 0.0, 100.0) if body.get("clip_sample", 1.0) is not None else None
+    def field(key, default, check, low, high):
+        return check(body.get(key, default), f"'{key}'", low, high)
+
+    clip = body.get("clip_sample", 1.0)
+    clip = None if clip is None else field("clip_sample", 1.0, check_real, 0.0, 100.0)
     return SampleRequest(sampler=_choice(body, "sampler", "ddim", SAMPLERS),
-                         steps=_integer(body, "steps", 50, 1, num_train_timesteps),
-                         eta=_number(body, "eta", 0.0, 0.0, 10.0),
+                         steps=field("steps", 50, check_int, 1, num_train_timesteps),
+                         eta=field("eta", 0.0, check_real, 0.0, 10.0),
                          spacing=_choice(body, "spacing", "leading", SPACINGS),
                          clip_sample=clip or None,
-                         seed=_integer(body, "seed", 0, 0, 2 ** 64 - 1),
-                         n=_integer(body, "n", 1, 1, max_images),
+                         seed=field("seed", 0, check_int, 0, 2 ** 64 - 1),
+                         n=field("n", 1, check_int, 1, max_images),
                          format=_choice(body, "format", "png", FORMATS))
 
 
