@@ -72,7 +72,7 @@ def _diffusers_schedule(schedule) -> dict:
     return {**args, "trained_betas": schedule.betas.tolist()}
 
 
-def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS) -> tuple[dict, dict]:
+def _backends(checkpoint: Path, source, work: Path, threads: int, wanted=BENCH_BACKENDS) -> tuple[dict, dict]:
     """name -> loaded model for every wanted backend that runs here; name -> why not, for the others."""
     from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
     from ddpmrt.engine.cuda_runtime import device_compute_capability
@@ -84,7 +84,6 @@ def _backends(checkpoint: Path, work: Path, threads: int, wanted=BENCH_BACKENDS)
         models["inductor-cpu"] = load_model(checkpoint, backend="inductor")
     onnx_path = work / "model-fp32.onnx"
     if {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted):
-        source = _source(checkpoint, "fp32")
         export_onnx(source.module, source.metadata, onnx_path, unwrap=source.unwrap)
     if "onnxruntime-cpu" in wanted:
         models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
@@ -173,11 +172,10 @@ def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int, sample
     return row
 
 
-def network_flops_per_image(checkpoint: Path) -> float:
+def network_flops_per_image(source) -> float:
     """FLOPs of one forward per image (convolutions and matrix products, torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    source = _source(checkpoint, "fp32")
     module = source.eps_module().eval()
     x = torch.zeros(1, *source.metadata.image_shape)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -233,15 +231,18 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    # The fp32 weights, read once: exported to ONNX, counted in FLOPs, described in the report
+    # (the diffusers pipelines load their own copy, which they move and cast).
+    source = _source(checkpoint, "fp32")
     # This run's ONNX files and engines: exported afresh (never a stale file of other weights) and
     # read into memory by the backends as they load, so the folder goes once they are loaded.
     with tempfile.TemporaryDirectory(prefix="ddpmrt-bench-") as work:
-        models, missing = _backends(checkpoint, Path(work), threads, backends)
+        models, missing = _backends(checkpoint, source, Path(work), threads, backends)
     if not models:
         raise UserError("none of the backends asked for runs here: "
                         + "; ".join(f"{name} {why}" for name, why in missing.items()))
     env = environment(threads)
-    flops = network_flops_per_image(checkpoint)
+    flops = network_flops_per_image(source)
     gpu_peak = peak or peak_tflops((env.get("gpu") or {}).get("name"))
     results = []
     jobs = [(name, b) for name in models for b in batches]
@@ -294,7 +295,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
                         if d["batch"] == row["batch"] and d["device"] == device and d["compiled"] == compiled), None)
             if ref:
                 row[key] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
-    metadata = _source(checkpoint, "fp32").metadata
+    metadata = source.metadata
     report = {"model": {"source": str(checkpoint), "config": metadata.model_config,
                         "image_shape": list(metadata.image_shape),
                         "gflop_per_forward_per_image": flops / 1e9},
