@@ -5,7 +5,8 @@
 # whose JSON/Markdown/PNG files are then committed under benchmarks/results/:
 #
 #   bash benchmarks/gpu_session.sh tests   "$OUT"   # GPU tests: kernel vs NumPy, device loop, torch/inductor, TensorRT
-#   bash benchmarks/gpu_session.sh kernels "$OUT"   # accuracy and bandwidth (benchmarks/gpu_kernels.py)
+#   bash benchmarks/gpu_session.sh kernels "$OUT"   # accuracy and bandwidth (benchmarks/gpu_kernels.py), and
+#                                                   # host time per graph launch (benchmarks/graph_launch.py)
 #   bash benchmarks/gpu_session.sh bench   "$OUT"   # cifar10 DDIM-50 at batch 1, 64, 256: inductor and torch graph
 #                                                   # against diffusers fp16 eager and + torch.compile, one run
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
@@ -39,6 +40,7 @@ case "$part" in
     ;;
   kernels)
     python3 benchmarks/gpu_kernels.py --out "$out/gpu-kernels.json"
+    python3 benchmarks/graph_launch.py --out "$out/graph-launch.json"
     ;;
   bench)
     # diffusers' rows (eager and torch.compile'd) run in the same process: --diffusers-compiled auto.

@@ -66,6 +66,48 @@ def copy_device_to_host(array: np.ndarray, ptr: int, stream) -> None:
           "cudaMemcpyAsync D2H")
 
 
+def graph_shape(node_types: list[str], edges: list[tuple[int, int]]) -> dict:
+    """What a captured graph holds: node counts by type, edges, and whether it is one straight line.
+
+    A loop captured from one stream is a chain of nodes; a library that forks work onto a side
+    stream, or copies and memsets between kernels, shows up here (the bench reports it per graph,
+    since how long the host spends in cudaGraphLaunch depends on what the graph holds).
+    """
+    types: dict[str, int] = {}
+    for kind in node_types:
+        types[kind] = types.get(kind, 0) + 1
+    into = np.zeros(len(node_types), np.int64)
+    out_of = np.zeros(len(node_types), np.int64)
+    for a, b in edges:
+        out_of[a] += 1
+        into[b] += 1
+    chain = len(edges) == max(len(node_types) - 1, 0) and bool((into <= 1).all() and (out_of <= 1).all())
+    return {"nodes": len(node_types), "edges": len(edges), "types": dict(sorted(types.items())), "straight_line": chain}
+
+
+def describe_graph(graph) -> dict:
+    """graph_shape of a cudaGraph_t (a cuda-python handle or its address, as torch's raw_cuda_graph gives)."""
+    rt = cudart()
+    if isinstance(graph, int):
+        graph = rt.cudaGraph_t(graph)
+    _, count = check(rt.cudaGraphGetNodes(graph, 0), "cudaGraphGetNodes")
+    nodes, _ = check(rt.cudaGraphGetNodes(graph, count), "cudaGraphGetNodes")
+    index = {int(node): i for i, node in enumerate(nodes)}
+    prefix = "cudaGraphNodeType"
+    node_types = [check(rt.cudaGraphNodeGetType(node), "cudaGraphNodeGetType").name.removeprefix(prefix).lower()
+                  for node in nodes]
+    try:
+        # (from, to, [edge data,] count): cuda-python 13 returns the edge data too, 12 does not.
+        edge_count = check(rt.cudaGraphGetEdges(graph, 0), "cudaGraphGetEdges")[-1]
+        sources, targets, *_ = check(rt.cudaGraphGetEdges(graph, edge_count), "cudaGraphGetEdges")
+    except CudaError as exc:  # e.g. cudaErrorLossyQuery: edges that carry data (programmatic launches)
+        shape = graph_shape(node_types, [])
+        shape.update(edges=None, straight_line=None, edge_error=str(exc))
+        return shape
+    edges = [(index[int(a)], index[int(b)]) for a, b in zip(sources or [], targets or [])]
+    return graph_shape(node_types, edges)
+
+
 class DeviceBuffer:
     """A device allocation of `nbytes`, freed with the object."""
 

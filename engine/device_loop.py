@@ -23,6 +23,7 @@ A network plugs in through five methods (TensorRTModel and TorchCudaModel implem
     input_ptr(n)                      the fixed device address the network reads x from
     forward(n, step) -> eps_ptr       enqueue one network call at timesteps[step]
     capture(record) -> replay         record `record()` into a CUDA graph, return its launcher
+                                      (and leave what the graph holds in last_graph_shape)
 
 and the device memory through `memory` (cuda_runtime.DeviceMemory; the CPU tests use a host
 fake), so the orchestration below is tested without a GPU.
@@ -61,6 +62,7 @@ class DeviceLoop:
         self._x: dict[int, object] = {}        # fp32 x per batch size (fp16 networks only)
         self._graphs: dict[tuple, object] = {}
         self.captures = 0                      # how many graphs were recorded (tests and benchmarks read it)
+        self.graph_shapes: dict[tuple, dict | None] = {}  # per key: nodes by type, straight line or not
         self.last_enqueue_seconds = 0.0
         self._uploaded_coefficients = None
 
@@ -127,6 +129,7 @@ class DeviceLoop:
         self.last_enqueue_seconds = time.perf_counter() - start
         if self.cuda_graph and key not in self._graphs:
             self._graphs[key] = net.capture(lambda: self._record(n, steps, x_T is None))
+            self.graph_shapes[key] = getattr(net, "last_graph_shape", None)
             self.captures += 1
         # 4. One copy back.
         out = np.empty((n, *self.image_shape), np.float32)

@@ -144,6 +144,8 @@ def profile_device_loop(model, sampler, batch: int, runs: int = 10, warmup: int 
               "network_ms_per_step": None, "update_ms_per_step": None}
     for key in rows[0]:
         result[key] = summarize(r[key] for r in rows)
+    # What the replayed graph holds (nodes by type, one chain or not): the host's launch time depends on it.
+    result["graph"] = getattr(loop, "graph_shapes", {}).get((n, steps, True)) if graphed else None
     result["peak_rss_mb"] = peak_rss_mb()
     result["gpu_memory_used_mb"] = gpu_memory_used_mb()
     torch = sys.modules.get("torch")

@@ -372,6 +372,15 @@ def write_report(report: dict, out: Path) -> None:
                   "| backend | cold start s | warm start s | first call s |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['backend']} | {r['cold_start_s']:.1f} | {r['warm_start_s']:.1f} | |" for r in report.get("startup", [])]
         lines += [f"| {d['backend']} (batch {d['batch']}) | | | {_cell(d.get('first_run_s'), '.1f')} |" for d in compiled]
+    graphed = [r for r in report["results"] if r.get("graph")]
+    if graphed:
+        lines += ["", "CUDA graphs replayed (one per batch and step count): what each holds, and the host's time in "
+                  "one launch.", "", "| backend | batch | nodes | by type | one chain | host ms per launch |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['backend']} | {r['batch']} | {r['graph']['nodes']} | "
+                  + ", ".join(f"{k} {v}" for k, v in r["graph"]["types"].items())
+                  + f" | {({True: 'yes', False: 'no'}).get(r['graph']['straight_line'], '?')} | "
+                  f"{r['host_ms_per_step']['median'] * r['steps']:.3f} |" for r in graphed]
     if report["unavailable"]:
         lines += ["", "Not measured here:", ""] + [f"- {k}: {v}" for k, v in report["unavailable"].items()]
     lines += ["", "![time per image](bench.png)", ""]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
+from ddpmrt.engine.cuda_runtime import graph_shape
 from ddpmrt.engine.device_loop import DeviceLoop
 from ddpmrt.engine.kernels import RUN_PARAMS_DTYPE
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
@@ -151,6 +152,8 @@ class EmulatedNetwork:
             launches = self.gpu.recording
         finally:
             self.gpu.recording = None
+        # As a capture from one stream records it: a chain of kernels.
+        self.last_graph_shape = graph_shape(["kernel"] * len(launches), [(i, i + 1) for i in range(len(launches) - 1)])
 
         def replay():
             for launch in launches:
@@ -274,6 +277,19 @@ def test_profile_device_loop_reports_the_stages_it_can_see(cuda_graph):
         assert result["network_ms_per_step"] is None and result["update_ms_per_step"] is None
         assert "one CUDA graph" in result["stages"]
         assert loop.captures == 1  # the timed loops replayed one graph
+        # What the graph holds: the initial noise, then network and update for each of the 4 steps.
+        assert result["graph"] == {"nodes": 9, "edges": 8, "types": {"kernel": 9}, "straight_line": True}
     else:
         for key in ("network_ms_per_step", "update_ms_per_step"):
             assert result[key]["n"] == 3 and result[key]["median"] > 0, key
+
+
+def test_graph_shape_tells_a_chain_from_a_fork():
+    # One stream: a chain.  A library forking onto a side stream (or memsets between kernels)
+    # changes what cudaGraphLaunch submits, so the bench reports both.
+    assert graph_shape(["kernel", "memset", "kernel"], [(0, 1), (1, 2)]) == {
+        "nodes": 3, "edges": 2, "types": {"kernel": 2, "memset": 1}, "straight_line": True}
+    fork_join = graph_shape(["kernel"] * 4, [(0, 1), (0, 2), (1, 3), (2, 3)])
+    assert fork_join["straight_line"] is False and fork_join["edges"] == 4
+    assert graph_shape(["kernel", "kernel"], [])["straight_line"] is False  # two roots: two independent chains
+    assert graph_shape([], []) == {"nodes": 0, "edges": 0, "types": {}, "straight_line": True}

@@ -70,8 +70,12 @@ def test_bench_markdown_says_when_a_graph_hides_the_stages(tmp_path):
               "peak_tflops": 989.0, "environment": environment(1),
               "results": [row("inductor-cuda", "network and update run inside one CUDA graph", None),
                           row("torch-cuda", "network and update by CUDA events", summarize([0.25]))]}
+    report["results"][0].update(steps=5, graph={"nodes": 301, "edges": 300, "types": {"kernel": 300, "memset": 1},
+                                                "straight_line": True})
     write_report(report, tmp_path)
     md = (tmp_path / "bench.md").read_text()
+    # The graph's contents, and the host's time per launch (1.5 ms per step median x 5 steps).
+    assert "| inductor-cuda | 4 | 301 | kernel 300, memset 1 | yes | 7.500 |" in md
     assert "| inductor-cuda | 4 | in graph | in graph |" in md
     assert "| torch-cuda | 4 | 0.25 | 0.250 |" in md and "| 3.00 (0.3%) |" in md
 

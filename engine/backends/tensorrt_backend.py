@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpmrt.engine.checks import model_inputs
-from ddpmrt.engine.cuda_runtime import CudaError, DeviceBuffer, check, cudart, device_compute_capability
+from ddpmrt.engine.cuda_runtime import CudaError, DeviceBuffer, check, cudart, describe_graph, device_compute_capability
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.integrity import json_seal_matches, sha256_file
 from ddpmrt.engine.metadata import ModelMetadata
@@ -142,6 +142,7 @@ class TensorRTModel:
         self.cuda_graph = cuda_graph
         self._device_loop = None if device_loop else False
         self._graph_execs: list = []
+        self.last_graph_shape = None  # cuda_runtime.graph_shape of the last capture
 
     @property
     def device_loop(self):
@@ -204,6 +205,7 @@ class TensorRTModel:
         finally:
             graph = check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
         graph_exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        self.last_graph_shape = describe_graph(graph)
         check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")  # the executable graph keeps what it needs
         self._graph_execs.append(graph_exec)
         return lambda: check(rt.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpmrt.engine.checks import model_inputs
+from ddpmrt.engine.cuda_runtime import describe_graph
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.schedule import NoiseSchedule
 
@@ -128,6 +129,7 @@ class TorchModel:
         self.eps_dtype = "fp16" if self.input_dtype == np.float16 else "fp32"
         self._io: dict[int, dict] = {}      # per batch size: static x, timestep table, last ε
         self._graphs: list = []             # keeps captured graphs (and their memory pool) alive
+        self.last_graph_shape = None        # cuda_runtime.graph_shape of the last capture
         self._device_loop = None if on_cuda else False
 
     def _math(self):
@@ -216,9 +218,16 @@ class TorchModel:
             for n in self._io:
                 self.forward(n, 0)
         current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
+        # keep_graph (torch 2.7+): the captured cudaGraph_t stays readable, so the bench can say what it holds.
+        try:
+            graph = torch.cuda.CUDAGraph(keep_graph=True)
+        except TypeError:
+            graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), self._math(), torch.cuda.graph(graph, stream=side):
             record()
+        if hasattr(graph, "raw_cuda_graph"):
+            graph.instantiate()
+            self.last_graph_shape = describe_graph(graph.raw_cuda_graph())
         self._graphs.append(graph)
         return graph.replay
 
