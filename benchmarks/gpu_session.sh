@@ -5,8 +5,9 @@
 # whose JSON/Markdown/PNG files are then committed under benchmarks/results/:
 #
 #   bash benchmarks/gpu_session.sh tests   "$OUT"   # GPU tests: kernel vs NumPy, device loop, torch/inductor, TensorRT
-#   bash benchmarks/gpu_session.sh kernels "$OUT"   # accuracy and bandwidth (benchmarks/gpu_kernels.py), and
-#                                                   # host time per graph launch (benchmarks/graph_launch.py)
+#   bash benchmarks/gpu_session.sh kernels "$OUT"   # accuracy and bandwidth (benchmarks/gpu_kernels.py), an
+#                                                   # Nsight Compute profile of the update, and host time per
+#                                                   # graph launch (benchmarks/graph_launch.py)
 #   bash benchmarks/gpu_session.sh bench   "$OUT"   # cifar10 DDIM-50 at batch 1, 64, 256: inductor and torch graph
 #                                                   # against diffusers fp16 eager and + torch.compile, one run
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
@@ -41,6 +42,15 @@ case "$part" in
   kernels)
     python3 benchmarks/gpu_kernels.py --out "$out/gpu-kernels.json"
     python3 benchmarks/graph_launch.py --out "$out/graph-launch.json"
+    # Where the noisy update's time goes (issue 10, point 7): Nsight Compute on its first two launches,
+    # the update with noise and without.  Not fatal: ncu may lack permission for the GPU's counters.
+    if command -v ncu >/dev/null 2>&1; then
+      ncu --kernel-name ddpmrt_update_kernel --launch-count 2 --section SpeedOfLight \
+        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats \
+        --section InstructionStats python3 benchmarks/gpu_kernels.py --bandwidth-only --runs 1 --warmup 0 \
+        --elements $((16 * 1024 * 1024)) --out /tmp/ncu-kernels.json > "$out/ncu-update.txt" 2>&1 \
+        || echo "ncu failed: see $out/ncu-update.txt"
+    fi
     ;;
   bench)
     # diffusers' rows (eager and torch.compile'd) run in the same process: --diffusers-compiled auto.
