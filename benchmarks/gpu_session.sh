@@ -10,13 +10,15 @@
 #                                                   # graph launch (benchmarks/graph_launch.py)
 #   bash benchmarks/gpu_session.sh bench   "$OUT"   # cifar10 DDIM-50 at batch 1, 64, 256: inductor and torch graph
 #                                                   # against diffusers fp16 eager and + torch.compile, one run
+#   bash benchmarks/gpu_session.sh bench   "$OUT" 1 # the same for the batches named (if one call would pass the
+#                                                   # device tool's 10 minutes: `1`, then `64,256`, each its own run)
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
 #
 # The device image has PyTorch, cuda-python and NVRTC but not diffusers: carry its wheel in .whl
 # (see benchmarks/README.md); the script installs .whl/*.whl and ddpmrt itself into /tmp/site.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh tests|kernels|bench|report OUTDIR}
-out=${2:?usage: gpu_session.sh tests|kernels|bench|report OUTDIR}
+part=${1:?usage: gpu_session.sh tests|kernels|bench|report OUTDIR [BATCHES]}
+out=${2:?usage: gpu_session.sh tests|kernels|bench|report OUTDIR [BATCHES]}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} DDPMRT_CACHE_DIR=/tmp/ddpmrt-cache
 # Every part starts from an empty Inductor cache, so compile times are cold ones.
@@ -54,9 +56,10 @@ case "$part" in
     ;;
   bench)
     # diffusers' rows (eager and torch.compile'd) run in the same process: --diffusers-compiled auto.
-    python3 -m ddpmrt.export bench --random-weights cifar10 --batch 1,64,256 --steps 50 --runs 5 --warmup 2 \
+    batches=${3:-1,64,256}
+    python3 -m ddpmrt.export bench --random-weights cifar10 --batch "$batches" --steps 50 --runs 5 --warmup 2 \
       --backends torch-cuda-graph,inductor-cuda,onnxruntime-cuda,tensorrt --out /tmp/bench-cifar10 --quiet
-    keep /tmp/bench-cifar10 bench-cifar10-ddim50
+    keep /tmp/bench-cifar10 "bench-cifar10-ddim50-batch${batches//,/-}"
     ;;
   report)
     for model in digits shapes; do
