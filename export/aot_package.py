@@ -2,7 +2,7 @@
 
     build_aot_package(source, out.pt2, device, precision, profile)  ->  out.pt2 + out.pt2.json
 
-The U-Net (its native form) is exported by torch.export with a dynamic batch and compiled by
+The U-Net (its native form, time shifts precomputed) is exported by torch.export with a dynamic batch and compiled by
 AOTInductor into a self-contained package for one device kind (cpu or cuda): a new process
 loads it in milliseconds with no tracing or compiling, which is what low-latency users start
 with.  The package takes x and returns ε in fp32, whatever precision it computes in.  Its
@@ -74,6 +74,7 @@ def build_aot_package(source, out: Path, device: str, precision: str, profile: B
     module = source.eps_module().eval()
     if hasattr(source.module, "set_execution_form"):
         source.module.set_execution_form("native")
+        source.module.precompute_time_table(source.metadata.schedule.num_train_timesteps)
     module = module.to(device=device, dtype=dtype)
     if device == "cuda" and dtype != torch.float32:
         module = module.to(memory_format=torch.channels_last)

@@ -67,6 +67,40 @@ def test_fp32_math_scopes_tf32():
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
+def test_the_unet_runs_with_its_time_shifts_looked_up():
+    # Per call, the time MLP and the ResBlocks' projections are one row lookup (on a GPU at batch 1
+    # those matrix products are separate kernels in every step), and ε is what the plain module gives.
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ddpmrt.export.unet import UNet, get_config
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(5)
+    plain = UNet(get_config("tiny")).eval()
+    reference = UNet(get_config("tiny")).eval()
+    reference.load_state_dict(plain.state_dict())
+    schedule = NoiseSchedule.linear(1000)
+    model = TorchModel(plain, schedule, (1, 16, 16), "cpu", precision="fp32")
+    assert model.module.time_table.shape[0] == schedule.num_train_timesteps
+    x, t = np.random.default_rng(1).standard_normal((3, 1, 16, 16)).astype(np.float32), np.array([0, 333, 999])
+    with CountOps() as counted:
+        eps = model(x, t)
+    assert counted.ops["index"] == 1 and not {"addmm", "mm", "linear", "sin"} & set(counted.ops)
+    with torch.no_grad():
+        expected = reference.set_execution_form("native")(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    np.testing.assert_allclose(eps, expected, atol=1e-5)
+
+
 def test_a_checkpoint_on_cuda_runs_on_inductor_by_default(monkeypatch):
     # What load_model(..., device="cuda") and `ddpmrt sample --device cuda` pick, checked without a GPU.
     from ddpmrt.engine.backends import torch_backend

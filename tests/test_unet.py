@@ -90,3 +90,46 @@ def test_reduced_precision_forms_stay_close_to_the_fp32_reference(form, dtype):
 def test_unknown_execution_form():
     with pytest.raises(ValueError, match="unknown execution form"):
         UNet(get_config("tiny")).set_execution_form("fast")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_precomputed_time_table_gives_the_computed_shifts(name):
+    torch.manual_seed(3)
+    cfg = get_config(name)
+    model = UNet(cfg).eval()
+    x, t = torch.randn(3, cfg.image_channels, cfg.image_size, cfg.image_size), torch.tensor([0, 421, 999])
+    with torch.no_grad():
+        computed = model(x, t)
+        model.precompute_time_table(1000)
+        looked_up = model(x, t)
+    widths = [block.temb_proj.out_features for block in model.modules() if block.__class__.__name__ == "ResBlock"]
+    assert model.time_table.shape == (1000, sum(widths))
+    assert (looked_up - computed).abs().max() < 1e-5 * computed.abs().max()
+    # The table is derived, never saved: a checkpoint written from this module has the same keys.
+    assert "time_table" not in model.state_dict()
+    assert model.precompute_time_table(None).time_table is None
+
+
+def test_the_time_table_is_the_models_own_shifts():
+    # A table that ignored the weights (or the block order) would still have the right shape:
+    # every row must be the shifts the blocks compute for that t, in call order.
+    torch.manual_seed(4)
+    model = UNet(get_config("tiny")).eval()
+    t = torch.tensor([7, 640])
+    with torch.no_grad():
+        expected = torch.cat(model.time_shifts(t), dim=1)
+        model.precompute_time_table(1000)
+        rows = torch.cat(model.time_shifts(t), dim=1)
+        model.temb[0].weight.mul_(2)  # new weights: the table must be recomputed to see them
+        stale = torch.cat(model.time_shifts(t), dim=1)
+        fresh = torch.cat(model.precompute_time_table(1000).time_shifts(t), dim=1)
+    torch.testing.assert_close(rows, expected, atol=1e-6, rtol=0)
+    assert torch.equal(stale, rows) and not torch.allclose(fresh, rows, atol=1e-3)
+
+
+def test_the_time_table_follows_the_modules_dtype():
+    model = UNet(get_config("tiny")).eval().precompute_time_table(1000).to(torch.float16)
+    assert model.time_table.dtype == torch.float16
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float16)
+    with torch.no_grad():
+        assert model(x, torch.tensor([1, 2])).dtype == torch.float16

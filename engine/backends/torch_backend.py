@@ -88,7 +88,8 @@ class TorchModel:
                graph per batch size); on CUDA the whole sampling loop is then captured as one CUDA
                graph per (batch, steps) unless the fused kernel cannot be loaded.
     A module with `set_execution_form` (ddpmrt's U-Net) runs in its "native" form: PyTorch's own
-    fp16 GroupNorm and scaled_dot_product_attention kernels.
+    fp16 GroupNorm and scaled_dot_product_attention kernels, with its time shifts precomputed for
+    every training timestep (`precompute_time_table`).
     """
 
     backend = "torch"
@@ -110,6 +111,9 @@ class TorchModel:
         self.module = module.to(self.device).eval()
         if hasattr(self.module, "set_execution_form"):
             self.module.set_execution_form("native")
+        if hasattr(self.module, "precompute_time_table"):
+            # Time shifts for every t computed once, in fp32 before any cast: a row lookup per call.
+            self.module.precompute_time_table(schedule.num_train_timesteps)
         if compute_dtype != torch.float32:
             self.module = self.module.to(compute_dtype)
             if on_cuda:  # NHWC weights: the tensor-core path for convolutions
