@@ -12,13 +12,15 @@
 #                                                   # against diffusers fp16 eager and + torch.compile, one run
 #   bash benchmarks/gpu_session.sh bench   "$OUT" 1 # the same for the batches named (if one call would pass the
 #                                                   # device tool's 10 minutes: `1`, then `64,256`, each its own run)
+#   bash benchmarks/gpu_session.sh levers  "$OUT"   # the inductor U-Net's execution choices one against another
+#                                                   # (benchmarks/unet_levers.py: time-shift table, cuDNN search)
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
 #
 # The device image has PyTorch, cuda-python and NVRTC but not diffusers: carry its wheel in .whl
 # (see benchmarks/README.md); the script installs .whl/*.whl and ddpmrt itself into /tmp/site.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh tests|kernels|bench|report OUTDIR [BATCHES]}
-out=${2:?usage: gpu_session.sh tests|kernels|bench|report OUTDIR [BATCHES]}
+part=${1:?usage: gpu_session.sh tests|kernels|bench|levers|report OUTDIR [BATCHES]}
+out=${2:?usage: gpu_session.sh tests|kernels|bench|levers|report OUTDIR [BATCHES]}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} DDPMRT_CACHE_DIR=/tmp/ddpmrt-cache
 # Every part starts from an empty Inductor cache, so compile times are cold ones.
@@ -61,6 +63,9 @@ case "$part" in
       --backends torch-cuda-graph,inductor-cuda,onnxruntime-cuda,tensorrt --out /tmp/bench-cifar10 --quiet
     keep /tmp/bench-cifar10 "bench-cifar10-ddim50-batch${batches//,/-}"
     ;;
+  levers)
+    python3 benchmarks/unet_levers.py --batch "${3:-1,64,256}" --out "$out/unet-levers.json"
+    ;;
   report)
     for model in digits shapes; do
       python3 -m ddpmrt.export report "$model" --backend torch --device cuda --samplers full --samples 500 \
@@ -69,7 +74,7 @@ case "$part" in
     done
     ;;
   *)
-    echo "unknown part $part: use tests, kernels, bench or report" >&2
+    echo "unknown part $part: use tests, kernels, bench, levers or report" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,167 @@
+"""What each execution choice of the compiled U-Net is worth, measured one against another in one run.
+
+    python benchmarks/unet_levers.py --out benchmarks/results/unet-levers-<gpu>-<date>.json
+    python benchmarks/unet_levers.py --device cpu --config tiny --batch 1 --runs 3   # the script itself, on the CPU
+
+Why: issue 10 asks for 1.5x diffusers + torch.compile at batch 1, 64 and 256, and the levers that
+could get there cost reproducibility or start-up, so each is measured before it becomes a default.
+Every variant runs the cifar10 U-Net (random weights) on the inductor backend, a fresh model each:
+
+- lookup:   the ResBlocks' time shifts looked up in a precomputed table (the default) against
+            `computed` (the MLP and one projection per ResBlock in every step);
+- cudnn:    cuDNN's algorithm search (`torch.backends.cudnn.benchmark`) against its heuristics.
+            Off by default: the search picks by timing, so two processes may pick differently
+            and round differently (CUDA only).
+
+On CUDA each variant samples DDIM-50 through the device loop, captured as one CUDA graph
+(`profile_device_loop`: ms per image, device ms per step, medians after warm-up); on the CPU it
+times one network call (host path).  Every variant's ε at one input is compared with the first
+variant's: a lever must not change the result beyond its precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpmrt.engine import DDIMSampler, NoiseSchedule
+from ddpmrt.engine.backends.torch_backend import TorchModel
+from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.profiling import environment, profile_device_loop, summarize
+from ddpmrt.export.unet import UNet, get_config
+
+# name: (time shifts looked up, cuDNN algorithm search)
+VARIANTS = {
+    "lookup": (True, False),
+    "computed": (False, False),
+    "lookup+cudnn-search": (True, True),
+}
+
+
+def make_model(config: str, device: str, lookup: bool, compile: bool) -> TorchModel:
+    torch.manual_seed(0)  # the same random weights for every variant
+    cfg = get_config(config)
+    schedule = NoiseSchedule.linear(1000)
+    model = TorchModel(UNet(cfg), schedule, (cfg.image_channels, cfg.image_size, cfg.image_size), device,
+                       compile=compile, cuda_graph=device == "cuda")
+    if not lookup:
+        model.module.precompute_time_table(None)
+    return model
+
+
+@contextlib.contextmanager
+def cudnn_search(on: bool):
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def reference_eps(model: TorchModel, batch: int) -> np.ndarray:
+    """ε at a fixed input and t = 500, through the host path (it compiles the batch if needed)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, *model.image_shape)).astype(np.float32)
+    return model(x, np.full(batch, 500))
+
+
+def time_host_calls(model: TorchModel, batch: int, runs: int, warmup: int) -> dict:
+    x = np.random.default_rng(2).standard_normal((batch, *model.image_shape)).astype(np.float32)
+    t = np.full(batch, 500)
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        model(x, t)
+        if i >= warmup:
+            times.append(1e3 * (time.perf_counter() - start))
+    return {"ms_per_call": summarize(times)}
+
+
+def run(args) -> dict:
+    on_cuda = args.device == "cuda"
+    names = args.variants.split(",")
+    for name in names:
+        if name not in VARIANTS:
+            sys.exit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        if VARIANTS[name][1] and not on_cuda:
+            sys.exit(f"variant {name} searches cuDNN algorithms and needs --device cuda; drop it on the CPU")
+    rows = []
+    for batch in args.batches:
+        first_eps = None
+        for name in names:
+            lookup, search = VARIANTS[name]
+            with cudnn_search(search):
+                start = time.perf_counter()
+                model = make_model(args.config, args.device, lookup, compile=not args.eager)
+                eps = reference_eps(model, batch)
+                row = {"variant": name, "batch": batch, "time_shifts": "looked up" if lookup else "computed",
+                       "cudnn_benchmark": search, "first_call_s": time.perf_counter() - start}
+                if on_cuda:
+                    sampler = DDIMSampler(model.schedule, args.steps)
+                    result = profile_device_loop(model, sampler, batch, runs=args.runs, warmup=args.warmup)
+                    row.update({key: result[key] for key in ("ms_per_image", "gpu_ms_per_step", "host_ms_per_step")})
+                    row["graph_nodes"] = (result.get("graph") or {}).get("nodes")
+                else:
+                    row.update(time_host_calls(model, batch, args.runs, args.warmup))
+            if first_eps is None:
+                first_eps = eps
+            row["max_abs_eps_difference_to_first"] = float(np.abs(eps - first_eps).max())
+            rows.append(row)
+            print(json.dumps({k: (v["median"] if isinstance(v, dict) and "median" in v else v) for k, v in row.items()}),
+                  flush=True)
+            del model
+            if on_cuda:
+                torch.cuda.empty_cache()
+    return {"what": "unet_levers", "config": args.config, "device": args.device, "steps": args.steps,
+            "compiled": not args.eager, "runs": args.runs, "warmup": args.warmup,
+            "timing": ("DDIM loop as one CUDA graph: wall clock per image, CUDA events per step" if on_cuda
+                       else "one host call, wall clock"),
+            "rows": rows, "speedups": speedups(rows), "environment": environment(torch.get_num_threads())}
+
+
+def speedups(rows: list[dict]) -> dict:
+    """Per batch: each variant's median time over the first variant's (below 1 is faster)."""
+    key = "ms_per_image" if "ms_per_image" in rows[0] else "ms_per_call"
+    out = {}
+    for row in rows:
+        first = next(r for r in rows if r["batch"] == row["batch"])
+        out.setdefault(str(row["batch"]), {})[row["variant"]] = row[key]["median"] / first[key]["median"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="cifar10")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--batch", default="1,64,256", help="comma-separated batch sizes")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per loop (CUDA)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, the first is the baseline")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--eager", action="store_true", help="do not compile (the torch backend's eager module)")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    try:
+        args.batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        sys.exit(f"--batch {args.batch!r}: give comma-separated integers such as 1,64,256")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: PyTorch sees no CUDA GPU; run on the GPU machine or pass --device cpu")
+    report = run(args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(args.out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report["speedups"]))
+
+
+if __name__ == "__main__":
+    main()

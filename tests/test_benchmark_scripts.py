@@ -1,0 +1,33 @@
+"""The benchmark scripts that run on the GPU machine, run here on the CPU so they do not rot unseen."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_unet_levers_compares_variants_on_the_same_weights(tmp_path):
+    out = tmp_path / "levers.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
+                             "tiny", "--batch", "1,3", "--variants", "lookup,computed", "--runs", "2", "--warmup", "1",
+                             "--eager", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(r["batch"], r["variant"]) for r in report["rows"]] == [(1, "lookup"), (1, "computed"), (3, "lookup"),
+                                                                      (3, "computed")]
+    # The same weights in every variant: the time-shift table changes rounding only.
+    assert all(r["max_abs_eps_difference_to_first"] < 1e-5 for r in report["rows"])
+    assert report["speedups"]["3"]["lookup"] == 1.0 and report["speedups"]["3"]["computed"] > 0
+    assert report["rows"][0]["ms_per_call"]["n"] == 2 and report["environment"]["torch"]
+
+
+def test_unet_levers_refuses_a_cuda_only_variant_on_the_cpu():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
+                             "tiny", "--variants", "lookup+cudnn-search"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "needs --device cuda" in result.stderr and "Traceback" not in result.stderr
