@@ -253,7 +253,7 @@ class UNet(nn.Module):
         """Compute every ResBlock's time shift for t = 0 .. num_timesteps-1 once; calls then look rows up.
 
         The shifts depend on t alone, and a sampler visits at most the schedule's T timesteps.  Per
-        call the MLP and the projections (25 small matrix products for cifar10) become one gather,
+        call the MLP and the projections (24 small matrix products for cifar10) become one gather,
         which a compiler fuses into the additions that use it: at batch 1 on a GPU those matrix
         products are separate, launch-bound kernels in every step.  The table (T × 4992 values for
         cifar10: 10 MB in fp16) is computed in the module's current dtype and follows later
