@@ -2,10 +2,10 @@
 
     build_aot_package(source, out.pt2, device, precision, profile)  ->  out.pt2 + out.pt2.json
 
-The U-Net (its native form, time shifts precomputed) is exported by torch.export with a dynamic batch and compiled by
-AOTInductor into a self-contained package for one device kind (cpu or cuda): a new process
-loads it in milliseconds with no tracing or compiling, which is what low-latency users start
-with.  The package takes x and returns ε in fp32, whatever precision it computes in.  Its
+The U-Net (its native form, time shifts precomputed) is exported by torch.export with a dynamic
+batch and compiled by AOTInductor into a self-contained package for one device kind (cpu or
+cuda): a new process loads it in milliseconds with no tracing or compiling, which is what
+low-latency users start with.  The package takes x and returns ε in fp32, whatever precision it computes in.  Its
 sidecar (`model.pt2.json`) carries the ddpmrt metadata, device, precision, batch range, torch
 version, the package's SHA-256 and its own checksum, like an engine's.
 """

@@ -243,7 +243,7 @@ class UNet(nn.Module):
         From the precomputed table when there is one (one row lookup), else computed: the
         sinusoidal embedding, the two-layer MLP, and one projection per ResBlock.
         """
-        if self.time_table is not None:
+        if self.time_table is not None and not self.training:  # training must reach the MLP's weights
             return list(self.time_table[t].split(self._shift_widths, dim=1))
         temb = self.temb(timestep_embedding(t, self.config.ch).to(self.conv_in.weight.dtype))
         temb = F.silu(temb)  # the same activation feeds every projection: computed once

@@ -133,3 +133,10 @@ def test_the_time_table_follows_the_modules_dtype():
     x = torch.randn(2, 1, 16, 16, dtype=torch.float16)
     with torch.no_grad():
         assert model(x, torch.tensor([1, 2])).dtype == torch.float16
+
+
+def test_training_ignores_the_time_table():
+    # A table is a snapshot of the weights: in training mode the MLP runs, so its weights get gradients.
+    model = UNet(get_config("tiny")).precompute_time_table(1000).train()
+    model(torch.randn(2, 1, 16, 16), torch.tensor([3, 4])).square().mean().backward()
+    assert model.temb[0].weight.grad is not None and model.temb[0].weight.grad.abs().sum() > 0
