@@ -14,13 +14,15 @@
 #                                                   # device tool's 10 minutes: `1`, then `64,256`, each its own run)
 #   bash benchmarks/gpu_session.sh levers  "$OUT"   # the inductor U-Net's execution choices one against another
 #                                                   # (benchmarks/unet_levers.py: time-shift table, cuDNN search)
+#   bash benchmarks/gpu_session.sh package "$OUT"   # the AOTInductor .pt2 (export-engine --flavour inductor): its
+#                                                   # build, rows at batch 1, 64, 256 and a fresh process's start
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
 #
 # The device image has PyTorch, cuda-python and NVRTC but not diffusers: carry its wheel in .whl
 # (see benchmarks/README.md); the script installs .whl/*.whl and ddpmrt itself into /tmp/site.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh tests|kernels|bench|levers|report OUTDIR [BATCHES]}
-out=${2:?usage: gpu_session.sh tests|kernels|bench|levers|report OUTDIR [BATCHES]}
+part=${1:?usage: gpu_session.sh tests|kernels|bench|levers|package|report OUTDIR [BATCHES]}
+out=${2:?usage: gpu_session.sh tests|kernels|bench|levers|package|report OUTDIR [BATCHES]}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} DDPMRT_CACHE_DIR=/tmp/ddpmrt-cache
 # Every part starts from an empty Inductor cache, so compile times are cold ones.
@@ -66,6 +68,13 @@ case "$part" in
   levers)
     python3 benchmarks/unet_levers.py --batch "${3:-1,64,256}" --out "$out/unet-levers.json"
     ;;
+  package)
+    # The other way to a start within 10 s: a package built ahead of time, loaded without compiling.
+    batches=${3:-1,64,256}
+    python3 -m ddpmrt.export bench --random-weights cifar10 --batch "$batches" --steps 50 --runs 5 --warmup 2 \
+      --backends inductor-package-cuda --no-diffusers --out /tmp/bench-package --quiet
+    keep /tmp/bench-package "bench-cifar10-package-batch${batches//,/-}"
+    ;;
   report)
     for model in digits shapes; do
       python3 -m ddpmrt.export report "$model" --backend torch --device cuda --samplers full --samples 500 \
@@ -74,7 +83,7 @@ case "$part" in
     done
     ;;
   *)
-    echo "unknown part $part: use tests, kernels, bench, levers or report" >&2
+    echo "unknown part $part: use tests, kernels, bench, levers, package or report" >&2
     exit 2
     ;;
 esac

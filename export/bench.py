@@ -8,7 +8,10 @@ the same sampler, steps, batch and threads, in the same process, twice: as shipp
 the best one line a user can add, `torch.compile(unet, mode="reduce-overhead", fullgraph=True)`
 (the `diffusers-compiled` rows, on a GPU by default).  The report gives both ratios.  Compiled
 backends also get their start-up: the time for a fresh process to its first image with an
-empty Inductor cache (cold) and with the cache the first one left (warm).
+empty Inductor cache (cold) and with the cache the first one left (warm).  The ahead-of-time
+packages (`inductor-package-cpu|cuda`, what `export-engine --flavour inductor` writes) are built
+in the run, only when named: their rows, their build time and the start of a process that loads
+the `.pt2`, the other way to a fast start.
 
 Writes bench.json (with the environment), bench.md and bench.png into the output directory.
 """
@@ -36,6 +39,8 @@ from ddpmrt.export.sources import from_checkpoint, from_diffusers
 
 BENCH_BACKENDS = ("torch-cpu", "inductor-cpu", "onnxruntime-cpu", "torch-cuda", "torch-cuda-graph", "inductor-cuda",
                   "onnxruntime-cuda", "tensorrt")
+# AOTInductor packages: an ahead-of-time build each (minutes for cifar10), so never part of "all".
+PACKAGE_BACKENDS = ("inductor-package-cpu", "inductor-package-cuda")
 DIFFUSERS_COMPILED = ("auto", "always", "never")
 # Dense fp16/bf16 tensor-core peak by GPU name (datasheets; shared/reference/anchors.md), for % of peak.
 # The first name that occurs in the device name wins; --peak-tflops overrides.
@@ -72,8 +77,11 @@ def _diffusers_schedule(schedule) -> dict:
     return {**args, "trained_betas": schedule.betas.tolist()}
 
 
-def _backends(checkpoint: Path, source, work: Path, threads: int, wanted=BENCH_BACKENDS) -> tuple[dict, dict]:
-    """name -> loaded model for every wanted backend that runs here; name -> why not, for the others."""
+def _backends(checkpoint: Path, source, work: Path, threads: int, wanted, packages: Path, batches) -> tuple[dict, dict]:
+    """name -> loaded model for every wanted backend that runs here; name -> why not, for the others.
+
+    Packages are built into `packages`, which must outlive the run: their start-up is measured
+    from the file at the end."""
     from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
     from ddpmrt.engine.cuda_runtime import device_compute_capability
 
@@ -120,6 +128,22 @@ def _backends(checkpoint: Path, source, work: Path, threads: int, wanted=BENCH_B
             models["tensorrt"] = load_model(plan, backend="tensorrt", cuda_graph=True)
         except UserError as exc:
             missing["tensorrt"] = str(exc)
+    for name in PACKAGE_BACKENDS:
+        if name not in wanted:
+            continue
+        device = name.rsplit("-", 1)[1]
+        if device == "cuda" and not torch.cuda.is_available():
+            missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
+            continue
+        from ddpmrt.export.aot_package import build_aot_package
+        from ddpmrt.export.engine_build import BatchProfile
+
+        # A source of its own: the build moves and casts the module it is given.  The precision is
+        # the device's default (fp16 on CUDA, fp32 on the CPU); batches from 1 (the start-up's) to the bench's largest.
+        package = packages / f"model-{device}.pt2"
+        build_aot_package(_source(checkpoint, "fp32"), package, device, "fp16" if device == "cuda" else "fp32",
+                          BatchProfile(1, max(batches), max(batches)))
+        models[name] = load_model(package, device=device)
     return models, missing
 
 
@@ -199,16 +223,17 @@ DDIMSampler(model.schedule, int(sys.argv[4])).sample(model, (1, *model.image_sha
 """
 
 
-def measure_startup(checkpoint: Path, backend: str, device: str, steps: int, threads: int) -> dict:
+def measure_startup(model: Path, backend: str, device: str, steps: int, threads: int) -> dict:
     """Seconds from starting a fresh process to its first image (batch 1, DDIM-`steps`), twice:
     cold (an empty Inductor cache) and warm (the cache the first process left): what a
-    low-latency user's second process pays."""
+    low-latency user's second process pays.  `model` is a checkpoint, or a `.pt2` package, which
+    needs no cache: its two processes show that loading it compiles nothing."""
     times = {}
     with tempfile.TemporaryDirectory(prefix="ddpmrt-inductor-cache-") as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": str(threads)}
         for kind in ("cold", "warm"):
             start = time.perf_counter()
-            result = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT, str(checkpoint), backend, device, str(steps)],
+            result = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT, str(model), backend, device, str(steps)],
                                     env=env, capture_output=True, text=True)
             if result.returncode != 0:
                 last = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -236,8 +261,11 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     source = _source(checkpoint, "fp32")
     # This run's ONNX files and engines: exported afresh (never a stale file of other weights) and
     # read into memory by the backends as they load, so the folder goes once they are loaded.
+    # Packages stay on disk to the end, for their start-up (the folder also goes if the run fails:
+    # TemporaryDirectory removes it when the object is collected).
+    packages = tempfile.TemporaryDirectory(prefix="ddpmrt-bench-packages-")
     with tempfile.TemporaryDirectory(prefix="ddpmrt-bench-") as work:
-        models, missing = _backends(checkpoint, source, Path(work), threads, backends)
+        models, missing = _backends(checkpoint, source, Path(work), threads, backends, Path(packages.name), batches)
     if not models:
         raise UserError("none of the backends asked for runs here: "
                         + "; ".join(f"{name} {why}" for name, why in missing.items()))
@@ -280,9 +308,16 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
         startup_rows = []
         for name in startups:
             device = "cuda" if name.endswith("-cuda") else "cpu"
-            startup_rows.append({"backend": name, "batch": 1, "steps": steps,
-                                 **measure_startup(checkpoint, "inductor", device, steps, threads)})
+            row = {"backend": name, "batch": 1, "steps": steps}
+            model_file = checkpoint
+            if name in PACKAGE_BACKENDS:  # built once ahead of time, then loaded by every process
+                model_file = Path(models[name].source)
+                sidecar = json.loads(model_file.with_name(model_file.name + ".json").read_text(encoding="utf-8"))
+                row["build_s"] = sidecar["build_seconds"]
+            row.update(measure_startup(model_file, "inductor", device, steps, threads))
+            startup_rows.append(row)
             bar.update(1)
+    packages.cleanup()
     for row in results + diffusers_rows:
         seconds_per_image = row["ms_per_image"]["median"] / 1e3
         row["tflops"] = flops * steps / seconds_per_image / 1e12
@@ -367,11 +402,16 @@ def write_report(report: dict, out: Path) -> None:
     compiled = [d for d in report["diffusers"] if d.get("compiled")]
     if report.get("startup") or compiled:
         lines += ["", "Start-up: seconds from a fresh process to its first image (batch 1); cold with an empty "
-                  "Inductor cache, warm with the cache a first process left. diffusers-compiled: its first "
-                  "pipeline call in this process (compilation and CUDA-graph recording).", "",
-                  "| backend | cold start s | warm start s | first call s |", "| --- | --- | --- | --- |"]
-        lines += [f"| {r['backend']} | {r['cold_start_s']:.1f} | {r['warm_start_s']:.1f} | |" for r in report.get("startup", [])]
-        lines += [f"| {d['backend']} (batch {d['batch']}) | | | {_cell(d.get('first_run_s'), '.1f')} |" for d in compiled]
+                  "Inductor cache, warm with the cache a first process left. An inductor package is built once "
+                  "ahead of time (build s: `export-engine --flavour inductor`), then every process loads the "
+                  "`.pt2` (cold: the first after the build). diffusers-compiled: its first pipeline call in this "
+                  "process (compilation and CUDA-graph recording).", "",
+                  "| backend | build s | cold start s | warm start s | first call s |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['backend']} | {_cell(r.get('build_s'), '.1f')} | {r['cold_start_s']:.1f} | "
+                  f"{r['warm_start_s']:.1f} | |" for r in report.get("startup", [])]
+        lines += [f"| {d['backend']} (batch {d['batch']}) | | | | {_cell(d.get('first_run_s'), '.1f')} |"
+                  for d in compiled]
     graphed = [r for r in report["results"] if r.get("graph")]
     if graphed:
         lines += ["", "CUDA graphs replayed (one per batch and step count): what each holds, and the host's time in "

@@ -235,7 +235,7 @@ def _bench(ns: argparse.Namespace) -> None:
 
     from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.io import check_output_dir
-    from ddpmrt.export.bench import BENCH_BACKENDS, run_bench
+    from ddpmrt.export.bench import BENCH_BACKENDS, PACKAGE_BACKENDS, run_bench
     from ddpmrt.export.checkpoint import write_random_checkpoint
     from ddpmrt.export.sources import find_diffusers_unet
     from ddpmrt.export.unet import CONFIGS
@@ -243,9 +243,9 @@ def _bench(ns: argparse.Namespace) -> None:
     check_output_dir(ns.out)
     batches = _int_list(ns.batch, "--batch")
     backends = BENCH_BACKENDS if ns.backends == "all" else [b.strip() for b in ns.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BENCH_BACKENDS]
+    unknown = [b for b in backends if b not in BENCH_BACKENDS + PACKAGE_BACKENDS]
     if unknown or not backends:
-        raise UserError(f"--backends {ns.backends!r}: choose all or some of {', '.join(BENCH_BACKENDS)}")
+        raise UserError(f"--backends {ns.backends!r}: choose all or some of {', '.join(BENCH_BACKENDS + PACKAGE_BACKENDS)}")
     if ns.runs < 1 or ns.warmup < 0 or ns.steps < 1:
         raise UserError("--runs and --steps must be positive and --warmup non-negative")
     with tempfile.TemporaryDirectory() as tmp:
@@ -479,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default="1,8,64", help="batch sizes (default 1,8,64)")
     p.add_argument("--backends", default="all",
                    help="all (default: every one that runs here) or a list of torch-cpu, inductor-cpu, onnxruntime-cpu, "
-                        "torch-cuda, torch-cuda-graph, inductor-cuda, onnxruntime-cuda, tensorrt")
+                        "torch-cuda, torch-cuda-graph, inductor-cuda, onnxruntime-cuda, tensorrt; and, only by name "
+                        "(each is built in the run), inductor-package-cpu and inductor-package-cuda: an AOTInductor "
+                        ".pt2 as export-engine --flavour inductor writes it, with its build and start-up")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ddim (η=0, against DDIMPipeline; default) or ddpm (against DDPMPipeline)")
     p.add_argument("--steps", type=int_in(1, 100_000), default=20, help="sampler steps per loop (default 20)")
@@ -491,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time diffusers with torch.compile(unet, mode='reduce-overhead', fullgraph=True): "
                         "auto = on a GPU (default), always = on the CPU too, never")
     p.add_argument("--no-startup", action="store_true",
-                   help="skip the cold and warm start-up of the inductor backends (two fresh processes each)")
+                   help="skip the cold and warm start-up of the inductor backends and packages (two fresh "
+                        "processes each)")
     p.add_argument("--peak-tflops", type=real_in(0, 1e6, low_open=True), help="the device's dense peak for the %% of peak column "
                    "(default: the datasheet figure of a known GPU)")
     p.add_argument("--out", default="bench", help="report directory (default ./bench)")
