@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
-from ddpmrt.engine.io import atomic_write
-from ddpmrt.engine.kernels import FusedUpdate, run_params
+from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.gpu.kernels import FusedUpdate, image_keys, run_params
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.profiling import environment, summarize
 
@@ -46,26 +46,28 @@ def accuracy(kernel: FusedUpdate) -> list[dict]:
             sampler = make(clip)
             for eps_dtype in ("fp32", "fp16"):
                 for image_shape in ((3, 32, 32), (3, 5, 5)):
-                    n, seed = 4, 2024
+                    n, seeds = 4, (2024, 2024, 7, 7)  # two requests' images in one batch
                     rng = np.random.default_rng(1)
                     x = rng.standard_normal((n, *image_shape)).astype(np.float32)
                     eps = rng.standard_normal((n, *image_shape)).astype(np.float16 if eps_dtype == "fp16" else np.float32)
                     coeffs = _device_copy(sampler.coefficients.astype(np.float32))
-                    params = _device_copy(run_params(seed, 0, clip).view(np.uint8))
+                    params = _device_copy(run_params(clip).view(np.uint8))
+                    keys = _device_copy(image_keys(seeds, [0, 1, 0, 1]).view(np.uint8))
                     eps_dev, worst = _device_copy(eps), 0.0
                     for step in (0, 9, 19):
                         x_dev = _device_copy(x)
-                        kernel.update(x_dev.data_ptr(), eps_dev.data_ptr(), eps_dtype, coeffs.data_ptr(), params.data_ptr(),
-                                      step, sampler.num_steps, int(np.prod(image_shape)), n, stream=stream)
-                        noise = gaussian_noise(seed, np.arange(n), step, STREAM_STEP, image_shape)
+                        kernel.update(x_dev.data_ptr(), eps_dev.data_ptr(), eps_dtype, coeffs.data_ptr(), keys.data_ptr(),
+                                      params.data_ptr(), step, sampler.num_steps, int(np.prod(image_shape)), n,
+                                      stream=stream)
+                        noise = gaussian_noise(seeds, [0, 1, 0, 1], step, STREAM_STEP, image_shape)
                         expected = sampler.step(x, eps.astype(np.float32), step, noise=noise)
                         worst = max(worst, float(np.abs(x_dev.cpu().numpy() - expected).max()))
                     rows.append({"sampler": name, "clip": clip, "eps_dtype": eps_dtype, "image_shape": list(image_shape),
                                  "max_abs_diff": worst})
     n, image_shape = 3, (3, 7, 9)
     x_dev = torch.empty((n, *image_shape), dtype=torch.float32, device="cuda")
-    params = _device_copy(run_params(11, 0).view(np.uint8))
-    kernel.initial_noise(x_dev.data_ptr(), params.data_ptr(), int(np.prod(image_shape)), n, stream=stream)
+    keys = _device_copy(image_keys(11, np.arange(n)).view(np.uint8))
+    kernel.initial_noise(x_dev.data_ptr(), keys.data_ptr(), int(np.prod(image_shape)), n, stream=stream)
     diff = np.abs(x_dev.cpu().numpy() - gaussian_noise(11, np.arange(n), 0, STREAM_INITIAL, image_shape)).max()
     rows.append({"sampler": "initial-noise", "image_shape": list(image_shape), "max_abs_diff": float(diff)})
     return rows
@@ -93,13 +95,15 @@ def bandwidth(kernel: FusedUpdate, elements: int, runs: int, warmup: int) -> dic
     x_half = torch.empty(count, device="cuda", dtype=torch.float16)
     ddpm = DDPMSampler(NoiseSchedule.linear(), 1000)
     coeffs = _device_copy(ddpm.coefficients.astype(np.float32))
-    params = _device_copy(run_params(0).view(np.uint8))
+    params = _device_copy(run_params(None).view(np.uint8))
+    keys = _device_copy(image_keys(0, np.arange(n)).view(np.uint8))
     stream = torch.cuda.current_stream().cuda_stream
     bytes_per_update = count * (4 + 2 + 4 + 2)  # read x, ε; write x, fp16 x
 
     def update(step):
-        return lambda: kernel.update(x.data_ptr(), eps.data_ptr(), "fp16", coeffs.data_ptr(), params.data_ptr(), step,
-                                     ddpm.num_steps, per_image, n, x_half_ptr=x_half.data_ptr(), stream=stream)
+        return lambda: kernel.update(x.data_ptr(), eps.data_ptr(), "fp16", coeffs.data_ptr(), keys.data_ptr(),
+                                     params.data_ptr(), step, ddpm.num_steps, per_image, n,
+                                     x_half_ptr=x_half.data_ptr(), stream=stream)
 
     src = torch.empty(bytes_per_update // 2, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)

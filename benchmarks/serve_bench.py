@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpmrt.engine.io import atomic_write, check_output_dir
+from ddpmrt.engine.artifacts.io import atomic_write, check_output_dir
 from ddpmrt.engine.profiling import environment
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.artifacts.io import atomic_write
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

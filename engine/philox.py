@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ddpmrt.engine import checks
+
 PHILOX_M0 = np.uint64(0xD2511F53)
 PHILOX_M1 = np.uint64(0xCD9E8D57)
 PHILOX_W0 = np.uint32(0x9E3779B9)  # key schedule: golden ratio
@@ -86,17 +88,12 @@ def _counters(num_elements: int, image_indices: np.ndarray, step: int, stream: i
 
 
 def _key(seed) -> tuple:
-    """(k0, k1) of one seed, or per-image (n, 1) arrays of a sequence of seeds."""
-    if np.ndim(seed) == 0:
-        seed = int(seed)
-        if not 0 <= seed < 2 ** 64:
-            raise ValueError(f"seed must lie in [0, 2^64), got {seed}")
+    """(k0, k1) of one seed, or per-image (n, 1) arrays of a sequence of seeds (checks.seeds checks them)."""
+    seed = checks.seeds(seed, 1 if np.ndim(seed) == 0 else len(np.asarray(seed, dtype=object).ravel()))
+    if isinstance(seed, int):
         return seed & 0xFFFFFFFF, seed >> 32
-    seeds = [int(s) for s in np.asarray(seed, dtype=object).ravel()]
-    if not all(0 <= s < 2 ** 64 for s in seeds):
-        raise ValueError("every seed must lie in [0, 2^64)")
-    return (np.array([s & 0xFFFFFFFF for s in seeds], np.uint32)[:, None],
-            np.array([s >> 32 for s in seeds], np.uint32)[:, None])
+    return (np.array([s & 0xFFFFFFFF for s in seed], np.uint32)[:, None],
+            np.array([s >> 32 for s in seed], np.uint32)[:, None])
 
 
 def gaussian_noise(seed: int, image_indices, step: int, stream: int, image_shape) -> np.ndarray:

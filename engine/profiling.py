@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from importlib import metadata
 import platform
 import statistics
 import sys
@@ -28,6 +29,11 @@ try:  # optional: NVTX ranges for Nsight Systems
     import nvtx as _nvtx
 except ImportError:
     _nvtx = None
+
+
+# The libraries a measurement may depend on, by distribution name (reported where installed).
+VERSIONED = ("onnxruntime", "onnxruntime-gpu", "openvino", "torch", "diffusers", "tensorrt", "tensorrt-rtx",
+             "cuda-python", "polygraphy")
 
 
 def nvtx_range(name: str):
@@ -72,7 +78,7 @@ class CudaTimer:
     """Elapsed GPU time between two CUDA events recorded on a stream (cuda-python, codes checked)."""
 
     def __init__(self):
-        from ddpmrt.engine.cuda_runtime import check, cudart
+        from ddpmrt.engine.gpu.cuda_runtime import check, cudart
 
         self._rt, self._check = cudart(), check
         self._start = check(self._rt.cudaEventCreate(), "cudaEventCreate")
@@ -91,7 +97,7 @@ class CudaTimer:
 def gpu_memory_used_mb() -> float | None:
     """Device memory in use now (total − free, all processes and the CUDA context included)."""
     try:
-        from ddpmrt.engine.cuda_runtime import check, cudart
+        from ddpmrt.engine.gpu.cuda_runtime import check, cudart
 
         free, total = check(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
     except Exception:
@@ -145,7 +151,7 @@ def profile_device_loop(model, sampler, batch: int, runs: int = 10, warmup: int 
     for key in rows[0]:
         result[key] = summarize(r[key] for r in rows)
     # What the replayed graph holds (nodes by type, one chain or not): the host's launch time depends on it.
-    result["graph"] = getattr(loop, "graph_shapes", {}).get((n, steps, True)) if graphed else None
+    result["graph"] = loop.graph_shape(n, steps) if graphed else None
     result["peak_rss_mb"] = peak_rss_mb()
     result["gpu_memory_used_mb"] = gpu_memory_used_mb()
     torch = sys.modules.get("torch")
@@ -183,20 +189,15 @@ def environment(threads: int | None = None) -> dict:
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
            "platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads,
            "numpy": np.__version__}
-    for module in ("onnxruntime", "torch", "diffusers", "tensorrt", "tensorrt_rtx"):
-        if module in sys.modules or _importable(module):
-            try:
-                env[module] = __import__(module).__version__
-            except Exception:
-                pass
+    # Versions from the installed distributions' metadata: importing torch, diffusers or TensorRT
+    # just to read a version would cost seconds and load them into an embedded user's process.
+    for distribution in VERSIONED:
+        try:
+            env[distribution.replace("-", "_")] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            pass
     env["gpu"] = _gpu()
     return env
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def _cpu_name() -> str:

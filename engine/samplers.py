@@ -133,9 +133,9 @@ class Sampler:
         `stage(name)`, if given, returns a context manager wrapped around each "network" call
         and each "update" (noise and step): the profiler's hook.
 
-        A GPU model (one with a `device_loop`: TensorRT, torch on CUDA) runs the whole loop on
-        the device with the fused kernel (engine/device_loop.py) when the images are a
-        contiguous range and no stage hook asks for per-step host timing.
+        A GPU model (one whose `device_loop` is not None: TensorRT, torch on CUDA) runs the whole
+        loop on the device with the fused kernel (engine/gpu/device_loop.py), per-image seeds and
+        image indices included, unless a stage hook asks for per-step host timing.
         """
         n, image_shape = checks.sample_shape(shape, getattr(model, "image_shape", None))
         seed = checks.seeds(seed, n)
@@ -144,13 +144,9 @@ class Sampler:
             x_T = as_images(x_T, "x_T", (n, *image_shape))
         if hasattr(model, "check_batch"):  # engines with fixed batch ranges say so before any work
             model.check_batch(n)
-        first = int(image_indices[0])
-        # The device loop, where the model has one; a stage hook asks for the host loop's per-step timing,
-        # and one seed per image (a served batch of several requests) is a host-loop feature too.
-        if stage is None and np.ndim(seed) == 0 and np.array_equal(image_indices, first + np.arange(n)):
-            loop = getattr(model, "device_loop", None)
-            if loop is not None:
-                return loop.sample(self, n, seed=seed, first_image=first, x_T=x_T)
+        loop = getattr(model, "device_loop", None) if stage is None else None
+        if loop is not None:
+            return loop.sample(self, n, seed=seed, image_indices=image_indices, x_T=x_T)
         stage = stage or _no_stage
         x = gaussian_noise(seed, image_indices, 0, STREAM_INITIAL, image_shape) if x_T is None else x_T.copy()
         for i in tqdm(range(self.num_steps), desc=type(self).__name__, disable=not progress, leave=False):

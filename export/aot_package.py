@@ -12,17 +12,16 @@ version, the package's SHA-256 and its own checksum, like an engine's.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ddpmrt.engine import __version__
+from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.artifacts.sidecar import PACKAGE, cached_sidecar, write_sidecar
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.integrity import json_seal_matches, seal_json, sha256_file
-from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.version import __version__
 from ddpmrt.export.engine_build import BatchProfile
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -50,7 +49,6 @@ class _Fp32Io(torch.nn.Module):
 def build_aot_package(source, out: Path, device: str, precision: str, profile: BatchProfile,
                       force: bool = False) -> PackageResult:
     out = Path(out)
-    sidecar_file = out.with_name(out.name + ".json")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r} for an inductor package; choose one of {', '.join(PRECISIONS)}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -60,14 +58,9 @@ def build_aot_package(source, out: Path, device: str, precision: str, profile: B
         raise UserError("an fp16 inductor package needs --device cuda; on the CPU use --precision fp32 or bf16")
     key = {"source_sha256": source.metadata.source_sha256, "device": device, "precision": precision,
            "profile": [profile.min, profile.opt, profile.max], "torch": torch.__version__, "ddpmrt": __version__}
-    if not force and out.is_file() and sidecar_file.is_file():
-        try:
-            existing = json.loads(sidecar_file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            existing = {}
-        if (isinstance(existing, dict) and existing.get("cache_key") == key and json_seal_matches(existing)
-                and existing.get("package_sha256") == sha256_file(out)):
-            return PackageResult(out, existing, 0.0, cached=True)
+    existing = None if force else cached_sidecar(out, PACKAGE, key)
+    if existing is not None:
+        return PackageResult(out, existing, 0.0, cached=True)
 
     start = time.perf_counter()
     dtype = PRECISIONS[precision]
@@ -95,20 +88,14 @@ def build_aot_package(source, out: Path, device: str, precision: str, profile: B
         finally:
             staging.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
-    sidecar = seal_json({
-        "format": "ddpmrt-aoti-1",
+    sidecar = write_sidecar(out, PACKAGE, {
         "metadata": source.metadata.to_strings(),
         "device": device,
         "precision": precision,
         "io": "fp32",
         "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
         "torch_version": torch.__version__,
-        "package_bytes": out.stat().st_size,
-        "package_sha256": sha256_file(out),
         "build_seconds": round(seconds, 2),
-        "ddpmrt_version": __version__,
         "cache_key": key,
     })
-    with atomic_write(sidecar_file) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return PackageResult(out, sidecar, seconds, cached=False)

@@ -31,7 +31,7 @@ import torch
 
 from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
@@ -83,7 +83,7 @@ def _backends(checkpoint: Path, source, work: Path, threads: int, wanted, packag
     Packages are built into `packages`, which must outlive the run: their start-up is measured
     from the file at the end."""
     from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
-    from ddpmrt.engine.cuda_runtime import device_compute_capability
+    from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
 
     models, missing = {}, {}
     if "torch-cpu" in wanted:
@@ -115,7 +115,7 @@ def _backends(checkpoint: Path, source, work: Path, threads: int, wanted, packag
         missing["tensorrt"] = "needs an NVIDIA GPU and TensorRT or TensorRT-RTX"
     else:
         try:
-            from ddpmrt.engine.tensorrt_flavour import import_flavour
+            from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
             from ddpmrt.export.engine_build import BatchProfile, build_engine
             from ddpmrt.export.sources import sha256_file
 

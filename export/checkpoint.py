@@ -1,7 +1,7 @@
 """Checkpoint directories: what a trained model is on disk.
 
     config.json         model config, schedule, image shape, data statistics, training arguments, version,
-                        the weights' SHA-256 and its own checksum (engine/integrity.py)
+                        the weights' SHA-256 and its own checksum (engine/artifacts/integrity.py)
     model.safetensors   the EMA weights (what sampling and export use)
     training_state.pt   model, EMA, optimizer, scaler and RNG states plus the step: for --resume
 
@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from ddpmrt.engine import __version__
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.integrity import CHECKSUM_KEY, json_seal_matches, seal_json, sha256_file
-from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.artifacts.integrity import CHECKSUM_KEY, json_seal_matches, seal_json, sha256_file
+from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.unet import UNet, UNetConfig
 

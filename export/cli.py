@@ -54,7 +54,7 @@ THREADS = int_in(1, MAX_THREADS)
 
 
 def _train(ns: argparse.Namespace) -> None:
-    from ddpmrt.engine.io import check_output_dir
+    from ddpmrt.engine.artifacts.io import check_output_dir
     from ddpmrt.export.train import TrainArgs, train
 
     check_output_dir(ns.out)
@@ -64,7 +64,7 @@ def _train(ns: argparse.Namespace) -> None:
 
 def _sample(ns: argparse.Namespace) -> None:
     from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model, save_images
-    from ddpmrt.engine.io import check_output_file
+    from ddpmrt.engine.artifacts.io import check_output_file
 
     out = check_output_file(ns.out, (".png", ".npz"))
     if ns.batch < 1:
@@ -94,7 +94,7 @@ def _sample(ns: argparse.Namespace) -> None:
 
 def _description(ns: argparse.Namespace):
     """--schedule / --image-shape: what a model file without ddpmrt metadata cannot say itself."""
-    from ddpmrt.engine.metadata import parse_image_shape_arg, parse_schedule_arg
+    from ddpmrt.engine.artifacts.metadata import parse_image_shape_arg, parse_schedule_arg
 
     schedule = parse_schedule_arg(ns.schedule) if getattr(ns, "schedule", None) else None
     image_shape = parse_image_shape_arg(ns.image_shape) if getattr(ns, "image_shape", None) else None
@@ -121,7 +121,7 @@ def _batch_arg(text: str):
 
 
 def _export_onnx(ns: argparse.Namespace) -> None:
-    from ddpmrt.engine.io import check_output_file
+    from ddpmrt.engine.artifacts.io import check_output_file
     from ddpmrt.export.onnx_export import export_onnx
 
     out = check_output_file(ns.out, (".onnx",))
@@ -150,8 +150,8 @@ def _onnx_is_current(path: Path, metadata, opset: int) -> bool:
 
 
 def _export_engine(ns: argparse.Namespace) -> None:
-    from ddpmrt.engine.io import check_output_file
-    from ddpmrt.engine.tensorrt_flavour import import_flavour
+    from ddpmrt.engine.artifacts.io import check_output_file
+    from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
     from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata, sidecar_path
     from ddpmrt.export.sources import sha256_file
 
@@ -199,7 +199,7 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
     """export-engine --flavour inductor: an AOTInductor .pt2 and its sidecar (export/aot_package.py)."""
     import torch
 
-    from ddpmrt.engine.io import check_output_file
+    from ddpmrt.engine.artifacts.io import check_output_file
     from ddpmrt.export.aot_package import build_aot_package
     from ddpmrt.export.engine_build import BatchProfile
 
@@ -234,7 +234,7 @@ def _bench(ns: argparse.Namespace) -> None:
     import tempfile
 
     from ddpmrt.engine.backends import resolve_model_path
-    from ddpmrt.engine.io import check_output_dir
+    from ddpmrt.engine.artifacts.io import check_output_dir
     from ddpmrt.export.bench import BENCH_BACKENDS, PACKAGE_BACKENDS, run_bench
     from ddpmrt.export.checkpoint import write_random_checkpoint
     from ddpmrt.export.sources import find_diffusers_unet
@@ -271,7 +271,7 @@ def _bench(ns: argparse.Namespace) -> None:
 
 def _report(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.backends import resolve_model_path
-    from ddpmrt.engine.io import check_output_dir
+    from ddpmrt.engine.artifacts.io import check_output_dir
     from ddpmrt.engine.samplers import SPACINGS
     from ddpmrt.export.report import parse_samplers, run_report
 
@@ -294,8 +294,8 @@ def _report(ns: argparse.Namespace) -> None:
 
 def _best_backend(flavour) -> tuple[str, str]:
     """TensorRT on a GPU with a flavour, else torch on CUDA, else ONNX Runtime on the CPU."""
-    from ddpmrt.engine.cuda_runtime import device_compute_capability
-    from ddpmrt.engine.tensorrt_flavour import RTX_TARGETS
+    from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
+    from ddpmrt.engine.backends.tensorrt_flavour import RTX_TARGETS
 
     capability = device_compute_capability()
     if capability is not None:
@@ -314,8 +314,8 @@ def _demo(ns: argparse.Namespace) -> None:
     import time
 
     from ddpmrt.engine.backends import resolve_model_path
-    from ddpmrt.engine.io import check_output_dir
-    from ddpmrt.engine.tensorrt_flavour import import_flavour
+    from ddpmrt.engine.artifacts.io import check_output_dir
+    from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
     from ddpmrt.export.report import QUICK, run_report
 
     start = time.perf_counter()

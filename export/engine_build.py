@@ -18,15 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ddpmrt.engine import __version__
-from ddpmrt.engine.cuda_runtime import device_compute_capability
+from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
+from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.artifacts.metadata import ModelMetadata
+from ddpmrt.engine.artifacts.sidecar import ENGINE, cached_sidecar, write_sidecar
+from ddpmrt.engine.backends.tensorrt_flavour import RTX_TARGETS, Flavour
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.integrity import check_onnx_metadata_is_sealed, json_seal_matches, read_onnx_bytes, seal_json, sha256_file
-from ddpmrt.engine.io import atomic_write
-from ddpmrt.engine.metadata import ModelMetadata
-from ddpmrt.engine.tensorrt_flavour import RTX_TARGETS, Flavour
-
-SIDECAR_SUFFIX = ".json"
+from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
+from ddpmrt.engine.version import __version__
 
 
 @dataclass(frozen=True)
@@ -54,10 +53,6 @@ class BatchProfile:
 
     def __str__(self) -> str:
         return str(self.min) if self.static else f"{self.min}:{self.opt}:{self.max}"
-
-
-def sidecar_path(plan: Path) -> Path:
-    return plan.with_name(plan.name + SIDECAR_SUFFIX)
 
 
 def parse_targets(text: str, flavour: Flavour) -> list[str]:
@@ -109,17 +104,12 @@ def _parse_onnx(flavour: Flavour, builder, network, logger, onnx_path: Path) -> 
 def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha256: str, flavour: Flavour,
                  profile: BatchProfile, targets: list[str], optimization_level: int | None = None,
                  force: bool = False) -> BuildResult:
-    plan, sidecar_file = Path(plan), sidecar_path(Path(plan))
+    plan = Path(plan)
     key = cache_key(onnx_sha256, flavour, profile, targets, optimization_level)
-    if not force and plan.is_file() and sidecar_file.is_file():
-        try:
-            existing = json.loads(sidecar_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            existing = {}
-        # A cache hit only for an intact pair: same key, sidecar and engine matching their checksums.
-        if (isinstance(existing, dict) and existing.get("cache_key") == key and json_seal_matches(existing)
-                and existing.get("engine_sha256") == sha256_file(plan)):
-            return BuildResult(plan, existing, 0.0, cached=True)
+    # A cache hit only for an intact pair: same key, sidecar and engine matching their checksums.
+    existing = None if force else cached_sidecar(plan, ENGINE, key)
+    if existing is not None:
+        return BuildResult(plan, existing, 0.0, cached=True)
     read_onnx_metadata(onnx_path, metadata.schedule, metadata.image_shape)  # never build from a damaged file
 
     trt = flavour.trt
@@ -157,8 +147,7 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
         with atomic_write(timing_cache_file) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
 
-    sidecar = {
-        "format": "ddpmrt-engine-1",
+    sidecar = write_sidecar(plan, ENGINE, {
         "metadata": metadata.to_strings(),
         "tensors": {"x": metadata.precision, "t": "int64", "eps": metadata.precision},
         "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max, "static": profile.static},
@@ -168,16 +157,10 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
         "optimization_level": optimization_level,
         "onnx": onnx_path.name,
         "onnx_sha256": onnx_sha256,
-        "engine_bytes": plan.stat().st_size,
-        "engine_sha256": sha256_file(plan),
         "build_seconds": round(seconds, 2),
         "built_with_gpu": list(device_compute_capability() or []),
-        "ddpmrt_version": __version__,
         "cache_key": key,
-    }
-    sidecar = seal_json(sidecar)
-    with atomic_write(sidecar_file) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    })
     return BuildResult(plan, sidecar, seconds, cached=False)
 
 

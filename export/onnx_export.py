@@ -10,7 +10,7 @@ in fp32 inside the module (unet.py says why), and so they do in the graph.
 
 `metadata_props` carries everything a runtime needs to sample (schedule, image shape,
 prediction type, precision, model config, source hash, version): see MODEL_METADATA_KEYS in
-ddpmrt.engine.metadata.  Every export validates itself against PyTorch in fp32.
+ddpmrt.engine.artifacts.metadata.  Every export validates itself against PyTorch in fp32.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_onnx_file
-from ddpmrt.engine.io import atomic_write
-from ddpmrt.engine.metadata import ModelMetadata
+from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_onnx_file
+from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.export.sources import EpsOnly
 
 # Validation targets (max, mean absolute error against PyTorch fp32 on the same inputs).
@@ -104,7 +104,7 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
             raise UserError(f"ONNX export failed: {str(exc).splitlines()[0][:300]}") from exc
         model = onnx.load(str(tmp))
         metadata.write_to(model)
-        seal = model.metadata_props.add()  # filled with the file's checksum once saved (engine/integrity.py)
+        seal = model.metadata_props.add()  # filled with the file's checksum once saved (engine/artifacts/integrity.py)
         seal.key, seal.value = ONNX_SEAL_KEY, PLACEHOLDER
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))

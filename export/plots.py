@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.artifacts.io import atomic_write
 
 
 def pyplot():

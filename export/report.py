@@ -21,7 +21,7 @@ from pathlib import Path
 from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model, make_grid, save_png, to_uint8
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
-from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.profiling import environment
 from ddpmrt.engine.samplers import DEFAULT_SPACING
 from ddpmrt.export.checkpoint import read_config
@@ -66,7 +66,7 @@ class ReportModels:
         self.schedule = source.metadata.schedule
         self.data = GaussianData.random((2, 2, 2), self.schedule, seed=3)
         if backend == "tensorrt":
-            from ddpmrt.engine.cuda_runtime import device_compute_capability
+            from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
 
             if device_compute_capability() is None:
                 raise UserError("report --backend tensorrt needs an NVIDIA GPU (it builds and runs engines for the "
@@ -93,7 +93,7 @@ class ReportModels:
         import torch  # noqa: F401  (the module below is torch)
 
         from ddpmrt.engine import __version__
-        from ddpmrt.engine.metadata import ModelMetadata
+        from ddpmrt.engine.artifacts.metadata import ModelMetadata
         from ddpmrt.export.quality import GaussianEpsModule
         from ddpmrt.export.sources import Source
 
@@ -109,7 +109,7 @@ class ReportModels:
         return load_model(path, backend="onnxruntime", device=self.device, threads=self.threads)
 
     def _engine(self, source, name: str, max_batch: int):
-        from ddpmrt.engine.tensorrt_flavour import import_flavour
+        from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
         from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets
         from ddpmrt.export.sources import sha256_file
 

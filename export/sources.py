@@ -15,8 +15,8 @@ import torch
 from ddpmrt.engine import __version__
 from ddpmrt.engine.backends import resolve_model_path
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.integrity import sha256_file
-from ddpmrt.engine.metadata import ModelMetadata
+from ddpmrt.engine.artifacts.integrity import sha256_file
+from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import WEIGHTS_FILE, load_unet
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ddpmrt.engine.backends.torch_backend import TorchModel
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.images import make_grid, save_png, to_uint8
-from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.samplers import DDIMSampler
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config

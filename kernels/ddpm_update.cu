@@ -4,21 +4,20 @@
 //     x0     = clamp(x0, -clip, clip)           if clip > 0
 //     x_prev = a * x0 + b * x_t + c * eps + sigma * z,   z from Philox (philox.h)
 //
-// This is engine/samplers.py's apply_update.  The coefficients (s0, s1, a, b, c, sigma) of every
-// step live in a device table and the run's seed, first image index and clip value in a small
-// device struct (RunParams), so one captured CUDA graph serves every run of that shape and step
-// count: a new sampler or seed is a copy into device memory, not a re-capture.  eps is read as
+// This is engine/samplers.py's apply_update (the per-element part is update_step.h).  The
+// coefficients (s0, s1, a, b, c, sigma) of every step live in a device table, each image's noise
+// key (seed, image index) in another, and the clip value in a small device struct, so one captured
+// CUDA graph serves every run of that shape and step count: a new sampler, seed, or mix of
+// requests with their own seeds is a copy into device memory, not a re-capture.  eps is read as
 // fp16 or fp32 (what the network wrote), x is updated in place in fp32, and an fp16 copy of
 // x_prev can be written for the next network input: the cast, the update and the noise that a
 // framework would launch as separate kernels.  12 bytes per element with fp16 eps: bandwidth-bound.
 //
 // The same source compiles with nvcc (CMake, C ABI below) and with NVRTC at run time (the
-// Python runtime), so it includes nothing but philox.h.
-#include "philox.h"
+// Python runtime), so it includes nothing but update_step.h and philox.h.
+#include "update_step.h"
 
 namespace ddpmrt {
-
-const int COEFFS_PER_STEP = 6;  // s0, s1, a, b, c, sigma
 
 __device__ __forceinline__ float half_to_float(unsigned short h) {
     float f;
@@ -32,48 +31,6 @@ __device__ __forceinline__ unsigned short float_to_half(float f) {
     return h;
 }
 
-struct Coefficients {
-    float s0, s1, a, b, c, sigma;
-};
-
-}  // namespace ddpmrt
-
-// What a run changes without changing the graph; 16 bytes in device memory.
-// Python mirrors this layout in engine/kernels.py (RUN_PARAMS_DTYPE).
-struct ddpmrt_run_params {
-    unsigned long long seed;   // Philox key
-    unsigned int first_image;  // image index of batch row 0 (counter word 1)
-    float clip;                // clip x0 to [-clip, clip]; 0 = no clipping
-};
-
-namespace ddpmrt {
-
-__device__ __forceinline__ float update_one(float xt, float e, float z, const Coefficients& k, float clip) {
-    float x0 = (xt - k.s1 * e) / k.s0;
-    if (clip > 0.0f) x0 = fminf(fmaxf(x0, -clip), clip);
-    return k.a * x0 + k.b * xt + k.c * e + k.sigma * z;
-}
-
-// Block g of the flattened batch: four consecutive elements of one image (one Philox call).
-struct Block {
-    unsigned int image, group, count;  // image in the batch, block in the image, valid lanes (1-4)
-    unsigned long long base;           // index of its first element in the batch
-};
-
-__device__ __forceinline__ Block block_at(unsigned long long g, unsigned int elements_per_image) {
-    const unsigned int groups_per_image = (elements_per_image + 3u) / 4u;
-    Block b;
-    b.image = (unsigned int)(g / groups_per_image);
-    b.group = (unsigned int)(g % groups_per_image);
-    b.count = min(4u, elements_per_image - 4u * b.group);
-    b.base = (unsigned long long)b.image * elements_per_image + 4ull * b.group;
-    return b;
-}
-
-__device__ __forceinline__ unsigned long long block_count(unsigned int elements_per_image, unsigned int n_images) {
-    return (unsigned long long)((elements_per_image + 3u) / 4u) * n_images;
-}
-
 }  // namespace ddpmrt
 
 // One thread per block of four elements of one image: the four normals of one Philox call.
@@ -82,14 +39,12 @@ __device__ __forceinline__ unsigned long long block_count(unsigned int elements_
 extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const void* __restrict__ eps,
                                                 unsigned short* __restrict__ x_half,
                                                 const float* __restrict__ coeff_table,
+                                                const ddpmrt_image_key* __restrict__ keys,
                                                 const ddpmrt_run_params* __restrict__ params, int step,
                                                 int eps_is_half, unsigned int elements_per_image,
                                                 unsigned int n_images, int vectorized) {
     using namespace ddpmrt;
-    const float* row = coeff_table + (long long)step * COEFFS_PER_STEP;
-    const Coefficients k = {row[0], row[1], row[2], row[3], row[4], row[5]};
-    const unsigned long long seed = params->seed;
-    const unsigned int first_image = params->first_image;
+    const Coefficients k = coefficients_at(coeff_table, step);
     const float clip = params->clip;
     const unsigned long long total = block_count(elements_per_image, n_images);
 
@@ -97,8 +52,8 @@ extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const voi
          g += (unsigned long long)gridDim.x * blockDim.x) {
         const Block b = block_at(g, elements_per_image);
         const unsigned long long base = b.base;
-        float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (k.sigma > 0.0f) normal4(seed, first_image + b.image, (unsigned int)step, STREAM_STEP, b.group, z);
+        float z[4];
+        step_noise(keys[b.image], (uint32_t)step, b.group, k, z);
 
         if (vectorized) {
             float4 xt = *reinterpret_cast<const float4*>(x + base);
@@ -140,17 +95,15 @@ extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const voi
 
 // x_T: standard normal noise from the STREAM_INITIAL stream, with an optional fp16 copy.
 extern "C" __global__ void ddpmrt_initial_noise_kernel(float* __restrict__ x, unsigned short* __restrict__ x_half,
-                                                       const ddpmrt_run_params* __restrict__ params,
+                                                       const ddpmrt_image_key* __restrict__ keys,
                                                        unsigned int elements_per_image, unsigned int n_images) {
     using namespace ddpmrt;
-    const unsigned long long seed = params->seed;
-    const unsigned int first_image = params->first_image;
     const unsigned long long total = block_count(elements_per_image, n_images);
     for (unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; g < total;
          g += (unsigned long long)gridDim.x * blockDim.x) {
         const Block b = block_at(g, elements_per_image);
         float z[4];
-        normal4(seed, first_image + b.image, 0u, STREAM_INITIAL, b.group, z);
+        normal4(keys[b.image].seed, keys[b.image].image, 0u, STREAM_INITIAL, b.group, z);
         for (unsigned int lane = 0; lane < b.count; ++lane) {
             x[b.base + lane] = z[lane];
             if (x_half) x_half[b.base + lane] = float_to_half(z[lane]);
@@ -172,7 +125,7 @@ extern "C" __global__ void ddpmrt_initial_noise_kernel(float* __restrict__ x, un
 
 enum DdpmrtStatus {
     DDPMRT_OK = 0,
-    DDPMRT_NULL_POINTER = 1,       // x, eps, the coefficient table or the run parameters is null
+    DDPMRT_NULL_POINTER = 1,       // x, eps, the coefficient table, the image keys or the run parameters is null
     DDPMRT_MISALIGNED = 2,         // x or the fp16 copy not aligned to its element size
     DDPMRT_UNSUPPORTED_DTYPE = 3,  // eps dtype other than fp32 (0) or fp16 (1)
     DDPMRT_BAD_SIZE = 4,           // zero images or elements, or a negative step
@@ -182,7 +135,7 @@ enum DdpmrtStatus {
 DDPMRT_API const char* ddpmrt_status_string(int status) {
     switch (status) {
         case DDPMRT_OK: return "ok";
-        case DDPMRT_NULL_POINTER: return "x, eps, the coefficient table and the run parameters must be device pointers";
+        case DDPMRT_NULL_POINTER: return "x, eps, the coefficient table, the image keys and the run parameters must be device pointers";
         case DDPMRT_MISALIGNED: return "x must be 4-byte aligned, eps and the fp16 copy aligned to their element size";
         case DDPMRT_UNSUPPORTED_DTYPE: return "eps dtype must be 0 (fp32) or 1 (fp16)";
         case DDPMRT_BAD_SIZE: return "element and image counts must be positive and the step non-negative";
@@ -198,12 +151,13 @@ static unsigned int grid_for(unsigned long long groups, int threads) {
     return (unsigned int)(blocks < 65535ull * 32 ? blocks : 65535ull * 32);  // grid-stride loop covers the rest
 }
 
-// eps_dtype: 0 fp32, 1 fp16.  x_half may be null.  coeff_table: (num_steps, 6) float32 and params: one
-// ddpmrt_run_params, both in device memory (read when the kernel runs, so a captured graph sees updates).
+// eps_dtype: 0 fp32, 1 fp16.  x_half may be null.  coeff_table: (num_steps, 6) float32, keys: one
+// ddpmrt_image_key per image and params: one ddpmrt_run_params, all in device memory (read when the
+// kernel runs, so a captured graph sees updates).
 DDPMRT_API int ddpmrt_update(float* x, const void* eps, int eps_dtype, void* x_half, const float* coeff_table,
-                             const ddpmrt_run_params* params, int step, unsigned int elements_per_image,
-                             unsigned int n_images, cudaStream_t stream) {
-    if (!x || !eps || !coeff_table || !params) return DDPMRT_NULL_POINTER;
+                             const ddpmrt_image_key* keys, const ddpmrt_run_params* params, int step,
+                             unsigned int elements_per_image, unsigned int n_images, cudaStream_t stream) {
+    if (!x || !eps || !coeff_table || !keys || !params) return DDPMRT_NULL_POINTER;
     if (eps_dtype != 0 && eps_dtype != 1) return DDPMRT_UNSUPPORTED_DTYPE;
     if (elements_per_image == 0 || n_images == 0 || step < 0) return DDPMRT_BAD_SIZE;
     const uintptr_t eps_size = eps_dtype ? 2 : 4;
@@ -213,20 +167,20 @@ DDPMRT_API int ddpmrt_update(float* x, const void* eps, int eps_dtype, void* x_h
     const unsigned long long groups = (unsigned long long)((elements_per_image + 3u) / 4u) * n_images;
     const int threads = 256;
     ddpmrt_update_kernel<<<grid_for(groups, threads), threads, 0, stream>>>(
-        x, eps, static_cast<unsigned short*>(x_half), coeff_table, params, step, eps_dtype, elements_per_image,
+        x, eps, static_cast<unsigned short*>(x_half), coeff_table, keys, params, step, eps_dtype, elements_per_image,
         n_images, vectorized);
     return cudaGetLastError() == cudaSuccess ? DDPMRT_OK : DDPMRT_LAUNCH_FAILED;
 }
 
-DDPMRT_API int ddpmrt_initial_noise(float* x, void* x_half, const ddpmrt_run_params* params,
+DDPMRT_API int ddpmrt_initial_noise(float* x, void* x_half, const ddpmrt_image_key* keys,
                                     unsigned int elements_per_image, unsigned int n_images, cudaStream_t stream) {
-    if (!x || !params) return DDPMRT_NULL_POINTER;
+    if (!x || !keys) return DDPMRT_NULL_POINTER;
     if (elements_per_image == 0 || n_images == 0) return DDPMRT_BAD_SIZE;
     if (!aligned(x, 4) || (x_half && !aligned(x_half, 2))) return DDPMRT_MISALIGNED;
     const unsigned long long groups = (unsigned long long)((elements_per_image + 3u) / 4u) * n_images;
     const int threads = 256;
     ddpmrt_initial_noise_kernel<<<grid_for(groups, threads), threads, 0, stream>>>(
-        x, static_cast<unsigned short*>(x_half), params, elements_per_image, n_images);
+        x, static_cast<unsigned short*>(x_half), keys, elements_per_image, n_images);
     return cudaGetLastError() == cudaSuccess ? DDPMRT_OK : DDPMRT_LAUNCH_FAILED;
 }
 #endif  // !__CUDACC_RTC__

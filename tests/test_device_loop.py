@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
-from ddpmrt.engine.cuda_runtime import graph_shape
-from ddpmrt.engine.device_loop import DeviceLoop
-from ddpmrt.engine.kernels import RUN_PARAMS_DTYPE
+from ddpmrt.engine.gpu.cuda_runtime import graph_shape
+from ddpmrt.engine.gpu.device_loop import DeviceLoop
+from ddpmrt.engine.gpu.device_loop import CapturedGraph, DeviceNetwork
+from ddpmrt.engine.gpu.kernels import IMAGE_KEY_DTYPE, RUN_PARAMS_DTYPE
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.samplers import apply_update
 
@@ -73,26 +74,30 @@ class EmulatedKernel:
     def __init__(self, gpu):
         self.gpu = gpu
 
-    def update(self, x_ptr, eps_ptr, eps_dtype, coeffs_ptr, params_ptr, step, num_steps, elements, n,
+    def update(self, x_ptr, eps_ptr, eps_dtype, coeffs_ptr, keys_ptr, params_ptr, step, num_steps, elements, n,
                x_half_ptr=0, stream=None):
         def run():
             params = view(params_ptr, RUN_PARAMS_DTYPE, 1)[0]
             row = view(coeffs_ptr, np.float32, num_steps * 6).reshape(num_steps, 6)[step]
             x = view(x_ptr, np.float32, n * elements)
             eps = view(eps_ptr, np.float16 if eps_dtype == "fp16" else np.float32, n * elements)
-            noise = gaussian_noise(int(params["seed"]), int(params["first_image"]) + np.arange(n), step, STREAM_STEP,
-                                   (elements,)).ravel()
+            noise = self.noise(keys_ptr, n, step, STREAM_STEP, elements)
             clip = float(params["clip"]) or None
             x[:] = apply_update(x, eps.astype(np.float32), row, clip, noise)
             if x_half_ptr:
                 view(x_half_ptr, np.float16, n * elements)[:] = x
         self.gpu.enqueue(run)
 
-    def initial_noise(self, x_ptr, params_ptr, elements, n, x_half_ptr=0, stream=None):
+    @staticmethod
+    def noise(keys_ptr, n, step, stream, elements):
+        """Each image's noise from its own key (seed, image index), as the kernel draws it."""
+        keys = view(keys_ptr, IMAGE_KEY_DTYPE, n)
+        return gaussian_noise(tuple(int(s) for s in keys["seed"]), keys["image"].astype(np.int64), step, stream,
+                              (elements,)).ravel()
+
+    def initial_noise(self, x_ptr, keys_ptr, elements, n, x_half_ptr=0, stream=None):
         def run():
-            params = view(params_ptr, RUN_PARAMS_DTYPE, 1)[0]
-            z = gaussian_noise(int(params["seed"]), int(params["first_image"]) + np.arange(n), 0, STREAM_INITIAL,
-                               (elements,)).ravel()
+            z = self.noise(keys_ptr, n, 0, STREAM_INITIAL, elements)
             view(x_ptr, np.float32, n * elements)[:] = z
             if x_half_ptr:
                 view(x_half_ptr, np.float16, n * elements)[:] = z
@@ -110,19 +115,25 @@ class EmulatedNetwork:
     image_shape = IMAGE_SHAPE
 
     def __init__(self, gpu, dtype=np.float16, function=eps_function):
-        self.gpu, self.input_dtype, self.function = gpu, np.dtype(dtype), function
-        self.eps_dtype = "fp16" if self.input_dtype == np.float16 else "fp32"
+        self.gpu, self.io_dtype, self.function = gpu, np.dtype(dtype), function
         self.buffers = {}
+        self.closed = False
 
     def stream_handle(self):
         return 0
 
+    def check_batch(self, n):
+        pass
+
+    def close(self):
+        self.closed = True
+
     def __call__(self, x, t):  # the host loop's model interface
-        return host_model(self.input_dtype)(x, t)
+        return host_model(self.io_dtype)(x, t)
 
     def _buffers(self, n):
         if n not in self.buffers:
-            size = n * int(np.prod(IMAGE_SHAPE)) * self.input_dtype.itemsize
+            size = n * int(np.prod(IMAGE_SHAPE)) * self.io_dtype.itemsize
             self.buffers[n] = (HostBuffer(size), HostBuffer(1000 * n * 8), HostBuffer(size))
         return self.buffers[n]
 
@@ -139,9 +150,9 @@ class EmulatedNetwork:
         count = n * int(np.prod(IMAGE_SHAPE))
 
         def run():
-            x = view(x_in.ptr, self.input_dtype, count).astype(np.float32).reshape(n, *IMAGE_SHAPE)
+            x = view(x_in.ptr, self.io_dtype, count).astype(np.float32).reshape(n, *IMAGE_SHAPE)
             t = view(t_table.ptr, np.int64, 1000 * n)[step * n:(step + 1) * n]
-            view(eps.ptr, self.input_dtype, count)[:] = self.function(x, t).ravel()
+            view(eps.ptr, self.io_dtype, count)[:] = self.function(x, t).ravel()
         self.gpu.enqueue(run)
         return eps.ptr
 
@@ -153,12 +164,23 @@ class EmulatedNetwork:
         finally:
             self.gpu.recording = None
         # As a capture from one stream records it: a chain of kernels.
-        self.last_graph_shape = graph_shape(["kernel"] * len(launches), [(i, i + 1) for i in range(len(launches) - 1)])
+        return RecordedLaunches(launches, graph_shape(["kernel"] * len(launches),
+                                                      [(i, i + 1) for i in range(len(launches) - 1)]))
 
-        def replay():
-            for launch in launches:
-                launch()
-        return replay
+
+class RecordedLaunches:
+    """A 'graph' on the host: the recorded launches, replayed with the arguments they were recorded with."""
+
+    def __init__(self, launches, shape):
+        self.launches, self.shape, self.closed = launches, shape, False
+
+    def launch(self):
+        assert not self.closed, "a closed graph was launched"
+        for launch in self.launches:
+            launch()
+
+    def close(self):
+        self.closed = True
 
 
 def host_model(dtype):
@@ -198,7 +220,7 @@ def test_graphs_are_keyed_by_batch_and_steps():
     assert loop.captures == 1 and gpu.launches == launches  # a replay enqueues nothing new
     copies = gpu.host_to_device
     loop.sample(DDIMSampler(SCHEDULE, 5, spacing="trailing"), 2, seed=4)
-    assert gpu.host_to_device == copies + 1  # same sampler, new seed: only the run parameters travel
+    assert gpu.host_to_device == copies + 2  # same sampler, new seed: only the image keys and run parameters travel
     loop.sample(DDIMSampler(SCHEDULE, 6), 2)
     loop.sample(DDIMSampler(SCHEDULE, 5), 4)
     assert loop.captures == 3
@@ -208,7 +230,7 @@ def test_first_image_and_caller_noise():
     loop, _ = make_loop()
     sampler = DDPMSampler(SCHEDULE, 8)
     whole = loop.sample(sampler, 4, seed=5)
-    tail = loop.sample(sampler, 2, seed=5, first_image=2)  # images 2 and 3 alone: the same images
+    tail = loop.sample(sampler, 2, seed=5, image_indices=[2, 3])  # images 2 and 3 alone: the same images
     np.testing.assert_allclose(tail, whole[2:], atol=1e-6)
     x_T = np.random.default_rng(0).standard_normal((2, *IMAGE_SHAPE)).astype(np.float32)
     expected = sampler.sample(host_model(np.float16), (2, *IMAGE_SHAPE), seed=5, x_T=x_T, progress=False)
@@ -293,3 +315,45 @@ def test_graph_shape_tells_a_chain_from_a_fork():
     assert fork_join["straight_line"] is False and fork_join["edges"] == 4
     assert graph_shape(["kernel", "kernel"], [])["straight_line"] is False  # two roots: two independent chains
     assert graph_shape([], []) == {"nodes": 0, "edges": 0, "types": {}, "straight_line": True}
+
+
+def test_a_batch_of_requests_with_their_own_seeds_runs_in_the_device_loop():
+    # A served batch: request A (seed 11, images 0-1) and request B (seed 5, images 0-2) in one call.
+    loop, gpu = make_loop(np.float16, cuda_graph=True)
+    net = loop.network
+    net.device_loop = loop
+    seeds, indices = (11, 11, 5, 5, 5), np.array([0, 1, 0, 1, 2])
+    for sampler in (DDPMSampler(SCHEDULE, 6, clip_sample=1.0), DDIMSampler(SCHEDULE, 6, eta=1.0)):
+        batched = sampler.sample(net, (5, *IMAGE_SHAPE), seed=seeds, image_indices=indices, progress=False)
+        # Each request's images are the ones it gets alone, on the host or on the device.
+        for seed, rows in ((11, slice(0, 2)), (5, slice(2, 5))):
+            alone = sampler.sample(host_model(np.float16), (rows.stop - rows.start, *IMAGE_SHAPE), seed=seed,
+                                   progress=False)
+            np.testing.assert_allclose(batched[rows], alone, atol=2e-5, rtol=1e-5)
+    assert loop.captures == 1  # both samplers and the seed mix replayed one graph
+
+
+def test_close_frees_graphs_and_buffers():
+    loop, _ = make_loop(cuda_graph=True)
+    loop.sample(DDIMSampler(SCHEDULE, 3), 2)
+    graph = loop._graphs[(2, 3, True)]
+    assert loop.graph_shape(2, 3) == graph.shape and loop.graph_shape(4, 3) is None
+    loop.close()
+    assert graph.closed and loop.graph_shape(2, 3) is None
+    loop.sample(DDIMSampler(SCHEDULE, 3), 2)  # usable again: a fresh capture
+    assert loop.captures == 2
+
+
+def test_every_gpu_backend_implements_the_device_network_contract():
+    from ddpmrt.engine.backends.tensorrt_backend import TensorRTModel, _TensorRTGraph
+    from ddpmrt.engine.backends.torch_backend import TorchModel, _TorchGraph
+
+    members = [name for name in dir(DeviceNetwork) if not name.startswith("_")]
+    for cls in (TensorRTModel, TorchModel):
+        missing = [name for name in members if name not in ("io_dtype", "image_shape") and not callable(getattr(cls, name, None))]
+        assert not missing, f"{cls.__name__} lacks {missing}"
+    for cls in (_TensorRTGraph, _TorchGraph):
+        assert callable(cls.launch) and callable(cls.close)
+    loop, _ = make_loop()
+    assert isinstance(loop.network, DeviceNetwork)
+    assert isinstance(loop.network.capture(lambda: None), CapturedGraph)

@@ -110,7 +110,7 @@ def originals(tmp_path_factory):
         import tensorrt_rtx  # noqa: F401
     except ImportError:
         return files
-    from ddpmrt.engine.tensorrt_flavour import import_flavour
+    from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
     from ddpmrt.export.engine_build import BatchProfile, build_engine
     from ddpmrt.export.sources import sha256_file
 

@@ -47,7 +47,7 @@ def _has_nvrtc() -> bool:
 @pytest.mark.skipif(not _has_nvrtc(), reason="needs NVRTC: pip install cuda-python nvidia-cuda-nvrtc")
 def test_nvrtc_compiles_and_caches(tmp_path, monkeypatch):
     from ddpmrt.engine.errors import UserError
-    from ddpmrt.engine.kernels import compile_update_kernel
+    from ddpmrt.engine.gpu.kernels import compile_update_kernel
 
     monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
     cubin = compile_update_kernel("sm_90")
@@ -63,7 +63,7 @@ def test_nvrtc_compiles_and_caches(tmp_path, monkeypatch):
 
 def test_nvrtc_target_picks_a_compatible_architecture():
     from ddpmrt.engine.errors import UserError
-    from ddpmrt.engine.kernels import nvrtc_target
+    from ddpmrt.engine.gpu.kernels import nvrtc_target
 
     supported = [75, 80, 86, 87, 89, 90, 100, 120]
     assert nvrtc_target("sm_90", supported, "13.0") == "sm_90"
@@ -78,7 +78,7 @@ def test_nvrtc_target_picks_a_compatible_architecture():
 
 
 def test_kernel_sources_ship_with_the_package():
-    from ddpmrt.engine.kernels import kernel_sources
+    from ddpmrt.engine.gpu.kernels import kernel_sources
 
     sources = kernel_sources()
     assert b"ddpmrt_update_kernel" in sources["ddpm_update.cu"] and b"philox4x32_10" in sources["philox.h"]
@@ -86,9 +86,9 @@ def test_kernel_sources_ship_with_the_package():
 
 def test_launch_argument_checks():
     from ddpmrt.engine.errors import UserError
-    from ddpmrt.engine.kernels import check_update_arguments
+    from ddpmrt.engine.gpu.kernels import check_update_arguments
 
-    ok = dict(x_ptr=256, eps_ptr=512, eps_dtype="fp16", x_half_ptr=1024, coeffs_ptr=2048, params_ptr=4096,
+    ok = dict(x_ptr=256, eps_ptr=512, eps_dtype="fp16", x_half_ptr=1024, coeffs_ptr=2048, keys_ptr=3072, params_ptr=4096,
               elements_per_image=3 * 32 * 32, n_images=4, step=0, num_steps=10)
     assert check_update_arguments(**ok) is True
     assert check_update_arguments(**{**ok, "elements_per_image": 3 * 5 * 5}) is False  # odd sizes: scalar path
@@ -105,6 +105,51 @@ def test_launch_argument_checks():
         check_update_arguments(**{**ok, "params_ptr": 0})
     with pytest.raises(ValueError, match="8-byte"):
         check_update_arguments(**{**ok, "params_ptr": 4100})
+    with pytest.raises(ValueError, match="null"):
+        check_update_arguments(**{**ok, "keys_ptr": 0})
+    with pytest.raises(ValueError, match="8-byte"):
+        check_update_arguments(**{**ok, "keys_ptr": 3076})
+
+
+def test_image_keys_and_run_parameters_are_the_kernels_structs():
+    from ddpmrt.engine.errors import UserError
+    from ddpmrt.engine.gpu.kernels import IMAGE_KEY_DTYPE, RUN_PARAMS_DTYPE, image_keys, run_params
+
+    source = (KERNELS / "update_step.h").read_text()
+    assert IMAGE_KEY_DTYPE.itemsize == 16 and RUN_PARAMS_DTYPE.itemsize == 16
+    assert "uint64_t seed;" in source and "uint32_t image;" in source and "float clip;" in source
+    one = image_keys(7, [3, 4])
+    assert one["seed"].tolist() == [7, 7] and one["image"].tolist() == [3, 4]
+    mixed = image_keys((2 ** 64 - 1, 5), [0, 0])
+    assert mixed["seed"].tolist() == [2 ** 64 - 1, 5]
+    assert float(run_params(None)["clip"][0]) == 0.0 and float(run_params(1.5)["clip"][0]) == 1.5
+    with pytest.raises(UserError, match="seed"):
+        image_keys(-1, [0])
+    with pytest.raises(UserError, match="one per image"):
+        image_keys((1, 2, 3), [0, 1])
+
+
+def test_committed_update_vectors_match_numpy():
+    make = runpy.run_path(str(KERNELS / "tests" / "make_update_vectors.py"))
+    committed = (KERNELS / "tests" / "update_vectors.txt").read_text().splitlines()
+    assert committed == make["lines"](), ("regenerate with: python kernels/tests/make_update_vectors.py > "
+                                          "kernels/tests/update_vectors.txt")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
+def test_host_update_step_matches_numpy_with_a_key_per_image(tmp_path):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    binary = tmp_path / "update_host_test"
+    subprocess.run([compiler, "-std=c++11", "-O2", "-o", str(binary), str(KERNELS / "tests" / "update_host_test.cpp")],
+                   check=True)
+    vectors = KERNELS / "tests" / "update_vectors.txt"
+    result = subprocess.run([str(binary), str(vectors)], capture_output=True, text=True)
+    assert result.returncode == 0 and "47 passed, 0 failed" in result.stdout, result.stdout
+    # A wrong key (another image index for one image) must fail the test.
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text(vectors.read_text().replace("key 42 5\n", "key 42 6\n"))
+    result = subprocess.run([str(binary), str(wrong)], capture_output=True, text=True)
+    assert result.returncode == 1 and "7 failed" in result.stdout, result.stdout
 
 
 def _kernel_parameters(source: str, kernel: str) -> list[str]:
@@ -121,7 +166,7 @@ def _kernel_parameters(source: str, kernel: str) -> list[str]:
 def test_launch_types_match_the_kernel_signature(kernel, types_name):
     import ctypes
 
-    from ddpmrt.engine import kernels
+    from ddpmrt.engine.gpu import kernels
 
     declared = _kernel_parameters((KERNELS / "ddpm_update.cu").read_text(), kernel)
     types = getattr(kernels, types_name)
@@ -142,11 +187,11 @@ def test_launch_arguments_pack_in_cuda_python():
     import ctypes
 
     driver = pytest.importorskip("cuda.bindings.driver")
-    from ddpmrt.engine.kernels import UPDATE_KERNEL_PARAMS
+    from ddpmrt.engine.gpu.kernels import UPDATE_KERNEL_PARAMS
 
     if _has_gpu():
         pytest.skip("a GPU is visible: the GPU tests launch the real kernel instead of a null one")
-    args = (256, 512, 0, 1024, 2048, 3, 1, 3072, 8, 1)
+    args = (256, 512, 0, 1024, 4096, 2048, 3, 1, 3072, 8, 1)  # x, eps, x_half, coefficients, keys, params, scalars
     with pytest.raises(Exception) as raised:  # no driver here: packing succeeds, then loading libcuda fails
         driver.cuLaunchKernel(driver.CUfunction(), 1, 1, 1, 256, 1, 1, 0, driver.CUstream(0),
                               (args, UPDATE_KERNEL_PARAMS), 0)
@@ -156,28 +201,23 @@ def test_launch_arguments_pack_in_cuda_python():
                               (args, UPDATE_KERNEL_PARAMS[:-1] + (ctypes.c_char_p,)), 0)
 
 
-def test_run_params_layout_matches_the_c_struct():
+def test_image_key_layout_matches_the_c_struct():
     import numpy as np
 
-    from ddpmrt.engine.errors import UserError
-    from ddpmrt.engine.kernels import run_params
+    from ddpmrt.engine.gpu.kernels import image_keys, run_params
 
-    params = run_params(2 ** 64 - 1, 7, 1.0)
-    assert params.nbytes == 16 and params.dtype.alignment == 8
-    raw = params.tobytes()
+    keys = image_keys(2 ** 64 - 1, [7])
+    assert keys.nbytes == 16 and keys.dtype.alignment == 8
+    raw = keys.tobytes()
     assert raw[:8] == b"\xff" * 8 and np.frombuffer(raw[8:12], "<u4")[0] == 7
-    assert np.frombuffer(raw[12:], "<f4")[0] == 1.0
-    assert np.frombuffer(run_params(5).tobytes()[12:], "<f4")[0] == 0.0  # no clipping
-    source = (KERNELS / "ddpm_update.cu").read_text()
-    assert "unsigned long long seed;" in source and "unsigned int first_image;" in source and "float clip;" in source
-    with pytest.raises(UserError, match="seed"):
-        run_params(-1)
+    params = run_params(1.0).tobytes()
+    assert len(params) == 16 and np.frombuffer(params[:4], "<f4")[0] == 1.0
 
 
 # -- on a GPU -------------------------------------------------------------------------------------
 
 def _has_gpu() -> bool:
-    from ddpmrt.engine.cuda_runtime import device_compute_capability
+    from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
 
     return device_compute_capability() is not None
 
@@ -194,40 +234,43 @@ def test_kernel_matches_numpy_update(eps_dtype, sampler_kind, clip, image_shape)
     import numpy as np
 
     from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
-    from ddpmrt.engine.cuda_runtime import DeviceBuffer, check, cudart
-    from ddpmrt.engine.kernels import FusedUpdate, run_params
+    from ddpmrt.engine.gpu.cuda_runtime import DeviceBuffer, check, cudart
+    from ddpmrt.engine.gpu.kernels import FusedUpdate, image_keys, run_params
     from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 
     schedule = NoiseSchedule.linear()
     sampler = {"ddpm": lambda: DDPMSampler(schedule, 20, clip_sample=clip),
                "ddim": lambda: DDIMSampler(schedule, 20, clip_sample=clip),
                "ddim1": lambda: DDIMSampler(schedule, 20, eta=1.0, clip_sample=clip)}[sampler_kind]()
-    n, seed = 3, 1234
+    # Three images of two requests: each image's own (seed, image index), as a served batch has them.
+    n, seeds, indices = 3, (1234, 1234, 99), np.array([0, 1, 0])
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, *image_shape)).astype(np.float32)
     eps = rng.standard_normal((n, *image_shape)).astype(np.float16 if eps_dtype == "fp16" else np.float32)
     coeffs = sampler.coefficients.astype(np.float32)
-    params = run_params(seed, 0, clip)
+    params, keys = run_params(clip), image_keys(seeds, indices)
     kernel, stream = FusedUpdate(), 0
     x_dev, eps_dev, c_dev = DeviceBuffer(x.nbytes), DeviceBuffer(eps.nbytes), DeviceBuffer(coeffs.nbytes)
-    half_dev, p_dev = DeviceBuffer(x.size * 2), DeviceBuffer(params.nbytes)
+    half_dev, p_dev, k_dev = DeviceBuffer(x.size * 2), DeviceBuffer(params.nbytes), DeviceBuffer(keys.nbytes)
     eps_dev.copy_from_host(eps, stream)
     c_dev.copy_from_host(coeffs, stream)
     p_dev.copy_from_host(params, stream)
+    k_dev.copy_from_host(keys, stream)
     elements = int(np.prod(image_shape))
     for step in (0, 7, 19):
         x_dev.copy_from_host(x, stream)
-        kernel.update(x_dev.ptr, eps_dev.ptr, eps_dtype, c_dev.ptr, p_dev.ptr, step, sampler.num_steps, elements, n,
+        kernel.update(x_dev.ptr, eps_dev.ptr, eps_dtype, c_dev.ptr, k_dev.ptr, p_dev.ptr, step, sampler.num_steps,
+                      elements, n,
                       x_half_ptr=half_dev.ptr, stream=stream)
         out, half = np.empty_like(x), np.empty(x.shape, np.float16)
         x_dev.copy_to_host(out, stream)
         half_dev.copy_to_host(half, stream)
         check(cudart().cudaStreamSynchronize(stream), "sync")
-        noise = gaussian_noise(seed, np.arange(n), step, STREAM_STEP, image_shape)
+        noise = gaussian_noise(seeds, indices, step, STREAM_STEP, image_shape)
         expected = sampler.step(x, eps.astype(np.float32), step, noise=noise)
         np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(half.astype(np.float32), expected, atol=2e-3, rtol=1e-3)
-    kernel.initial_noise(x_dev.ptr, p_dev.ptr, elements, n, stream=stream)
+    kernel.initial_noise(x_dev.ptr, k_dev.ptr, elements, n, stream=stream)
     x_dev.copy_to_host(out, stream)
     check(cudart().cudaStreamSynchronize(stream), "sync")
-    np.testing.assert_allclose(out, gaussian_noise(seed, np.arange(n), 0, STREAM_INITIAL, image_shape), atol=1e-6)
+    np.testing.assert_allclose(out, gaussian_noise(seeds, indices, 0, STREAM_INITIAL, image_shape), atol=1e-6)

@@ -1,4 +1,4 @@
-"""Every output path of every command goes through one check (engine/io.py), before any work.
+"""Every output path of every command goes through one check (engine/artifacts/io.py), before any work.
 
 A parent that is a file, a folder that cannot be written, an output that is an existing folder,
 a missing or unknown extension: one line naming the path and the fix, exit status 2, nothing written.
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.io import check_output_dir, check_output_file
+from ddpmrt.engine.artifacts.io import check_output_dir, check_output_file
 from ddpmrt.export.cli import main
 
 # A folder no process can create files in, even as root: /proc on Linux.

@@ -187,7 +187,7 @@ def test_bad_arguments(tmp_path, args, fragment):
 
 
 def test_report_on_tensorrt_without_a_gpu_says_what_it_needs(tmp_path):
-    from ddpmrt.engine.cuda_runtime import device_compute_capability
+    from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
 
     if device_compute_capability() is not None:
         pytest.skip("checks the message given where no GPU is visible")

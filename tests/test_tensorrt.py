@@ -16,8 +16,8 @@ pytest.importorskip("onnx")
 
 from ddpmrt.engine.backends import tensorrt_backend  # noqa: E402
 from ddpmrt.engine.backends.tensorrt_backend import check_batch_in_profile, check_compatible  # noqa: E402
-from ddpmrt.engine.cuda_runtime import device_compute_capability  # noqa: E402
-from ddpmrt.engine.tensorrt_flavour import Flavour, import_flavour  # noqa: E402
+from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability  # noqa: E402
+from ddpmrt.engine.backends.tensorrt_flavour import Flavour, import_flavour  # noqa: E402
 
 try:
     import tensorrt_rtx
@@ -207,7 +207,7 @@ def test_damaged_engine_and_sidecar(built, tmp_path):
     assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")
     sidecar = _sidecar(plan)
     copy.write_bytes(plan.read_bytes())
-    from ddpmrt.engine.integrity import seal_json
+    from ddpmrt.engine.artifacts.integrity import seal_json
 
     Path(str(copy) + ".json").write_text(json.dumps({**sidecar, "flavour": "tensorrt", "checksum": "edited"}))
     assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")

@@ -1,22 +1,31 @@
 """Backends: anything that turns a model file into `eps = model(x_t, t)` on NumPy arrays.
 
 Every loaded model also carries `schedule` (a NoiseSchedule) and `image_shape` (C, H, W),
-read from the model file itself, so a sampler needs nothing else.
+read from the model file itself, so a sampler needs nothing else; `close()` (or a `with`
+block) frees what it holds on the device.
 
     checkpoint directory / shipped name,
     diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop),
-                                            torch on the CPU (PyTorch eager; lazily imported)
+                                            torch on the CPU (PyTorch eager); loaded by the torch side
     .onnx                                -> onnxruntime  (CPU, or CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
-    .pt2                                 -> inductor     (an AOTInductor package, for the device it was built for)
+    .pt2                                 -> inductor     (an AOTInductor package, on the device it was built for)
+
+Checkpoints and diffusers folders need the U-Net definition, which lives on the torch side
+(ddpmrt.export).  This package never imports it: the torch side declares its loaders under the
+entry-point group `ddpmrt.model_loaders` (pyproject.toml), and `model_loader` looks them up
+there the first time a checkpoint is loaded.  `register_model_loader` adds one in-process.
 """
 
 from __future__ import annotations
 
+import json
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Callable
 
+from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.metadata import ModelMetadata
 from ddpmrt.engine.schedule import NoiseSchedule
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -24,6 +33,32 @@ BACKENDS = ("auto", "inductor", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
 ENGINE_SUFFIXES = (".plan", ".engine")
 PACKAGE_SUFFIX = ".pt2"  # an AOTInductor package from `export-engine --flavour inductor`
+LOADER_GROUP = "ddpmrt.model_loaders"
+FOLDER_KINDS = ("checkpoint", "diffusers")
+
+_loaders: dict[str, Callable] = {}
+
+
+def register_model_loader(kind: str, loader: Callable) -> None:
+    """Make `loader(path, device=, precision=, cuda_graph=, compile=, schedule=)` load folders of `kind`."""
+    if kind not in FOLDER_KINDS:
+        raise ValueError(f"unknown model folder kind {kind!r}; one of {', '.join(FOLDER_KINDS)}")
+    _loaders[kind] = loader
+
+
+def model_loader(kind: str) -> Callable:
+    """The loader registered for `kind`, from this process or the `ddpmrt.model_loaders` entry points."""
+    if kind not in _loaders:
+        found = [ep for ep in entry_points(group=LOADER_GROUP) if ep.name == kind]
+        if not found:
+            raise UserError(f"no loader for {kind} folders is installed; reinstall ddpmrt with its torch side: "
+                            "pip install 'ddpmrt[export]'")
+        try:
+            _loaders[kind] = found[0].load()
+        except ImportError as exc:
+            raise UserError(f"{kind} folders run on the torch backend, which needs {exc.name or 'PyTorch'}: "
+                            "pip install 'ddpmrt[export]' (or use an .onnx model with --backend onnxruntime)") from None
+    return _loaders[kind]
 
 
 def shipped_models() -> list[str]:
@@ -44,11 +79,24 @@ def resolve_model_path(model: str | Path) -> Path:
                     f"or a shipped model ({', '.join(shipped_models()) or 'none installed'})")
 
 
-def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", threads: int | None = None,
+def is_diffusers_folder(path: Path) -> bool:
+    """A saved diffusers pipeline (model_index.json) or model folder (config.json with a _class_name)."""
+    path = Path(path)
+    if (path / "model_index.json").is_file():
+        return True
+    try:
+        return "_class_name" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def load_model(model: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None,
                schedule: NoiseSchedule | None = None, image_shape=None, cuda_graph: bool = False,
                precision: str = "auto"):
     """Load a model file as a sampler-ready callable.
 
+    `device` None means the CPU, except for what runs on one device only: an engine (CUDA) and
+    an AOTInductor package (the device it was built for, which an explicit other `device` contradicts).
     `schedule` and `image_shape` describe an ONNX file that carries no ddpmrt metadata
     (a file with metadata ignores them); `schedule` also stands in for a bare diffusers UNet
     folder's missing scheduler config.  On a GPU backend (TensorRT, torch on CUDA) sampling
@@ -58,7 +106,7 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if device not in DEVICES:
+    if device is not None and device not in DEVICES:
         raise UserError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     path = resolve_model_path(model)
     suffix = path.suffix.lower()
@@ -67,13 +115,11 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
         if backend not in ("auto", "torch", "inductor"):
             raise UserError(f"{path.name} is a checkpoint, which runs on the torch or inductor backend; for {backend}, "
                             "export it first (ddpmrt export-onnx / export-engine)")
-        from ddpmrt.engine.backends.torch_backend import is_diffusers_folder, load_checkpoint, load_diffusers
-
+        device = device or "cpu"
         compile = backend == "inductor" or (backend == "auto" and device == "cuda")
-        if is_diffusers_folder(path):
-            return load_diffusers(path, device, precision=precision, cuda_graph=cuda_graph, compile=compile,
-                                  schedule=schedule)
-        return load_checkpoint(path, device, precision=precision, cuda_graph=cuda_graph, compile=compile)
+        loader = model_loader("diffusers" if is_diffusers_folder(path) else "checkpoint")
+        return loader(path, device=device, precision=precision, cuda_graph=cuda_graph, compile=compile,
+                      schedule=schedule)
 
     if suffix == ".onnx":
         if backend not in ("auto", "onnxruntime"):
@@ -84,12 +130,15 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
         described = None
         if schedule is not None and image_shape is not None:
             described = ModelMetadata(schedule=schedule, image_shape=image_shape)
-        return OnnxRuntimeModel(path, device=device, threads=threads, fallback_metadata=described)
+        return OnnxRuntimeModel(path, device=device or "cpu", threads=threads, fallback_metadata=described)
 
     if suffix in ENGINE_SUFFIXES:
         if backend not in ("auto", "tensorrt"):
             raise UserError(f"{path.name} is a TensorRT engine: use --backend tensorrt (or sample the .onnx it "
                             "was built from with onnxruntime)")
+        if device == "cpu":
+            raise UserError(f"{path.name} is a TensorRT engine, which runs on a GPU only; use --device cuda, "
+                            "or sample the .onnx it was built from on the CPU")
         from ddpmrt.engine.backends.tensorrt_backend import TensorRTModel
 
         return TensorRTModel(path, cuda_graph=cuda_graph)
@@ -99,7 +148,6 @@ def load_model(model: str | Path, backend: str = "auto", device: str = "cpu", th
             raise UserError(f"{path.name} is an inductor package: use --backend inductor (or auto)")
         from ddpmrt.engine.backends.torch_backend import load_aot_package
 
-        return load_aot_package(path, device=device if device == "cuda" else None, cuda_graph=True)
+        return load_aot_package(path, device=device, cuda_graph=True)
 
     raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx, .plan or .pt2")
-

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
-from ddpmrt.engine.metadata import PREFIX, ModelMetadata
+from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
+from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
 
 
 def _import_ort():
@@ -34,7 +35,7 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-class OnnxRuntimeModel:
+class OnnxRuntimeModel(LoadedModel):
     """eps = model(x_t, t) on NumPy arrays, through an ONNX Runtime session."""
 
     backend = "onnxruntime"

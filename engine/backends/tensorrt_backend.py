@@ -7,7 +7,7 @@ is among the engine's targets.  Each failure is one line naming the fix.
 Running: x, a table of timesteps (one 256-byte aligned row per sampler step) and eps live in
 device buffers allocated once for the profile's largest batch, on one non-blocking stream.
 
-Sampling (`Sampler.sample` on this model) runs engine/device_loop.py: x, ε and the network
+Sampling (`Sampler.sample` on this model) runs engine/gpu/device_loop.py: x, ε and the network
 input stay on the device, the fused kernel does each update, and `cuda_graph=True` captures
 the whole loop (every network call and update) as one CUDA graph per batch and step count.
 TensorRT needs one ordinary `execute_async_v3` at a shape before it is captured: the loop's
@@ -19,45 +19,22 @@ Called directly (`model(x, t)` on NumPy arrays), the engine copies x and t in an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ddpmrt.engine.checks import model_inputs
-from ddpmrt.engine.cuda_runtime import CudaError, DeviceBuffer, check, cudart, describe_graph, device_compute_capability
+from ddpmrt.engine.gpu.cuda_runtime import CudaError, DeviceBuffer, check, cudart, describe_graph, device_compute_capability
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.integrity import json_seal_matches, sha256_file
-from ddpmrt.engine.metadata import ModelMetadata
-from ddpmrt.engine.tensorrt_flavour import import_flavour
+from ddpmrt.engine.artifacts.sidecar import ENGINE, check_batch, read_sidecar, sidecar_metadata
+from ddpmrt.engine.backends.base import LoadedModel
+from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
 
 RTX_DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120")
 
 
-def read_sidecar(plan: Path) -> dict:
-    sidecar = plan.with_name(plan.name + ".json")
-    if not sidecar.is_file():
-        raise UserError(f"{plan.name} has no sidecar {sidecar.name}; build engines with `export-engine`")
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-        _ = data["flavour"], data["flavour_version"], data["profile"], data["metadata"], data["engine_bytes"]
-        _ = data["engine_sha256"]
-        intact = json_seal_matches(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        intact = False
-    if not intact:  # unreadable, incomplete, edited, or written before sidecars carried a checksum
-        raise UserError(f"{sidecar.name} is damaged; rebuild the engine with `export-engine --force`") from None
-    return data
-
-
 def check_compatible(plan: Path, sidecar: dict, compute_capability: tuple[int, int] | None, flavour) -> None:
-    """Everything that can be known about an engine before deserializing it."""
-    if plan.stat().st_size != sidecar["engine_bytes"]:
-        raise UserError(f"{plan.name} is {plan.stat().st_size} bytes but was built as {sidecar['engine_bytes']}: "
-                        "the file is truncated or replaced; rebuild with `export-engine --force`")
-    if sha256_file(plan) != sidecar["engine_sha256"]:
-        raise UserError(f"{plan.name} is damaged: its bytes do not match the checksum in {plan.name}.json; "
-                        "rebuild with `export-engine --force`")
+    """What TensorRT adds to the sidecar's checks before deserializing: the flavour's version and the GPU."""
     if flavour.version != sidecar["flavour_version"]:
         raise UserError(f"{plan.name} was built with {sidecar['flavour']} {sidecar['flavour_version']} but "
                         f"{flavour.version} is installed; rebuild with `export-engine`, or install that version")
@@ -78,28 +55,37 @@ def check_compatible(plan: Path, sidecar: dict, compute_capability: tuple[int, i
                         "rebuild with `export-engine --targets current`, or use --backend onnxruntime")
 
 
-def check_batch_in_profile(n: int, profile: dict, name: str) -> None:
-    if not profile["min"] <= n <= profile["max"]:
-        raise UserError(f"batch {n} is outside {name}'s profile ({profile['min']} to {profile['max']}); "
-                        f"sample with a batch in that range or rebuild with `export-engine --batch MIN:OPT:MAX`")
-
-
 def _row_bytes(n: int) -> int:
     """Bytes of one timestep row of batch n, rounded up to TensorRT's 256-byte address alignment."""
     return -(-n * 8 // 256) * 256
 
 
-class TensorRTModel:
+class _TensorRTGraph:
+    """An instantiated CUDA graph of a captured loop (the CapturedGraph of engine/gpu/device_loop.py)."""
+
+    def __init__(self, graph_exec, stream, shape: dict | None):
+        self.graph_exec, self.stream, self.shape = graph_exec, stream, shape
+
+    def launch(self) -> None:
+        check(cudart().cudaGraphLaunch(self.graph_exec, self.stream), "cudaGraphLaunch")
+
+    def close(self) -> None:
+        if self.graph_exec is not None:
+            check(cudart().cudaGraphExecDestroy(self.graph_exec), "cudaGraphExecDestroy")
+            self.graph_exec = None
+
+
+class TensorRTModel(LoadedModel):
     """eps = model(x_t, t) through a TensorRT or TensorRT-RTX engine."""
 
     backend = "tensorrt"
 
     def __init__(self, path: Path, cuda_graph: bool = False, device_loop: bool = True):
         self.path = Path(path)
-        self.sidecar = read_sidecar(self.path)
+        self.sidecar = read_sidecar(self.path, ENGINE)  # format, checksum, the engine's size and hash
         self.flavour = import_flavour(self.sidecar["flavour"])
         check_compatible(self.path, self.sidecar, device_compute_capability(), self.flavour)
-        self.metadata = ModelMetadata.from_strings(self.sidecar["metadata"], self.path.name)
+        self.metadata = sidecar_metadata(self.sidecar, self.path.name)
         self.schedule = self.metadata.schedule
         self.image_shape = self.metadata.image_shape
         self.profile = self.sidecar["profile"]
@@ -123,35 +109,32 @@ class TensorRTModel:
 
         rt = cudart()
         self.stream = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
-        self.dtype = self.metadata.input_dtype
+        self.io_dtype = np.dtype(self.metadata.input_dtype)  # what the engine reads and writes (fp16 or fp32)
         per_image = int(np.prod(self.image_shape))
         max_n = int(self.profile["max"])
         # Allocated once for the largest batch; tensor addresses never change afterwards.
-        self.x_device = DeviceBuffer(max_n * per_image * np.dtype(self.dtype).itemsize)
+        self.x_device = DeviceBuffer(max_n * per_image * self.io_dtype.itemsize)
         # One row of timesteps per sampler step: a captured loop points step i at row i.  Rows are
         # 256-byte aligned, as setTensorAddress requires of every address.
         self.max_steps = self.schedule.num_train_timesteps
         self.t_device = DeviceBuffer(self.max_steps * _row_bytes(max_n))
-        self.eps_device = DeviceBuffer(max_n * per_image * np.dtype(self.dtype).itemsize)
+        self.eps_device = DeviceBuffer(max_n * per_image * self.io_dtype.itemsize)
         self.t_call = DeviceBuffer(max_n * 8)  # t of a direct call, so that it never clobbers the table
         self._t_table = None                   # the table now on the device
         self._set_addresses(self.t_call.ptr)
         self._batch = None
-        self.input_dtype = np.dtype(self.dtype)
-        self.eps_dtype = "fp16" if self.input_dtype == np.float16 else "fp32"
         self.cuda_graph = cuda_graph
-        self._device_loop = None if device_loop else False
-        self._graph_execs: list = []
-        self.last_graph_shape = None  # cuda_runtime.graph_shape of the last capture
+        self._loop = None
+        self._loop_wanted = device_loop  # False: sample from the host (tests of the NumPy path)
 
     @property
     def device_loop(self):
-        """The GPU sampling loop over this engine (built on first use: it compiles the kernel)."""
-        if self._device_loop is None:
-            from ddpmrt.engine.device_loop import DeviceLoop
+        """The GPU sampling loop over this engine (built on first use: it compiles the kernel), or None."""
+        if self._loop is None and self._loop_wanted:
+            from ddpmrt.engine.gpu.device_loop import DeviceLoop
 
-            self._device_loop = DeviceLoop(self, cuda_graph=self.cuda_graph, max_steps=self.max_steps)
-        return self._device_loop or None
+            self._loop = DeviceLoop(self, cuda_graph=self.cuda_graph, max_steps=self.max_steps)
+        return self._loop
 
     def _set_addresses(self, t_ptr: int) -> None:
         for name, ptr in (("x", self.x_device.ptr), ("t", t_ptr), ("eps", self.eps_device.ptr)):
@@ -159,7 +142,7 @@ class TensorRTModel:
                 raise CudaError(f"set_tensor_address({name}) failed")
 
     def check_batch(self, n: int) -> None:
-        check_batch_in_profile(n, self.profile, self.path.name)
+        check_batch(self.sidecar, n, self.path.name)
 
     def _set_batch(self, n: int) -> None:
         self.check_batch(n)
@@ -172,7 +155,7 @@ class TensorRTModel:
         if not self._context.execute_async_v3(self.stream):
             raise CudaError("execute_async_v3 failed")
 
-    # -- the network interface of engine/device_loop.py ------------------------------------------
+    # -- the network interface of engine/gpu/device_loop.py ------------------------------------------
 
     def stream_handle(self) -> int:
         return int(self.stream)
@@ -195,7 +178,7 @@ class TensorRTModel:
         self._execute()
         return self.eps_device.ptr
 
-    def capture(self, record) -> object:
+    def capture(self, record) -> _TensorRTGraph:
         """Record `record()` (enqueues on our stream) into a CUDA graph; returns its launcher."""
         rt = cudart()
         check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
@@ -205,10 +188,9 @@ class TensorRTModel:
         finally:
             graph = check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
         graph_exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        self.last_graph_shape = describe_graph(graph)
+        shape = describe_graph(graph)
         check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")  # the executable graph keeps what it needs
-        self._graph_execs.append(graph_exec)
-        return lambda: check(rt.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")
+        return _TensorRTGraph(graph_exec, self.stream, shape)
 
     # -- NumPy in, NumPy out -----------------------------------------------------------------------
 
@@ -217,7 +199,7 @@ class TensorRTModel:
         n = len(x)
         self._set_batch(n)
         self._set_addresses(self.t_call.ptr)
-        x_host = np.ascontiguousarray(x, dtype=self.dtype)
+        x_host = np.ascontiguousarray(x, dtype=self.io_dtype)
         t_host = np.ascontiguousarray(t, dtype=np.int64)
         eps_host = np.empty_like(x_host)
         self.x_device.copy_from_host(x_host, self.stream)
@@ -228,9 +210,10 @@ class TensorRTModel:
         return eps_host.astype(np.float32)
 
     def close(self) -> None:
-        for graph_exec in self._graph_execs:
-            check(cudart().cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
-        self._graph_execs = []
+        """Free the loop's graphs and buffers, then the engine's buffers and stream."""
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
         for buffer in (self.x_device, self.t_device, self.t_call, self.eps_device):
             buffer.free()
         if self.stream is not None:

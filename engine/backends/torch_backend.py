@@ -3,7 +3,7 @@
 torch is imported here, on first use, never by `import ddpmrt.engine`.
 
 On CUDA the module runs in half precision with channels_last weights (the default; fp32, tf32
-or bf16 on request), and sampling goes through engine/device_loop.py: the input, timestep table
+or bf16 on request), and sampling goes through engine/gpu/device_loop.py: the input, timestep table
 and ε stay in torch tensors on the GPU, the fused kernel is launched on torch's current stream,
 and with `cuda_graph=True` the network and the kernel are captured together by
 torch.cuda.graph, so torch's allocator keeps the graph's memory in its private pool.
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpmrt.engine.artifacts.sidecar import PACKAGE, check_batch, check_device, read_sidecar, sidecar_metadata
+from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.checks import model_inputs
-from ddpmrt.engine.cuda_runtime import describe_graph
 from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.gpu.cuda_runtime import describe_graph
 from ddpmrt.engine.schedule import NoiseSchedule
 
 PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
@@ -80,7 +82,22 @@ def _network(torch, module, compute_dtype, io_dtype):
     return Network()
 
 
-class TorchModel:
+class _TorchGraph:
+    """A loop captured by torch.cuda.graph (the CapturedGraph of engine/gpu/device_loop.py)."""
+
+    def __init__(self, graph, shape: dict | None):
+        self.graph, self.shape = graph, shape
+
+    def launch(self) -> None:
+        self.graph.replay()
+
+    def close(self) -> None:
+        if self.graph is not None:
+            self.graph.reset()  # gives its memory back to torch's private pool
+            self.graph = None
+
+
+class TorchModel(LoadedModel):
     """eps = model(x_t, t) on NumPy arrays, around a torch nn.Module.
 
     precision: fp32 (IEEE), tf32 (CUDA), fp16 (CUDA) or bf16; auto = fp16 on CUDA, fp32 on the CPU.
@@ -118,7 +135,7 @@ class TorchModel:
             self.module = self.module.to(compute_dtype)
             if on_cuda:  # NHWC weights: the tensor-core path for convolutions
                 self.module = self.module.to(memory_format=torch.channels_last)
-        self.dtype = io_dtype
+        self._torch_io_dtype = io_dtype
         self.network = _network(torch, self.module, compute_dtype, io_dtype)
         if self.compiled:
             import torch._inductor.config  # noqa: F401  (_math patches it)
@@ -130,13 +147,12 @@ class TorchModel:
         # An explicit cuda_graph=True must be honoured; the compiled backend captures by default.
         self._graph_required = cuda_graph
         self.cuda_graph = cuda_graph or (self.compiled and on_cuda)
-        # The device loop's network interface (CUDA only).
-        self.input_dtype = np.dtype(np.float16 if io_dtype == torch.float16 else np.float32)
-        self.eps_dtype = "fp16" if self.input_dtype == np.float16 else "fp32"
+        # The device loop's network interface (CUDA only): what the network reads and writes, as NumPy names it.
+        self.io_dtype = np.dtype(np.float16 if io_dtype == torch.float16 else np.float32)
         self._io: dict[int, dict] = {}      # per batch size: static x, timestep table, last ε
-        self._graphs: list = []             # keeps captured graphs (and their memory pool) alive
-        self.last_graph_shape = None        # cuda_runtime.graph_shape of the last capture
-        self._device_loop = None if on_cuda else False
+        self._loop = None                   # the DeviceLoop, once built
+        self._loop_unavailable = not on_cuda  # the CPU, or CUDA without the fused kernel: the host loop
+        self.sidecar = None                 # a package's sidecar: its batch range is checked; None = any batch
 
     def _math(self):
         """The settings every call runs under: TF32 on or off for fp32 work (CUDA), as the precision
@@ -164,18 +180,22 @@ class TorchModel:
         torch = self._torch
         x, t = model_inputs(x, t, self.image_shape, self.schedule.num_train_timesteps)
         with torch.inference_mode(), self._math():
-            xt = torch.from_numpy(x).to(self.device, self.dtype)
+            xt = torch.from_numpy(x).to(self.device, self._torch_io_dtype)
             tt = torch.from_numpy(t).to(self.device)
             return self.network(xt, tt).float().cpu().numpy()
 
-    # -- the network interface of engine/device_loop.py (CUDA) ------------------------------------
+    # -- the network interface of engine/gpu/device_loop.py (CUDA) ------------------------------------
+
+    def check_batch(self, n: int) -> None:
+        if self.sidecar is not None:
+            check_batch(self.sidecar, n, Path(self.source).name)
 
     @property
     def device_loop(self):
-        """The GPU sampling loop (CUDA only; built on first use: it compiles the fused kernel)."""
-        if self._device_loop is None:
-            from ddpmrt.engine.device_loop import DeviceLoop
-            from ddpmrt.engine.kernels import FusedUpdate
+        """The GPU sampling loop (CUDA only; built on first use: it compiles the fused kernel), else None."""
+        if self._loop is None and not self._loop_unavailable:
+            from ddpmrt.engine.gpu.device_loop import DeviceLoop
+            from ddpmrt.engine.gpu.kernels import FusedUpdate
 
             try:
                 kernel = FusedUpdate(self.device.index or 0)
@@ -186,11 +206,18 @@ class TorchModel:
                 import warnings
 
                 warnings.warn(f"sampling without the fused kernel and CUDA graphs: {exc}", stacklevel=2)
-                self._device_loop = False
+                self._loop_unavailable = True
                 return None
-            self._device_loop = DeviceLoop(self, kernel=kernel, cuda_graph=self.cuda_graph,
-                                           max_steps=self.schedule.num_train_timesteps)
-        return self._device_loop or None
+            self._loop = DeviceLoop(self, kernel=kernel, cuda_graph=self.cuda_graph,
+                                    max_steps=self.schedule.num_train_timesteps)
+        return self._loop
+
+    def close(self) -> None:
+        """Free the loop's graphs and buffers and the network's static tensors."""
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+        self._io.clear()
 
     def stream_handle(self) -> int:
         return self._torch.cuda.current_stream(self.device).cuda_stream
@@ -203,7 +230,7 @@ class TorchModel:
             # tensor, which compiled code checks for.  Inference tensors, like those the host path
             # makes: compiled code guards on the dispatch keys, and other keys would compile again.
             with torch.inference_mode():
-                self._io[n] = {"x": torch.zeros((n, *self.image_shape), dtype=self.dtype, device=self.device),
+                self._io[n] = {"x": torch.zeros((n, *self.image_shape), dtype=self._torch_io_dtype, device=self.device),
                                "t": torch.zeros((self.schedule.num_train_timesteps, n + n % 2), dtype=torch.int64,
                                                 device=self.device),
                                "eps": None}
@@ -245,103 +272,33 @@ class TorchModel:
             graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), self._math(), torch.cuda.graph(graph, stream=side):
             record()
+        shape = None
         if hasattr(graph, "raw_cuda_graph"):
             graph.instantiate()
-            self.last_graph_shape = describe_graph(graph.raw_cuda_graph())
-        self._graphs.append(graph)
-        return graph.replay
-
-
-def load_checkpoint(path: Path, device: str = "cpu", precision: str = "auto", cuda_graph: bool = False,
-                    compile: bool = False) -> TorchModel:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise UserError("the torch backend needs PyTorch: pip install 'ddpmrt[export]' "
-                        "(or use an .onnx model with --backend onnxruntime)") from None
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
-    from ddpmrt.export.checkpoint import load_unet
-
-    resolve_precision(precision, device)  # a bad precision fails before the weights are read
-    module, config = load_unet(path, device)
-    return TorchModel(module, NoiseSchedule.from_dict(config["schedule"]), config["image_shape"], device, str(path),
-                      precision=precision, cuda_graph=cuda_graph, compile=compile)
-
-
-def is_diffusers_folder(path: Path) -> bool:
-    """A saved diffusers pipeline (model_index.json) or model folder (config.json with a _class_name)."""
-    import json
-
-    if (path / "model_index.json").is_file():
-        return True
-    try:
-        return "_class_name" in json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def load_diffusers(path: Path, device: str = "cpu", precision: str = "auto", cuda_graph: bool = False,
-                   compile: bool = False, schedule: NoiseSchedule | None = None) -> TorchModel:
-    """A diffusers pipeline folder (or its unet/) on the torch backends, schedule from its scheduler config."""
-    try:
-        import torch
-    except ImportError:
-        raise UserError("a diffusers folder runs on the torch backend, which needs PyTorch: pip install 'ddpmrt[export]' "
-                        "(or export it to ONNX with `ddpmrt export-onnx --from-diffusers`)") from None
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
-    resolve_precision(precision, device)
-    from ddpmrt.export.sources import from_diffusers
-
-    source = from_diffusers(path, "fp32", schedule)
-    return TorchModel(source.eps_module(), source.metadata.schedule, source.metadata.image_shape, device, str(path),
-                      precision=precision, cuda_graph=cuda_graph, compile=compile)
+            shape = describe_graph(graph.raw_cuda_graph())
+        return _TorchGraph(graph, shape)
 
 
 def load_aot_package(path: Path, device: str | None = None, cuda_graph: bool = True) -> TorchModel:
     """An AOTInductor package (`export-engine --flavour inductor`), checked against its sidecar first.
 
-    The package computes in its own precision and takes x and returns ε in fp32; on CUDA the
-    sampling loop is captured as one CUDA graph like the inductor backend's.
+    `device` None runs it where it was built for; another device is a UserError.  The package
+    computes in its own precision and takes x and returns ε in fp32; on CUDA the sampling loop is
+    captured as one CUDA graph like the inductor backend's.
     """
-    import json
-
-    from ddpmrt.engine.integrity import json_seal_matches, sha256_file
-    from ddpmrt.engine.metadata import ModelMetadata
-
     path = Path(path)
-    sidecar_file = path.with_name(path.name + ".json")
-    if not sidecar_file.is_file():
-        raise UserError(f"{path.name} has no sidecar {sidecar_file.name}; build packages with "
-                        "`export-engine --flavour inductor`")
-    try:
-        sidecar = json.loads(sidecar_file.read_text(encoding="utf-8"))
-        intact = json_seal_matches(sidecar) and sidecar["format"] == "ddpmrt-aoti-1"
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-        intact = False
-    if not intact:
-        raise UserError(f"{sidecar_file.name} is damaged; rebuild with `export-engine --flavour inductor --force`")
-    if sha256_file(path) != sidecar["package_sha256"]:
-        raise UserError(f"{path.name} is damaged: its bytes do not match the checksum in {sidecar_file.name}; "
-                        "rebuild with `export-engine --flavour inductor --force`")
+    sidecar = read_sidecar(path, PACKAGE)  # format, checksum, the package's size and hash, its batch profile
+    built_for = check_device(sidecar, device, path.name)
     try:
         import torch
     except ImportError:
         raise UserError("an inductor package needs PyTorch: pip install 'ddpmrt[export]'") from None
-    built_for = sidecar["device"]
-    if device not in (None, built_for):
-        raise UserError(f"{path.name} was compiled for {built_for}, not {device}; rebuild it with "
-                        f"`export-engine --flavour inductor --device {device}`")
     if built_for == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{path.name} was compiled for CUDA and PyTorch sees no GPU; build a --device cpu package here")
     if sidecar["torch_version"] != torch.__version__:
         raise UserError(f"{path.name} was compiled with torch {sidecar['torch_version']}, this is {torch.__version__}; "
                         "rebuild it with `export-engine --flavour inductor`")
-    metadata = ModelMetadata.from_strings(sidecar["metadata"], path.name)
+    metadata = sidecar_metadata(sidecar, path.name)
     runner = torch._inductor.aoti_load_package(str(path))
 
     class Package(torch.nn.Module):
@@ -351,4 +308,5 @@ def load_aot_package(path: Path, device: str | None = None, cuda_graph: bool = T
     model = TorchModel(Package(), metadata.schedule, metadata.image_shape, built_for, str(path), precision="fp32",
                        cuda_graph=cuda_graph and built_for == "cuda")
     model.backend = "inductor"
+    model.sidecar = sidecar  # a batch outside the package's range is a UserError, not a crash inside AOTInductor
     return model

@@ -6,11 +6,12 @@ the source hash, the architecture and the NVRTC version, so later runs load it d
 
     cubin = compile_update_kernel("sm_90")             # works without a GPU (NVRTC only)
     kernel = FusedUpdate()                             # needs a GPU: loads the module
-    kernel.update(x_ptr, eps_ptr, "fp16", coeffs_ptr, params_ptr, step=i, ..., stream=stream)
+    kernel.update(x_ptr, eps_ptr, "fp16", coeffs_ptr, keys_ptr, params_ptr, step=i, ..., stream=stream)
 
-The coefficient table (num_steps, 6) and the run parameters (`run_params`: seed, first image,
-clip) are device memory the kernel reads when it runs, so a captured CUDA graph of a whole
-loop serves any sampler and seed with that shape and step count.
+The coefficient table (num_steps, 6), the image keys (`image_keys`: one seed and image index
+per image) and the run parameters (`run_params`: the clip value) are device memory the kernel
+reads when it runs, so a captured CUDA graph of a whole loop serves any sampler, seed or mix of
+per-request seeds with that shape and step count.
 """
 
 from __future__ import annotations
@@ -24,30 +25,39 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpmrt.engine import checks
+from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.io import atomic_write
+from ddpmrt.engine.gpu.cuda_runtime import check
 
 SOURCE = "ddpm_update.cu"
-HEADERS = ("philox.h",)
+HEADERS = ("update_step.h", "philox.h")
 OPTIONS = ("-std=c++17", "-lineinfo")  # no --use_fast_math: the noise must match the NumPy generator
 EPS_DTYPES = {"fp32": 0, "fp16": 1}
+COEFFS_PER_STEP = 6  # s0, s1, a, b, c, sigma: one row of a sampler's table (kernels/update_step.h)
 # The kernels' parameters in the order of their __global__ signatures in ddpm_update.cu (a test
 # parses the source and compares): device pointers, then the scalars.
-UPDATE_KERNEL_PARAMS = (ctypes.c_void_p,) * 5 + (ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
+UPDATE_KERNEL_PARAMS = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
 NOISE_KERNEL_PARAMS = (ctypes.c_void_p,) * 3 + (ctypes.c_uint, ctypes.c_uint)
-# struct ddpmrt_run_params in kernels/ddpm_update.cu: 16 bytes, 8-byte aligned.
-RUN_PARAMS_DTYPE = np.dtype([("seed", "<u8"), ("first_image", "<u4"), ("clip", "<f4")], align=True)
+# The structs of kernels/update_step.h: one key per image (16 bytes, 8-byte aligned), and the run's parameters.
+IMAGE_KEY_DTYPE = np.dtype([("seed", "<u8"), ("image", "<u4"), ("reserved", "<u4")], align=True)
+RUN_PARAMS_DTYPE = np.dtype([("clip", "<f4"), ("reserved", "<u4", (3,))], align=True)
 
 
-def run_params(seed: int, first_image: int = 0, clip: float | None = None) -> np.ndarray:
+def image_keys(seed, image_indices) -> np.ndarray:
+    """The noise key of every image as the bytes to copy to the device: one seed for all, or one per image."""
+    image_indices = checks.image_indices(image_indices, len(np.atleast_1d(image_indices)))
+    seeds = checks.seeds(seed, len(image_indices))
+    keys = np.zeros(len(image_indices), IMAGE_KEY_DTYPE)
+    keys["seed"] = np.array(seeds if isinstance(seeds, tuple) else [seeds] * len(image_indices), np.uint64)
+    keys["image"] = image_indices
+    return keys
+
+
+def run_params(clip: float | None = None) -> np.ndarray:
     """The kernels' run parameters as the bytes to copy to the device; clip None (or 0) = off."""
-    if not 0 <= int(seed) < 2 ** 64:
-        raise UserError(f"seed must lie in [0, 2**64), got {seed}")
-    if not 0 <= int(first_image) < 2 ** 32:
-        raise UserError(f"image indices must lie in [0, 2**32), got {first_image}")
-    if clip is not None and clip < 0:
-        raise UserError(f"clip_sample must be positive or None, got {clip}")
-    return np.array([(int(seed), int(first_image), float(clip or 0.0))], RUN_PARAMS_DTYPE)
+    clip = 0.0 if clip is None else checks.check_real(clip, "clip_sample", 0.0)
+    return np.array([(clip, (0, 0, 0))], RUN_PARAMS_DTYPE)
 
 
 def cache_dir() -> Path:
@@ -69,17 +79,10 @@ def _nvrtc():
         from cuda.bindings import nvrtc
 
         nvrtc.nvrtcVersion()
-    except Exception:
+    except (ImportError, OSError, RuntimeError):  # not installed, or the NVRTC library cannot be loaded
         raise UserError("the fused CUDA kernel is compiled with NVRTC, which is not installed: "
                         "pip install 'ddpmrt[gpu]' (cuda-python and nvidia-cuda-nvrtc)") from None
     return nvrtc
-
-
-def _check(nvrtc, result, what: str):
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        raise RuntimeError(f"{what} failed: {nvrtc.nvrtcGetErrorString(err)[1].decode()}")
-    return values[0] if len(values) == 1 else values
 
 
 def nvrtc_target(arch: str, supported: list[int], nvrtc_version: str) -> str:
@@ -108,8 +111,8 @@ def compile_update_kernel(arch: str) -> bytes:
     """The cubin of the fused kernels for an `arch` GPU (e.g. "sm_90"), from the disk cache or NVRTC."""
     nvrtc = _nvrtc()
     sources = kernel_sources()
-    version = ".".join(map(str, _check(nvrtc, nvrtc.nvrtcVersion(), "nvrtcVersion")))
-    arch = nvrtc_target(arch, list(_check(nvrtc, nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs")), version)
+    version = ".".join(map(str, check(nvrtc.nvrtcVersion(), "nvrtcVersion")))
+    arch = nvrtc_target(arch, list(check(nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs")), version)
     digest = hashlib.sha256()
     for name in sorted(sources):
         digest.update(name.encode() + b"\0" + sources[name])
@@ -119,20 +122,20 @@ def compile_update_kernel(arch: str) -> bytes:
         return cached.read_bytes()
 
     headers = list(HEADERS)
-    program = _check(nvrtc, nvrtc.nvrtcCreateProgram(sources[SOURCE], SOURCE.encode(), len(headers),
+    program = check(nvrtc.nvrtcCreateProgram(sources[SOURCE], SOURCE.encode(), len(headers),
                                                      [sources[h] for h in headers], [h.encode() for h in headers]),
                      "nvrtcCreateProgram")
     try:
         options = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in OPTIONS)]
         err, = nvrtc.nvrtcCompileProgram(program, len(options), options)
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            size = _check(nvrtc, nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
+            size = check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
             log = b" " * size
             nvrtc.nvrtcGetProgramLog(program, log)
             raise RuntimeError(f"NVRTC failed to compile {SOURCE} for {arch}:\n{log.decode(errors='replace')}")
-        size = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
+        size = check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
         cubin = b" " * size
-        _check(nvrtc, nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+        check(nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
     finally:
         nvrtc.nvrtcDestroyProgram(program)
     with atomic_write(cached) as tmp:
@@ -140,15 +143,16 @@ def compile_update_kernel(arch: str) -> bytes:
     return cubin
 
 
-def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr: int, coeffs_ptr: int,
+def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr: int, coeffs_ptr: int, keys_ptr: int,
                            params_ptr: int, elements_per_image: int, n_images: int, step: int, num_steps: int) -> bool:
     """Validate a launch as the C ABI does; returns whether the vectorized path applies."""
     if eps_dtype not in EPS_DTYPES:
         raise UserError(f"eps dtype {eps_dtype!r} is not supported; the kernel reads fp32 or fp16")
-    if not x_ptr or not eps_ptr or not coeffs_ptr or not params_ptr:
-        raise ValueError("x, eps, the coefficient table and the run parameters must be device pointers, not null")
-    if params_ptr % 8:
-        raise ValueError("misaligned buffer: the run parameters must be 8-byte aligned")
+    if not x_ptr or not eps_ptr or not coeffs_ptr or not keys_ptr or not params_ptr:
+        raise ValueError("x, eps, the coefficient table, the image keys and the run parameters must be device "
+                         "pointers, not null")
+    if params_ptr % 8 or keys_ptr % 8:
+        raise ValueError("misaligned buffer: the image keys and the run parameters must be 8-byte aligned")
     if not (0 < elements_per_image < 2 ** 32 and 0 < n_images < 2 ** 32):
         raise ValueError("element and image counts must be positive and below 2**32 (the kernel's unsigned int)")
     if not 0 <= step < num_steps:
@@ -159,16 +163,6 @@ def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr:
                          "element size")
     return (elements_per_image % 4 == 0 and x_ptr % 16 == 0 and eps_ptr % (4 * eps_size) == 0
             and (not x_half_ptr or x_half_ptr % 8 == 0))
-
-
-def _driver_check(result, what: str):
-    from cuda.bindings import driver
-
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != driver.CUresult.CUDA_SUCCESS:
-        _, name = driver.cuGetErrorName(err)
-        raise RuntimeError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
-    return values[0] if len(values) == 1 else values
 
 
 class FusedUpdate:
@@ -183,7 +177,7 @@ class FusedUpdate:
     def __init__(self, device: int = 0):
         from cuda.bindings import driver
 
-        from ddpmrt.engine.cuda_runtime import check, cudart, device_compute_capability
+        from ddpmrt.engine.gpu.cuda_runtime import cudart, device_compute_capability
 
         capability = device_compute_capability(device)
         if capability is None:
@@ -193,9 +187,9 @@ class FusedUpdate:
         check(rt.cudaFree(0), "cudaFree(0)")  # makes the primary context current for the driver API
         self._driver = driver
         self.arch = "sm_{}{}".format(*capability)
-        self._module = _driver_check(driver.cuModuleLoadData(compile_update_kernel(self.arch)), "cuModuleLoadData")
-        self._update = _driver_check(driver.cuModuleGetFunction(self._module, b"ddpmrt_update_kernel"), "cuModuleGetFunction")
-        self._noise = _driver_check(driver.cuModuleGetFunction(self._module, b"ddpmrt_initial_noise_kernel"),
+        self._module = check(driver.cuModuleLoadData(compile_update_kernel(self.arch)), "cuModuleLoadData")
+        self._update = check(driver.cuModuleGetFunction(self._module, b"ddpmrt_update_kernel"), "cuModuleGetFunction")
+        self._noise = check(driver.cuModuleGetFunction(self._module, b"ddpmrt_initial_noise_kernel"),
                                     "cuModuleGetFunction")
 
     def _grid(self, elements_per_image: int, n_images: int) -> int:
@@ -205,25 +199,26 @@ class FusedUpdate:
     def _launch(self, function, grid: int, args: tuple, types: tuple, stream) -> None:
         # cuda-python packs the arguments from (values, ctypes types); c_void_p takes a device address.
         stream = self._driver.CUstream(int(stream or 0))
-        _driver_check(self._driver.cuLaunchKernel(function, grid, 1, 1, self.THREADS, 1, 1, 0, stream, (args, types), 0),
+        check(self._driver.cuLaunchKernel(function, grid, 1, 1, self.THREADS, 1, 1, 0, stream, (args, types), 0),
                       "cuLaunchKernel")
 
-    def update(self, x_ptr: int, eps_ptr: int, eps_dtype: str, coeffs_ptr: int, params_ptr: int, step: int,
-               num_steps: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0, stream=None) -> None:
+    def update(self, x_ptr: int, eps_ptr: int, eps_dtype: str, coeffs_ptr: int, keys_ptr: int, params_ptr: int,
+               step: int, num_steps: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0,
+               stream=None) -> None:
         """x (fp32, in place) <- one sampler step at row `step` of the device coefficient table."""
-        vectorized = check_update_arguments(x_ptr, eps_ptr, eps_dtype, x_half_ptr, coeffs_ptr, params_ptr,
+        vectorized = check_update_arguments(x_ptr, eps_ptr, eps_dtype, x_half_ptr, coeffs_ptr, keys_ptr, params_ptr,
                                             elements_per_image, n_images, step, num_steps)
-        args = (x_ptr, eps_ptr, x_half_ptr, coeffs_ptr, params_ptr, step, EPS_DTYPES[eps_dtype],
+        args = (x_ptr, eps_ptr, x_half_ptr, coeffs_ptr, keys_ptr, params_ptr, step, EPS_DTYPES[eps_dtype],
                 elements_per_image, n_images, int(vectorized))
         self._launch(self._update, self._grid(elements_per_image, n_images), args, UPDATE_KERNEL_PARAMS, stream)
 
-    def initial_noise(self, x_ptr: int, params_ptr: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0,
+    def initial_noise(self, x_ptr: int, keys_ptr: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0,
                       stream=None) -> None:
-        """x_T (fp32, and optionally an fp16 copy) from the STREAM_INITIAL Philox stream."""
-        if not x_ptr or x_ptr % 4 or (x_half_ptr and x_half_ptr % 2) or not params_ptr or params_ptr % 8:
+        """x_T (fp32, and optionally an fp16 copy) from the STREAM_INITIAL Philox stream, keyed per image."""
+        if not x_ptr or x_ptr % 4 or (x_half_ptr and x_half_ptr % 2) or not keys_ptr or keys_ptr % 8:
             raise ValueError("x must be a 4-byte aligned device pointer, the fp16 copy 2-byte aligned and the "
-                             "run parameters an 8-byte aligned device pointer")
+                             "image keys an 8-byte aligned device pointer")
         if not (0 < elements_per_image < 2 ** 32 and 0 < n_images < 2 ** 32):
             raise ValueError("element and image counts must be positive and below 2**32 (the kernel's unsigned int)")
-        args = (x_ptr, x_half_ptr, params_ptr, elements_per_image, n_images)
+        args = (x_ptr, x_half_ptr, keys_ptr, elements_per_image, n_images)
         self._launch(self._noise, self._grid(elements_per_image, n_images), args, NOISE_KERNEL_PARAMS, stream)

@@ -1,7 +1,8 @@
-"""Small helpers over NVIDIA's cuda-python runtime binding, every return code checked.
+"""Small helpers over NVIDIA's cuda-python bindings, every return code checked.
 
-As in TensorRT's samples/python/common_runtime.py: each cudart call returns (err, *values);
-`check` turns a non-success code into an exception naming the call.
+As in TensorRT's samples/python/common_runtime.py: each call of the runtime (cudart), driver
+(cu*) or NVRTC binding returns (err, *values); `check` turns a non-success code of any of the
+three into a CudaError naming the call and the code.  It is the one result checker of ddpmrt.
 """
 
 from __future__ import annotations
@@ -23,13 +24,33 @@ class CudaError(RuntimeError):
     pass
 
 
+def _error_name(err) -> str:
+    """The name of a cudart, driver or NVRTC error code (each binding has its own lookup)."""
+    kind = type(err).__name__
+    try:
+        if kind == "nvrtcResult":
+            from cuda.bindings import nvrtc
+
+            name = nvrtc.nvrtcGetErrorString(err)[1]
+        elif kind == "CUresult":
+            from cuda.bindings import driver
+
+            name = driver.cuGetErrorName(err)[1]
+        else:
+            name = cudart().cudaGetErrorName(err)[1]
+    except Exception:  # a lookup that fails must not hide the original error
+        return str(err)
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def check(result, what: str):
-    """Unpack a cudart result tuple, raising CudaError on failure."""
-    rt = cudart()
+    """Unpack a cuda-python result tuple (err, *values), raising CudaError where err is not success.
+
+    Success is code 0 in all three bindings (cudaSuccess, CUDA_SUCCESS, NVRTC_SUCCESS).
+    """
     err, *values = result if isinstance(result, tuple) else (result,)
-    if err != rt.cudaError_t.cudaSuccess:
-        _, name = rt.cudaGetErrorName(err)
-        raise CudaError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    if int(err) != 0:
+        raise CudaError(f"{what} failed: {_error_name(err)}")
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
@@ -136,7 +157,7 @@ class DeviceBuffer:
 
 
 class DeviceMemory:
-    """What engine/device_loop.py needs of the device: allocate, copy, wait."""
+    """What engine/gpu/device_loop.py needs of the device: allocate, copy, wait."""
 
     def alloc(self, nbytes: int) -> DeviceBuffer:
         return DeviceBuffer(nbytes)
