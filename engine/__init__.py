@@ -8,22 +8,16 @@ Importing this package needs only NumPy (plus Pillow and tqdm); backends import 
 libraries when a model is loaded.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("ddpmrt")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
-
+from ddpmrt.engine.version import __version__
 from ddpmrt.engine.backends import load_model, shipped_models
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.images import make_grid, save_images, save_png, to_uint8
 from ddpmrt.engine.philox import gaussian_noise, philox4x32
-from ddpmrt.engine.samplers import DDIMSampler, DDPMSampler, apply_update, make_timesteps
+from ddpmrt.engine.samplers import DDIMSampler, DDPMSampler, apply_update, make_sampler, make_timesteps
 from ddpmrt.engine.schedule import NoiseSchedule
 
 __all__ = [
     "DDIMSampler", "DDPMSampler", "NoiseSchedule", "UserError", "__version__", "apply_update",
-    "gaussian_noise", "load_model", "make_grid", "make_timesteps", "philox4x32", "save_images",
+    "gaussian_noise", "load_model", "make_grid", "make_sampler", "make_timesteps", "philox4x32", "save_images",
     "save_png", "shipped_models", "to_uint8",
 ]

@@ -7,3 +7,26 @@ non-zero without a traceback; anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input from the user: the message names the problem and the fix."""
+
+
+# Libraries report running out of memory in their own words: PyTorch's OutOfMemoryError,
+# ONNX Runtime's and TensorRT's "Failed to allocate" or std::bad_alloc, CUDA's "out of memory".
+_OUT_OF_MEMORY_WORDS = ("out of memory", "bad_alloc", "failed to allocate", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says the process (or the GPU) ran out of memory, whichever library raised it."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return any(words in str(exc).lower() for words in _OUT_OF_MEMORY_WORDS)
+
+
+def out_of_memory(what: str) -> UserError:
+    """The one-line error for memory that ran out while doing `what` (not a damaged file: the file is fine)."""
+    return UserError(f"ran out of memory while {what}; use a smaller --batch, close other programs, "
+                     "or use a machine with more (GPU) memory")
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of a library's error message (they run to many lines), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -29,16 +30,30 @@ def make_grid(images_uint8: np.ndarray, ncols: int | None = None, padding: int =
     return grid
 
 
-def save_png(image_uint8: np.ndarray, path, scale: int = 1) -> None:
-    """Write (H, W, C) uint8 as PNG atomically; `scale` enlarges small images (nearest)."""
+def png_bytes(image_uint8: np.ndarray, scale: int = 1) -> bytes:
+    """(H, W, C) uint8 as PNG bytes; `scale` enlarges small images (nearest).  The one PNG encoder."""
     from PIL import Image
 
     img = image_uint8[..., 0] if image_uint8.shape[-1] == 1 else image_uint8
     pil = Image.fromarray(img)
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_grid(images_uint8: np.ndarray) -> bytes:
+    """(N, H, W, C) uint8 as one PNG grid, small images enlarged to about 512 px: what `sample` and `serve` return."""
+    grid = make_grid(images_uint8)
+    return png_bytes(grid, scale=max(1, 512 // max(grid.shape[:2])))
+
+
+def save_png(image_uint8: np.ndarray, path, scale: int = 1) -> None:
+    """Write (H, W, C) uint8 as PNG atomically; `scale` enlarges small images (nearest)."""
+    data = png_bytes(image_uint8, scale)
     with atomic_write(Path(path)) as tmp:
-        pil.save(tmp, format="PNG")
+        tmp.write_bytes(data)
 
 
 def save_images(images: np.ndarray, path) -> None:
@@ -46,8 +61,9 @@ def save_images(images: np.ndarray, path) -> None:
     path = Path(path)
     u8 = to_uint8(images)
     if path.suffix.lower() == ".png":
-        grid = make_grid(u8)
-        save_png(grid, path, scale=max(1, 512 // max(grid.shape[:2])))  # small images: enlarge to ~512 px
+        data = png_grid(u8)
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)
     elif path.suffix.lower() == ".npz":
         with atomic_write(path) as tmp:
             with open(tmp, "wb") as f:

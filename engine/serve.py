@@ -5,7 +5,9 @@
 HTTP (JSON in, images out):
 
     POST /sample    {"sampler": "ddim", "steps": 50, "eta": 0.0, "spacing": "leading", "clip_sample": 1.0,
-                     "seed": 0, "n": 4, "format": "png" | "npz"}  -> a PNG grid, or an .npz (images: uint8 N×H×W×C)
+                     "variance": "fixed_small", "seed": 0, "n": 4, "format": "png" | "npz"}
+                    -> a PNG grid, or an .npz (images: uint8 N×H×W×C); the sampler options are
+                       `ddpmrt sample`'s, with its defaults (samplers.make_sampler)
     GET  /healthz   -> {"status": "ok"}
     GET  /metadata  -> model, schedule, image shape, backend, device, version, limits
 
@@ -36,19 +38,16 @@ import numpy as np
 from ddpmrt.engine.checks import check_int, check_real
 from ddpmrt.engine.errors import UserError
 
-SAMPLERS = ("ddim", "ddpm")
 FORMATS = ("png", "npz")
-FIELDS = ("sampler", "steps", "eta", "spacing", "clip_sample", "seed", "n", "format")
+REQUEST_FIELDS = ("seed", "n", "format")
 DEFAULT_MAX_IMAGES = 64
 
 
 @dataclass(frozen=True)
 class SampleRequest:
     sampler: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    spacing: str = "leading"
-    clip_sample: float | None = 1.0
+    steps: int | None = None
+    options: tuple = ()      # (name, value) of the sampler options the body gave, sorted
     seed: int = 0
     n: int = 1
     format: str = "png"
@@ -56,38 +55,52 @@ class SampleRequest:
     @property
     def settings(self) -> tuple:
         """What must be equal for requests to share one sampler call."""
-        return self.sampler, self.steps, self.eta, self.spacing, self.clip_sample
+        return self.sampler, self.steps, self.options
+
+    def make_sampler(self, schedule):
+        from ddpmrt.engine.samplers import make_sampler
+
+        return make_sampler(self.sampler, schedule, self.steps, **dict(self.options))
 
 
-def _choice(body: dict, key: str, default: str, choices) -> str:
-    value = body.get(key, default)
-    if value not in choices:
-        raise UserError(f"unknown {key} {value!r}; choose one of {', '.join(choices)}")
-    return value
+def _fields() -> tuple[str, ...]:
+    from ddpmrt.engine.samplers import SAMPLER_OPTIONS
+
+    options = sorted({name for names in SAMPLER_OPTIONS.values() for name in names})
+    return ("sampler", "steps", *options, *REQUEST_FIELDS)
 
 
-def parse_request(body, num_train_timesteps: int, max_images: int = DEFAULT_MAX_IMAGES) -> SampleRequest:
-    """A request body (parsed JSON) as a SampleRequest; a UserError of one line for anything else."""
-    from ddpmrt.engine.samplers import SPACINGS
+def parse_request(body, schedule, max_images: int = DEFAULT_MAX_IMAGES) -> SampleRequest:
+    """A request body (parsed JSON) as a SampleRequest; a UserError of one line for anything else.
+
+    The sampler and its options are checked by building the sampler once (make_sampler, the
+    factory `ddpmrt sample` uses), so the server takes exactly the options and defaults the CLI does.
+    """
+    from ddpmrt.engine.samplers import SAMPLERS
 
     if not isinstance(body, dict):
         raise UserError("the body must be a JSON object such as {\"sampler\": \"ddim\", \"steps\": 50, \"n\": 4}")
-    unknown = sorted(set(body) - set(FIELDS))
+    fields = _fields()
+    unknown = sorted(set(body) - set(fields))
     if unknown:
-        raise UserError(f"unknown fields {unknown}; a request takes {', '.join(FIELDS)}")
-    def field(key, default, check, low, high):
-        return check(body.get(key, default), f"'{key}'", low, high)
-
-    clip = body.get("clip_sample", 1.0)
-    clip = None if clip is None else field("clip_sample", 1.0, check_real, 0.0, 100.0)
-    return SampleRequest(sampler=_choice(body, "sampler", "ddim", SAMPLERS),
-                         steps=field("steps", 50, check_int, 1, num_train_timesteps),
-                         eta=field("eta", 0.0, check_real, 0.0, 10.0),
-                         spacing=_choice(body, "spacing", "leading", SPACINGS),
-                         clip_sample=clip or None,
-                         seed=field("seed", 0, check_int, 0, 2 ** 64 - 1),
-                         n=field("n", 1, check_int, 1, max_images),
-                         format=_choice(body, "format", "png", FORMATS))
+        raise UserError(f"unknown fields {unknown}; a request takes {', '.join(fields)}")
+    sampler = body.get("sampler", "ddim")
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    steps = body.get("steps")
+    if steps is not None:
+        steps = check_int(steps, "'steps'", 1, schedule.num_train_timesteps)
+    options = {key: value for key, value in body.items() if key not in ("sampler", "steps", *REQUEST_FIELDS)}
+    if options.get("clip_sample", 0.0) is None:
+        options["clip_sample"] = 0.0  # JSON null: no clipping, as --clip-sample 0
+    fmt = body.get("format", "png")
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    request = SampleRequest(sampler=sampler, steps=steps, options=tuple(sorted(options.items())),
+                            seed=check_int(body.get("seed", 0), "'seed'", 0, 2 ** 64 - 1),
+                            n=check_int(body.get("n", 1), "'n'", 1, max_images), format=fmt)
+    request.make_sampler(schedule)  # every sampler option checked now, before the request waits in a batch
+    return request
 
 
 class SamplingService:
@@ -105,15 +118,7 @@ class SamplingService:
         self._lock = threading.Lock()
 
     def parse(self, body) -> SampleRequest:
-        return parse_request(body, self.model.schedule.num_train_timesteps, self.max_images)
-
-    def sampler(self, request: SampleRequest):
-        from ddpmrt.engine import DDIMSampler, DDPMSampler
-
-        if request.sampler == "ddim":
-            return DDIMSampler(self.model.schedule, request.steps, eta=request.eta, spacing=request.spacing,
-                               clip_sample=request.clip_sample)
-        return DDPMSampler(self.model.schedule, request.steps, clip_sample=request.clip_sample, spacing=request.spacing)
+        return parse_request(body, self.model.schedule, self.max_images)
 
     def run_batch(self, requests: list[SampleRequest]) -> list[np.ndarray]:
         """uint8 images (n, H, W, C) per request; requests with equal settings share one sampler call."""
@@ -132,7 +137,7 @@ class SamplingService:
             # Each image keeps its request's seed and its index within the request.
             seeds = tuple(r.seed for r in batch for _ in range(r.n))
             indices = np.concatenate([np.arange(r.n) for r in batch])
-            images = self.sampler(batch[0]).sample(self.model, (len(seeds), *self.model.image_shape), seed=seeds,
+            images = batch[0].make_sampler(self.model.schedule).sample(self.model, (len(seeds), *self.model.image_shape), seed=seeds,
                                                    image_indices=indices, progress=False)
             images = to_uint8(images)
             start = 0
@@ -150,18 +155,15 @@ class SamplingService:
 
 
 def encode(images: np.ndarray, fmt: str) -> tuple[bytes, str]:
-    """(body, media type): a PNG grid, or an .npz with array `images` (uint8 N×H×W×C)."""
-    buffer = io.BytesIO()
+    """(body, media type): a PNG grid (images.png_grid, as `ddpmrt sample` writes it), or an .npz with
+    array `images` (uint8 N×H×W×C)."""
     if fmt == "npz":
+        buffer = io.BytesIO()
         np.savez_compressed(buffer, images=images)
         return buffer.getvalue(), "application/octet-stream"
-    from PIL import Image
+    from ddpmrt.engine.images import png_grid
 
-    from ddpmrt.engine.images import make_grid
-
-    grid = make_grid(images)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
-    return buffer.getvalue(), "image/png"
+    return png_grid(images), "image/png"
 
 
 def build_app(model: str, backend: str = "auto", device: str = "cpu", replicas: int | None = None,

@@ -20,7 +20,7 @@ import torch
 
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.sidecar import PACKAGE, cached_sidecar, write_sidecar
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.version import __version__
 from ddpmrt.export.engine_build import BatchProfile
 
@@ -78,8 +78,11 @@ def build_aot_package(source, out: Path, device: str, precision: str, profile: B
     try:
         with torch.no_grad():
             exported = torch.export.export(network, example, dynamic_shapes={"x": {0: batch}, "t": {0: batch}})
-    except Exception as exc:  # torch.export's errors are long; keep their first line
-        raise UserError(f"torch.export failed: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from exc
+    except (RuntimeError, ValueError, TypeError, NotImplementedError, MemoryError) as exc:
+        # torch.export's errors (its UserError and Unsupported types derive from RuntimeError) are long: keep the first line.
+        if is_out_of_memory(exc):
+            raise out_of_memory("tracing the U-Net with torch.export") from None
+        raise UserError(f"torch.export failed: {first_line(exc)}") from exc
     with atomic_write(out) as tmp:
         staging = tmp.with_suffix(".pt2")  # AOTInductor insists on the .pt2 suffix
         try:

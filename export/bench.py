@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model
+from ddpmrt.engine import load_model, make_sampler
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
@@ -48,19 +48,21 @@ PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H20
 BENCH_SAMPLERS = ("ddim", "ddpm")
 
 
-def make_sampler(name: str, schedule, steps: int):
-    """The sampler both sides run: DDIM η=0 unclipped, or ancestral DDPM (fixed_small, x̂₀ clipped
-    to [-1, 1]), respaced to `steps`; diffusers' pipelines are configured to match (_diffusers_pipeline)."""
-    if name == "ddim":
-        return DDIMSampler(schedule, num_steps=steps, eta=0.0, spacing="leading", clip_sample=None)
-    if name == "ddpm":
-        return DDPMSampler(schedule, num_steps=steps, variance="fixed_small", clip_sample=1.0, spacing="leading")
-    raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
+# The settings both sides run, by sampler; diffusers' pipelines are configured to match (_diffusers_pipeline).
+BENCH_SAMPLER_OPTIONS = {"ddim": {"eta": 0.0, "spacing": "leading", "clip_sample": 0.0},      # DDIM η=0 unclipped
+                         "ddpm": {"variance": "fixed_small", "spacing": "leading", "clip_sample": 1.0}}
+
+
+def bench_sampler(name: str, schedule, steps: int):
+    """The sampler both sides run, respaced to `steps` (make_sampler, the factory of every command)."""
+    if name not in BENCH_SAMPLER_OPTIONS:
+        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
+    return make_sampler(name, schedule, steps, **BENCH_SAMPLER_OPTIONS[name])
 
 
 def _source(model: Path, precision: str):
     """The weights as an export Source: a ddpmrt checkpoint or a diffusers pipeline / unet folder."""
-    from ddpmrt.engine.backends.torch_backend import is_diffusers_folder
+    from ddpmrt.engine.backends import is_diffusers_folder
 
     return from_diffusers(model, precision) if is_diffusers_folder(model) else from_checkpoint(model, precision)
 
@@ -294,7 +296,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
         for name, batch in jobs:
             model = models[name]
             profile = profile_device_loop if getattr(model, "device_loop", None) is not None else profile_sampler
-            row = profile(model, make_sampler(sampler, model.schedule, steps), batch, runs=runs, warmup=warmup)
+            row = profile(model, bench_sampler(sampler, model.schedule, steps), batch, runs=runs, warmup=warmup)
             row["backend"] = name
             results.append(row)
             bar.update(1)
@@ -334,7 +336,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     report = {"model": {"source": str(checkpoint), "config": metadata.model_config,
                         "image_shape": list(metadata.image_shape),
                         "gflop_per_forward_per_image": flops / 1e9},
-              "sampler": make_sampler(sampler, next(iter(models.values())).schedule, steps).config, "results": results,
+              "sampler": bench_sampler(sampler, next(iter(models.values())).schedule, steps).config, "results": results,
               "diffusers": diffusers_rows, "startup": startup_rows, "peak_tflops": gpu_peak, "unavailable": missing,
               "environment": env}
     write_report(report, out)

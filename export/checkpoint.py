@@ -15,13 +15,14 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ddpmrt.engine import __version__
-from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.artifacts.integrity import CHECKSUM_KEY, json_seal_matches, seal_json, sha256_file
 from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.errors import UserError, first_line, out_of_memory
 from ddpmrt.engine.schedule import NoiseSchedule
+from ddpmrt.engine.version import __version__
 from ddpmrt.export.unet import UNet, UNetConfig
 
 CONFIG_FILE = "config.json"
@@ -96,8 +97,10 @@ def load_unet(directory: Path, device: str = "cpu") -> tuple[UNet, dict]:
         state = load_file(str(weights))
     except FileNotFoundError:
         raise UserError(f"{directory} has no {WEIGHTS_FILE}; the checkpoint is incomplete") from None
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise UserError(f"cannot read {weights}: {exc}; the file is damaged, re-save the checkpoint") from None
+    except MemoryError:
+        raise out_of_memory(f"reading {weights}") from None
+    except (SafetensorError, OSError, ValueError) as exc:  # safetensors' own type for damaged files
+        raise UserError(f"cannot read {weights}: {first_line(exc)}; the file is damaged, re-save the checkpoint") from None
     # A flipped bit in a tensor still reads: the hash recorded at save time tells.
     if config.get("weights_sha256") and sha256_file(weights) != config["weights_sha256"]:
         raise UserError(f"{weights} does not match the checksum in {CONFIG_FILE}: the file is damaged; restore it or retrain")

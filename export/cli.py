@@ -63,7 +63,7 @@ def _train(ns: argparse.Namespace) -> None:
 
 
 def _sample(ns: argparse.Namespace) -> None:
-    from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model, save_images
+    from ddpmrt.engine import load_model, make_sampler, save_images
     from ddpmrt.engine.artifacts.io import check_output_file
 
     out = check_output_file(ns.out, (".png", ".npz"))
@@ -81,15 +81,19 @@ def _sample(ns: argparse.Namespace) -> None:
     if ns.cuda_graph and getattr(model, "device_loop", None) is None:
         raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda "
                         "(and cuda-python with NVRTC: pip install 'ddpmrt[gpu]')")
-    clip = ns.clip_sample if ns.clip_sample > 0 else None
-    if ns.sampler == "ddim":
-        sampler = DDIMSampler(model.schedule, num_steps=ns.steps, eta=ns.eta, spacing=ns.spacing, clip_sample=clip)
-    else:
-        sampler = DDPMSampler(model.schedule, num_steps=ns.steps, variance=ns.variance, clip_sample=clip,
-                              spacing=ns.spacing)
+    sampler = make_sampler(ns.sampler, model.schedule, ns.steps, **_sampler_options(ns))
     images = sampler.sample(model, (ns.batch, *model.image_shape), seed=ns.seed, progress=not ns.quiet)
     save_images(images, out)
     print(f"wrote {ns.batch} samples ({ns.sampler.upper()}, {sampler.num_steps} steps, seed {ns.seed}) to {out}")
+
+
+def _sampler_options(ns: argparse.Namespace) -> dict:
+    """The sampler options given on the command line; make_sampler fills in the defaults and refuses
+    the ones this sampler does not take (--eta with ddpm)."""
+    from ddpmrt.engine.samplers import SAMPLER_OPTIONS
+
+    names = {name for options in SAMPLER_OPTIONS.values() for name in options}
+    return {key: getattr(ns, key) for key in sorted(names) if getattr(ns, key, None) is not None}
 
 
 def _description(ns: argparse.Namespace):
@@ -152,7 +156,8 @@ def _onnx_is_current(path: Path, metadata, opset: int) -> bool:
 def _export_engine(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.artifacts.io import check_output_file
     from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
-    from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata, sidecar_path
+    from ddpmrt.engine.artifacts.sidecar import sidecar_path
+    from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata
     from ddpmrt.export.sources import sha256_file
 
     if ns.flavour == "inductor":
@@ -200,11 +205,12 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
     import torch
 
     from ddpmrt.engine.artifacts.io import check_output_file
+    from ddpmrt.engine.artifacts.sidecar import sidecar_path
     from ddpmrt.export.aot_package import build_aot_package
     from ddpmrt.export.engine_build import BatchProfile
 
     out = check_output_file(ns.out, (".pt2",), option="--out (with --flavour inductor)")
-    check_output_file(out.with_name(out.name + ".json"), (".json",), option=f"--out {out} writes")
+    check_output_file(sidecar_path(out), (".json",), option=f"--out {out} writes")
     device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = ns.precision or ("fp16" if device == "cuda" else "fp32")
     if ns.model and ns.model.lower().endswith(".onnx"):
@@ -401,14 +407,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"ddpmrt: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ddpmrt.engine import __version__
-    from ddpmrt.engine.samplers import DEFAULT_SPACING, SPACINGS
-
-    parser = OneLineErrorParser(prog="ddpmrt", description="Diffusion model training, export and fast sampling.")
-    parser.add_argument("--version", action="version", version=f"ddpmrt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train_command(sub) -> None:
     p = sub.add_parser("train", help="train an ε-predicting U-Net (DDPM L_simple)")
     p.add_argument("--dataset", required=True, help="digits, shapes, a folder of images, or a .npz/.npy array")
     p.add_argument("--model", default="tiny", help="U-Net config: tiny or cifar10 (default tiny)")
@@ -431,24 +430,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(func=_train)
 
+
+def _add_sample_command(sub) -> None:
+    from ddpmrt.engine.samplers import SAMPLER_DEFAULTS, SAMPLERS, SPACINGS
+
     p = sub.add_parser("sample", help="sample images from a model")
     p.add_argument("model", nargs="?", help="checkpoint directory, shipped model name (e.g. digits), .onnx or .plan file, "
                    "or a diffusers pipeline folder")
     p.add_argument("--from-diffusers", metavar="DIR", help="a saved diffusers pipeline folder (or its unet/ folder)")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p.add_argument("--steps", type=int_in(1, 100_000), default=50)
-    p.add_argument("--eta", type=real_in(0, 10), default=0.0, help="DDIM η in [0, 10] (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--spacing", choices=SPACINGS, default=DEFAULT_SPACING,
-                   help=f"timestep spacing (default {DEFAULT_SPACING}: the best measured)")
-    p.add_argument("--variance", choices=["fixed_small", "fixed_large"], default="fixed_small", help="DDPM only")
-    p.add_argument("--clip-sample", type=real_in(0, 100), default=1.0,
-                   help="clip x̂₀ to ±C, as diffusers does (default 1.0: images lie in [-1, 1]); 0 turns it off")
-    p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=64)
-    p.add_argument("--seed", type=int_in(0, 2 ** 64 - 1), default=0)
+    # Sampler options default to None here: make_sampler fills in SAMPLER_DEFAULTS, the one set every command uses.
+    defaults = SAMPLER_DEFAULTS
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="the sampler (default ddim)")
+    p.add_argument("--steps", type=int_in(1, 100_000),
+                   help=f"network calls: sampler steps, at most the model's training timesteps (default {defaults['steps']})")
+    p.add_argument("--eta", type=real_in(0, 10),
+                   help=f"DDIM only: η in [0, 10], 0 deterministic, 1 DDPM-like (default {defaults['eta']:g})")
+    p.add_argument("--spacing", choices=SPACINGS,
+                   help=f"timestep spacing (default {defaults['spacing']}: the best measured)")
+    p.add_argument("--variance", choices=["fixed_small", "fixed_large"],
+                   help=f"DDPM only: the posterior variance (default {defaults['variance']})")
+    p.add_argument("--clip-sample", type=real_in(0, 100),
+                   help=f"clip x̂₀ to ±C, as diffusers does (default {defaults['clip_sample']:g}: images lie in [-1, 1]); "
+                        "0 turns it off")
+    p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=64, help="images to sample (default 64)")
+    p.add_argument("--seed", type=int_in(0, 2 ** 64 - 1), default=0,
+                   help="noise seed: image k of a seed is the same in any batch (default 0)")
     p.add_argument("--backend", default="auto",
                    help="auto, inductor, onnxruntime, tensorrt or torch (default auto: by file type; a checkpoint on "
                         "--device cuda runs on inductor, torch.compile plus one CUDA graph per loop)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="cpu or cuda (default cpu; an engine runs on cuda, a .pt2 on the device it was built for)")
     p.add_argument("--threads", type=THREADS, help="CPU threads for ONNX Runtime (default: all cores)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
@@ -462,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample)
 
+
+def _add_export_onnx_command(sub) -> None:
     p = sub.add_parser("export-onnx", help="export a model to self-describing ONNX (fp32 or fp16), validated")
     _add_export_source_args(p)
     p.add_argument("--out", required=True, help="output .onnx file")
@@ -469,9 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default="dynamic", help="dynamic (default) or a fixed batch size")
     p.set_defaults(func=_export_onnx)
 
+
+def _add_export_engine_command(sub) -> None:
     p = sub.add_parser("export-engine", help="export and build an FP16 TensorRT / TensorRT-RTX engine")
     _add_engine_args(p)
 
+
+def _add_bench_command(sub) -> None:
     p = sub.add_parser("bench", help="profile every available backend against diffusers")
     p.add_argument("model", nargs="?", help="checkpoint directory or shipped model name")
     p.add_argument("--random-weights", metavar="CONFIG", help="bench a named U-Net config (tiny, cifar10) with random weights")
@@ -501,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_bench)
 
+
+def _add_report_command(sub) -> None:
+    from ddpmrt.engine.samplers import DEFAULT_SPACING, SPACINGS
+
     p = sub.add_parser("report", help="quality against latency per sampler and step count (offline metrics)")
     p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")
     p.add_argument("--samplers", default="full", help="quick, full (default), or e.g. ddim:20,ddim:50:1,ddpm:1000")
@@ -516,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_report)
 
+
+def _add_serve_command(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP with Ray Serve (batching, replicas, back-pressure)")
     p.add_argument("model", help="an .onnx or .plan file, checkpoint directory or shipped model name (on every node)")
     p.add_argument("--backend", default="auto", help="auto (by file type), onnxruntime, tensorrt, torch or inductor")
@@ -538,12 +561,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="a running Ray cluster (e.g. auto or ray://head:10001); default: start one here")
     p.set_defaults(func=_serve)
 
+
+def _add_demo_command(sub) -> None:
     p = sub.add_parser("demo", help="export, build and sample the shipped model; write a report (a few minutes on a CPU)")
     p.add_argument("--out", default="demo", help="report directory (default ./demo)")
     p.add_argument("--samples", type=int_in(2, 10 ** 6), default=128, help="images per sampler (default 128)")
     p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ddpmrt.engine import __version__
+
+    parser = OneLineErrorParser(prog="ddpmrt", description="Diffusion model training, export and fast sampling.")
+    parser.add_argument("--version", action="version", version=f"ddpmrt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_command(sub)
+    _add_sample_command(sub)
+    _add_export_onnx_command(sub)
+    _add_export_engine_command(sub)
+    _add_bench_command(sub)
+    _add_report_command(sub)
+    _add_serve_command(sub)
+    _add_demo_command(sub)
     return parser
 
 

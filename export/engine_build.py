@@ -23,7 +23,7 @@ from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.artifacts.sidecar import ENGINE, cached_sidecar, write_sidecar
 from ddpmrt.engine.backends.tensorrt_flavour import RTX_TARGETS, Flavour
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, out_of_memory
 from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
 from ddpmrt.engine.version import __version__
 
@@ -173,9 +173,13 @@ def read_onnx_metadata(onnx_path: Path, schedule=None, image_shape=None) -> Mode
     import onnx
 
     data, sealed = read_onnx_bytes(onnx_path)
+    from google.protobuf.message import DecodeError
+
     try:
         model = onnx.load_model_from_string(data)
-    except Exception:
+    except MemoryError:
+        raise out_of_memory(f"reading {onnx_path.name}") from None
+    except (DecodeError, ValueError):  # protobuf's error for bytes that are not an ONNX model
         raise UserError(f"cannot read {onnx_path.name}: it is truncated or not an ONNX model; re-export it") from None
     props = {p.key: p.value for p in model.metadata_props}
     check_onnx_metadata_is_sealed(props, sealed, onnx_path.name)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_onnx_file
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
@@ -100,8 +100,14 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
     with atomic_write(out) as tmp:
         try:
             _export(exported.eval(), example, tmp, opset, dynamic)
-        except Exception as exc:  # the exporter's failures are long; keep their first line
-            raise UserError(f"ONNX export failed: {str(exc).splitlines()[0][:300]}") from exc
+        except MemoryError:
+            raise out_of_memory("exporting to ONNX") from None
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+            # The exporter's failures (an operator it cannot export, a dynamic shape it cannot express) are
+            # long; keep their first line.  Out of memory is its own message.
+            if is_out_of_memory(exc):
+                raise out_of_memory("exporting to ONNX") from None
+            raise UserError(f"ONNX export failed: {first_line(exc)}") from exc
         model = onnx.load(str(tmp))
         metadata.write_to(model)
         seal = model.metadata_props.add()  # filled with the file's checksum once saved (engine/artifacts/integrity.py)

@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model, make_grid, save_png, to_uint8
+from ddpmrt.engine import load_model, make_grid, make_sampler, save_png, to_uint8
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
 from ddpmrt.engine.artifacts.io import atomic_write
@@ -41,14 +41,12 @@ def label(spec) -> str:
     return f"DDIM η={eta:g}, {steps} steps" if kind == "ddim" else f"DDPM, {steps} steps"
 
 
-def make_sampler(spec, schedule, spacing: str, for_gaussian: bool = False):
+def report_sampler(spec, schedule, spacing: str, for_gaussian: bool = False):
+    """The sampler of one report row, from make_sampler (the factory and defaults of `ddpmrt sample`).
+
+    Images: x̂₀ clipped to [-1, 1] (the default); the Gaussian check needs the linear, unclipped update."""
     kind, steps, eta = spec
-    # Images: x̂₀ clipped to [-1, 1] (ddpmrt sample's and diffusers' default); the Gaussian check
-    # needs the linear, unclipped update.
-    clip = None if for_gaussian else 1.0
-    if kind == "ddim":
-        return DDIMSampler(schedule, num_steps=steps, eta=eta, spacing=spacing, clip_sample=clip)
-    return DDPMSampler(schedule, num_steps=steps, spacing=spacing, clip_sample=clip)
+    return make_sampler(kind, schedule, steps, eta=eta, spacing=spacing, clip_sample=0.0 if for_gaussian else None)
 
 
 REPORT_BACKENDS = ("onnxruntime", "torch", "tensorrt")
@@ -159,7 +157,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
 
     rows = []
     for spec, spacing in tqdm(runs, desc="report", disable=not progress):
-        sampler = make_sampler(spec, model.schedule, spacing)
+        sampler = report_sampler(spec, model.schedule, spacing)
         start = time.perf_counter()
         images = sampler.sample(model, (num_samples, *model.image_shape), seed=seed, progress=False)
         elapsed = time.perf_counter() - start
@@ -171,7 +169,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
                "grid": str(grid.relative_to(out))}
         if judge is not None:
             row.update(judge.scores(images))
-        g_sampler = make_sampler(spec, model.schedule, spacing, for_gaussian=True)
+        g_sampler = report_sampler(spec, model.schedule, spacing, for_gaussian=True)
         g_samples = g_sampler.sample(gaussian, (gaussian_samples, *data.image_shape), seed=seed, progress=False)
         measured = empirical_moments(g_samples)
         theory = data.predicted_moments(g_sampler)

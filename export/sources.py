@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ddpmrt.engine import __version__
 from ddpmrt.engine.backends import resolve_model_path
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.artifacts.integrity import sha256_file
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.schedule import NoiseSchedule
@@ -149,10 +150,15 @@ def from_diffusers(directory: str | Path, precision: str, schedule: NoiseSchedul
         module = UNet2DModel.from_pretrained(str(found.unet)).float().eval()
         size, channels = config["sample_size"], int(config["in_channels"])
         h, w = (size, size) if isinstance(size, int) else size
-    except Exception as exc:  # diffusers' and safetensors' errors for damaged or inconsistent files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"cannot load the UNet2DModel in {found.unet} ({first}); the folder is damaged or incomplete: "
-                        "save the pipeline again") from None
+    except MemoryError:
+        raise out_of_memory(f"loading the UNet2DModel in {found.unet}") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        # diffusers' and safetensors' errors for damaged or inconsistent files (RuntimeError: tensors of
+        # another shape than the config says); out of memory is told apart first.
+        if is_out_of_memory(exc):
+            raise out_of_memory(f"loading the UNet2DModel in {found.unet}") from None
+        raise UserError(f"cannot load the UNet2DModel in {found.unet} ({first_line(exc, 200)}); the folder is damaged "
+                        "or incomplete: save the pipeline again") from None
     weights = next(found.unet / w for w in DIFFUSERS_WEIGHT_FILES if (found.unet / w).is_file())
     metadata = ModelMetadata(schedule=schedule, image_shape=(channels, h, w), precision=precision,
                              model_config={"family": "diffusers.UNet2DModel",

@@ -23,8 +23,9 @@ def _ready() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _ready(), reason="needs an NVIDIA GPU, PyTorch with CUDA, cuda-python and "
-                                                     "NVRTC (pip install 'ddpmrt[gpu]')")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not _ready(), reason="needs an NVIDIA GPU, PyTorch with CUDA, cuda-python and "
+                                                      "NVRTC (pip install 'ddpmrt[gpu]')")]
 
 
 @pytest.mark.parametrize("backend", ["torch", "inductor"])
@@ -71,7 +72,7 @@ def test_replayed_graphs_report_what_they_hold():
     sampler = DDIMSampler(model.schedule, 5)
     for _ in range(2):  # record, then replay
         sampler.sample(model, (2, *model.image_shape), seed=1, progress=False)
-    shape = model.device_loop.graph_shapes[(2, 5, True)]
+    shape = model.device_loop.graph_shape(2, 5)
     assert shape["types"]["kernel"] >= 1 + 2 * 5 and shape["nodes"] >= shape["types"]["kernel"]
 
 
@@ -98,3 +99,22 @@ def test_inductor_package_on_cuda(tmp_path):
         np.testing.assert_allclose(replayed, first, atol=1e-6)
         assert np.abs(replayed - expected).max() < 5e-2
     assert model.device_loop.captures == 2
+
+
+def test_a_served_batch_with_its_own_seeds_runs_in_the_device_loop():
+    # Two requests (seeds 11 and 5) in one batch: the device loop and its graph, each request's
+    # images equal to the CPU's for that request alone.
+    from ddpmrt.engine import DDPMSampler, load_model
+
+    cpu = load_model("digits", backend="torch", precision="fp32")
+    model = load_model("digits", device="cuda", backend="torch", precision="fp32", cuda_graph=True)
+    sampler = DDPMSampler(cpu.schedule, 5, clip_sample=1.0)
+    seeds, indices = (11, 11, 5, 5, 5), [0, 1, 0, 1, 2]
+    for _ in range(2):  # captured, then replayed
+        batched = sampler.sample(model, (5, *model.image_shape), seed=seeds, image_indices=indices, progress=False)
+    assert model.device_loop.captures == 1
+    for seed, rows in ((11, slice(0, 2)), (5, slice(2, 5))):
+        alone = sampler.sample(cpu, (rows.stop - rows.start, *cpu.image_shape), seed=seed, progress=False)
+        np.testing.assert_allclose(batched[rows], alone, atol=2e-3)
+    model.close()
+    assert model.device_loop is not None and model.device_loop.graph_shape(5, 5) is None  # graphs freed

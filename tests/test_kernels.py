@@ -222,8 +222,11 @@ def _has_gpu() -> bool:
     return device_compute_capability() is not None
 
 
-needs_gpu = pytest.mark.skipif(not (_has_nvrtc() and _has_gpu()),
-                               reason="needs an NVIDIA GPU, cuda-python and NVRTC (pip install 'ddpmrt[gpu]')")
+def needs_gpu(test):
+    """A GPU test: marked `gpu` (pytest -m gpu selects them) and skipped with its reason where none is visible."""
+    skip = pytest.mark.skipif(not (_has_nvrtc() and _has_gpu()),
+                              reason="needs an NVIDIA GPU, cuda-python and NVRTC (pip install 'ddpmrt[gpu]')")
+    return pytest.mark.gpu(skip(test))
 
 
 @needs_gpu

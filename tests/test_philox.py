@@ -77,5 +77,10 @@ def test_streams_steps_seeds_differ():
 
 
 def test_seed_range_checked():
-    with pytest.raises(ValueError, match="seed"):
+    # The one seed check (checks.seeds), as the samplers and the kernels' image keys use it.
+    from ddpmrt.engine.errors import UserError
+
+    with pytest.raises(UserError, match=r"seed must lie in \[0, 18446744073709551615\]"):
         gaussian_noise(-1, [0], 0, STREAM_INITIAL, (4,))
+    with pytest.raises(UserError, match="every seed must lie"):
+        gaussian_noise((1, 2 ** 64), [0, 1], 0, STREAM_INITIAL, (4,))

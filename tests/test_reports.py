@@ -10,6 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 
+@pytest.mark.gpu  # also runs on the CPU; where a GPU is visible it adds the CUDA rows (it failed there once)
 def test_bench_writes_json_markdown_and_plot(tmp_path):
     out = tmp_path / "bench"
     result = run_cli("bench", "--random-weights", "tiny", "--batch", "1,2", "--steps", "2", "--runs", "2",

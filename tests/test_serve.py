@@ -155,7 +155,9 @@ def test_health_metadata_and_png(server):
     ({"n": 1000}, "'n' must lie in [1, 64]"),
     ({"steps": "5"}, "'steps' must be an integer"),
     ({"seed": 1.5}, "'seed' must be an integer"),
-    ({"eta": "a lot"}, "'eta' must be a number"),
+    ({"eta": "a lot"}, "eta must be a number"),
+    ({"sampler": "ddpm", "eta": 0.5}, "the ddpm sampler takes no eta"),
+    ({"variance": "fixed_huge", "sampler": "ddpm"}, "unknown variance"),
     ({"format": "gif"}, "unknown format"),
     ({"stepz": 5}, "unknown fields"),
     ([1, 2], "must be a JSON object"),
@@ -220,8 +222,18 @@ def test_a_dead_replica_is_restarted_and_a_retry_succeeds(server, onnx_model):
 
 
 def test_parse_request_defaults_and_limits():
-    request = parse_request({}, 1000)
-    assert (request.sampler, request.steps, request.n, request.format, request.clip_sample) == ("ddim", 50, 1, "png", 1.0)
-    assert parse_request({"clip_sample": 0}, 1000).clip_sample is None
+    from ddpmrt.engine import NoiseSchedule, make_sampler
+
+    schedule = NoiseSchedule.linear()
+    request = parse_request({}, schedule)
+    assert (request.sampler, request.n, request.format) == ("ddim", 1, "png")
+    # The sampler a request gets is `ddpmrt sample`'s, with the same defaults (make_sampler).
+    assert request.make_sampler(schedule).config == make_sampler("ddim", schedule).config
+    assert request.make_sampler(schedule).config["clip_sample"] == 1.0
+    assert parse_request({"clip_sample": 0}, schedule).make_sampler(schedule).clip_sample is None
+    assert parse_request({"clip_sample": None}, schedule).make_sampler(schedule).clip_sample is None
+    ddpm = parse_request({"sampler": "ddpm", "variance": "fixed_large", "spacing": "trailing", "steps": 20}, schedule)
+    assert ddpm.make_sampler(schedule).config == make_sampler("ddpm", schedule, 20, variance="fixed_large",
+                                                              spacing="trailing").config
     with pytest.raises(UserError, match=r"'n' must lie in \[1, 8\]"):
-        parse_request({"n": 9}, 1000, max_images=8)
+        parse_request({"n": 9}, schedule, max_images=8)

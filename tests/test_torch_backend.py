@@ -103,10 +103,10 @@ def test_the_unet_runs_with_its_time_shifts_looked_up():
 
 def test_a_checkpoint_on_cuda_runs_on_inductor_by_default(monkeypatch):
     # What load_model(..., device="cuda") and `ddpmrt sample --device cuda` pick, checked without a GPU.
-    from ddpmrt.engine.backends import torch_backend
+    from ddpmrt.engine import backends
 
     calls = []
-    monkeypatch.setattr(torch_backend, "load_checkpoint", lambda path, device, **kw: calls.append((device, kw)))
+    monkeypatch.setitem(backends._loaders, "checkpoint", lambda path, device, **kw: calls.append((device, kw)))
     load_model("digits", device="cuda")
     load_model("digits", device="cuda", backend="torch")
     load_model("digits")

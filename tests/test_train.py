@@ -78,6 +78,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu  # also runs on the CPU; where a GPU is visible it takes another path (it failed there once)
 def test_two_process_ddp_with_gloo(tmp_path):
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.checks import model_inputs
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
 from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
 
@@ -33,6 +33,28 @@ def cuda_available() -> bool:
     except ImportError:
         return False
     return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _session(ort, model_bytes: bytes, options, providers: list[str], name: str):
+    """An InferenceSession, with ONNX Runtime's failures told apart: a damaged or foreign file, an
+    execution provider that failed, memory that ran out.  Anything else is a bug and propagates."""
+    errors = ort.capi.onnxruntime_pybind11_state
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=providers)
+    except (errors.InvalidProtobuf, errors.InvalidGraph, errors.InvalidArgument, errors.NoModel,
+            errors.NotImplemented) as exc:  # what ONNX Runtime raises for bytes that are not a model it can run
+        raise UserError(f"cannot load {name} with ONNX Runtime ({first_line(exc)}); the file is truncated or not "
+                        "an ONNX model: re-export it") from None
+    except (errors.EPFail, errors.Fail, errors.RuntimeException, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(f"ONNX Runtime loaded {name}") from None
+        if isinstance(exc, errors.EPFail) or "provider" in str(exc).lower():
+            raise UserError(f"ONNX Runtime's {providers[0]} failed to load {name} ({first_line(exc)}); "
+                            "check its installation (onnxruntime-gpu, CUDA and cuDNN), or use --device cpu") from None
+        if isinstance(exc, errors.Fail):  # a graph ONNX Runtime cannot load: a damaged or foreign file
+            raise UserError(f"cannot load {name} with ONNX Runtime ({first_line(exc)}); the file is damaged or not a "
+                            "model ONNX Runtime runs: re-export it") from None
+        raise
 
 
 class OnnxRuntimeModel(LoadedModel):
@@ -56,12 +78,7 @@ class OnnxRuntimeModel(LoadedModel):
         else:
             providers = ["CPUExecutionProvider"]
         model_bytes, sealed = read_onnx_bytes(self.path)  # a damaged ddpmrt file is an error, not wrong samples
-        try:
-            self.session = ort.InferenceSession(model_bytes, options, providers=providers)
-        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph types
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot load {self.path.name} with ONNX Runtime ({first}); "
-                            "the file is truncated or not an ONNX model: re-export it") from None
+        self.session = _session(ort, model_bytes, options, providers, self.path.name)
         # The file's own metadata; the caller's description only for files that carry none.
         props = self.session.get_modelmeta().custom_metadata_map
         check_onnx_metadata_is_sealed(props, sealed, self.path.name)

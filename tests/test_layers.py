@@ -1,0 +1,56 @@
+"""The layering contract (pyproject.toml [tool.importlinter]) holds, and would catch a back-edge."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+needs_linter = pytest.mark.skipif(LINT is None, reason="needs import-linter (pip install -e '.[dev]')")
+
+
+def _lint(root: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([LINT, "--config", str(cwd / "pyproject.toml"), "--no-cache"], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+def _tree(tmp_path: Path) -> Path:
+    """The source tree laid out as the installed namespace package ddpmrt/{engine,export}."""
+    package = tmp_path / "src" / "ddpmrt"
+    package.mkdir(parents=True)
+    for folder in ("engine", "export"):
+        shutil.copytree(ROOT / folder, package / folder, ignore=shutil.ignore_patterns("models", "__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path / "src"
+
+
+@needs_linter
+def test_the_contracts_hold_on_this_tree(tmp_path):
+    result = _lint(_tree(tmp_path), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 kept, 0 broken" in result.stdout
+
+
+@needs_linter
+@pytest.mark.parametrize("module,line,broken", [
+    # An engine module reaching into the torch side, even lazily inside a function: the inversion
+    # the entry-point loaders exist to avoid.
+    ("engine/backends/torch_backend.py", "def _f():\n    from ddpmrt.export.checkpoint import load_unet\n",
+     "export (the torch side) -> engine"),
+    # The device loop (a low layer) reaching up into the backends.
+    ("engine/gpu/device_loop.py", "from ddpmrt.engine.backends import load_model\n", "each using only those below it"),
+    # torch in the core.
+    ("engine/samplers.py", "import torch\n", "imports no torch"),
+])
+def test_a_reintroduced_back_edge_breaks_a_contract(tmp_path, module, line, broken):
+    src = _tree(tmp_path)
+    target = src / "ddpmrt" / module
+    target.write_text(target.read_text() + "\n\n" + line)
+    result = _lint(src, tmp_path)
+    assert result.returncode != 0, result.stdout
+    assert broken in result.stdout and "1 broken" in result.stdout, result.stdout
