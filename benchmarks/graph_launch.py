@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from ddpmrt.engine.gpu.cuda_runtime import check, cudart, describe_graph
 from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.gpu.cuda_runtime import check, cudart, describe_graph
 from ddpmrt.engine.profiling import environment, summarize
 
 EVERY = 8  # a memset or a fork after every 8th kernel

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from ddpmrt.engine import DDIMSampler, NoiseSchedule
-from ddpmrt.engine.backends.torch_backend import TorchModel
 from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.backends.torch_backend import TorchModel
 from ddpmrt.engine.profiling import environment, profile_device_loop, summarize
 from ddpmrt.export.unet import UNet, get_config
 

@@ -8,13 +8,13 @@ Importing this package needs only NumPy (plus Pillow and tqdm); backends import 
 libraries when a model is loaded.
 """
 
-from ddpmrt.engine.version import __version__
 from ddpmrt.engine.backends import load_model, shipped_models
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.images import make_grid, save_images, save_png, to_uint8
 from ddpmrt.engine.philox import gaussian_noise, philox4x32
 from ddpmrt.engine.samplers import DDIMSampler, DDPMSampler, apply_update, make_sampler, make_timesteps
 from ddpmrt.engine.schedule import NoiseSchedule
+from ddpmrt.engine.version import __version__
 
 __all__ = [
     "DDIMSampler", "DDPMSampler", "NoiseSchedule", "UserError", "__version__", "apply_update",

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from importlib import metadata
 import platform
 import statistics
 import sys
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
+from importlib import metadata
 
 import numpy as np
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpmrt.engine.checks import check_int, check_real
+from ddpmrt.engine.checks import check_int
 from ddpmrt.engine.errors import UserError
 
 FORMATS = ("png", "npz")

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ddpmrt.engine import load_model, make_sampler
-from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
@@ -84,52 +84,74 @@ def _backends(checkpoint: Path, source, work: Path, threads: int, wanted, packag
 
     Packages are built into `packages`, which must outlive the run: their start-up is measured
     from the file at the end."""
-    from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
-    from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
-
     models, missing = {}, {}
-    if "torch-cpu" in wanted:
-        models["torch-cpu"] = load_model(checkpoint, backend="torch")
-    if "inductor-cpu" in wanted:
-        models["inductor-cpu"] = load_model(checkpoint, backend="inductor")
-    onnx_path = work / "model-fp32.onnx"
-    if {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted):
-        export_onnx(source.module, source.metadata, onnx_path, unwrap=source.unwrap)
-    if "onnxruntime-cpu" in wanted:
-        models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
+    for build in (_torch_models, _onnx_models, _tensorrt_model):
+        build(checkpoint, source, work, threads, wanted, models, missing)
+    _package_models(checkpoint, wanted, packages, batches, models, missing)
+    return models, missing
+
+
+def _torch_models(checkpoint, source, work, threads, wanted, models, missing) -> None:
+    """torch and inductor on the CPU; on CUDA fp16 on the device loop, eagerly or as one CUDA graph per (batch, steps)."""
+    for name, backend in (("torch-cpu", "torch"), ("inductor-cpu", "inductor")):
+        if name in wanted:
+            models[name] = load_model(checkpoint, backend=backend)
     for name, backend, graph in (("torch-cuda", "torch", False), ("torch-cuda-graph", "torch", True),
                                  ("inductor-cuda", "inductor", True)):
         if name not in wanted:
             continue
         if torch.cuda.is_available():
-            # fp16 on the device loop: eagerly, or as one CUDA graph per (batch, steps); inductor compiled.
             models[name] = load_model(checkpoint, backend=backend, device="cuda", cuda_graph=graph)
         else:
             missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
+
+
+def _onnx_models(checkpoint, source, work, threads, wanted, models, missing) -> None:
+    """ONNX Runtime on the fp32 ONNX file, exported into the run's folder."""
+    from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
+
+    if not {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted):
+        return
+    onnx_path = work / "model-fp32.onnx"
+    export_onnx(source.module, source.metadata, onnx_path, unwrap=source.unwrap)
+    if "onnxruntime-cpu" in wanted:
+        models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
     if "onnxruntime-cuda" in wanted:
         if ort_cuda():
             models["onnxruntime-cuda"] = load_model(onnx_path, backend="onnxruntime", device="cuda")
         else:
             missing["onnxruntime-cuda"] = "needs onnxruntime-gpu and a GPU"
-    if "tensorrt" not in wanted:
-        pass
-    elif device_compute_capability() is None:
-        missing["tensorrt"] = "needs an NVIDIA GPU and TensorRT or TensorRT-RTX"
-    else:
-        try:
-            from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
-            from ddpmrt.export.engine_build import BatchProfile, build_engine
-            from ddpmrt.export.sources import sha256_file
 
-            flavour = import_flavour("auto")
-            source16 = _source(checkpoint, "fp16")
-            onnx16 = work / "model-fp16.onnx"
-            export_onnx(source16.module, source16.metadata, onnx16, unwrap=source16.unwrap)
-            plan = work / "model-fp16.plan"
-            build_engine(onnx16, plan, source16.metadata, sha256_file(onnx16), flavour, BatchProfile(1, 8, 256), ["current"])
-            models["tensorrt"] = load_model(plan, backend="tensorrt", cuda_graph=True)
-        except UserError as exc:
-            missing["tensorrt"] = str(exc)
+
+def _tensorrt_model(checkpoint, source, work, threads, wanted, models, missing) -> None:
+    """An fp16 engine built for this GPU from the fp16 ONNX, run as one CUDA graph per loop."""
+    from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
+
+    if "tensorrt" not in wanted:
+        return
+    if device_compute_capability() is None:
+        missing["tensorrt"] = "needs an NVIDIA GPU and TensorRT or TensorRT-RTX"
+        return
+    from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
+    from ddpmrt.export.engine_build import BatchProfile, build_engine
+    from ddpmrt.export.sources import sha256_file
+
+    try:
+        flavour = import_flavour("auto")
+        source16 = _source(checkpoint, "fp16")
+        onnx16, plan = work / "model-fp16.onnx", work / "model-fp16.plan"
+        export_onnx(source16.module, source16.metadata, onnx16, unwrap=source16.unwrap)
+        build_engine(onnx16, plan, source16.metadata, sha256_file(onnx16), flavour, BatchProfile(1, 8, 256), ["current"])
+        models["tensorrt"] = load_model(plan, backend="tensorrt", cuda_graph=True)
+    except UserError as exc:
+        missing["tensorrt"] = str(exc)
+
+
+def _package_models(checkpoint, wanted, packages: Path, batches, models, missing) -> None:
+    """AOTInductor packages, built as `export-engine --flavour inductor` builds them."""
+    from ddpmrt.export.aot_package import build_aot_package
+    from ddpmrt.export.engine_build import BatchProfile
+
     for name in PACKAGE_BACKENDS:
         if name not in wanted:
             continue
@@ -137,16 +159,12 @@ def _backends(checkpoint: Path, source, work: Path, threads: int, wanted, packag
         if device == "cuda" and not torch.cuda.is_available():
             missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
             continue
-        from ddpmrt.export.aot_package import build_aot_package
-        from ddpmrt.export.engine_build import BatchProfile
-
         # A source of its own: the build moves and casts the module it is given.  The precision is
         # the device's default (fp16 on CUDA, fp32 on the CPU); batches from 1 (the start-up's) to the bench's largest.
         package = packages / f"model-{device}.pt2"
         build_aot_package(_source(checkpoint, "fp32"), package, device, "fp16" if device == "cuda" else "fp32",
                           BatchProfile(1, max(batches), max(batches)))
         models[name] = load_model(package, device=device)
-    return models, missing
 
 
 def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, sampler: str = "ddim", compiled: bool = False):
@@ -276,21 +294,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     gpu_peak = peak or peak_tflops((env.get("gpu") or {}).get("name"))
     results = []
     jobs = [(name, b) for name in models for b in batches]
-    # diffusers as users run it: fp32 on the CPU, fp16 on a GPU; eager, and compiled where asked.
-    pipes = []
-    on_cpu = any(name.endswith("-cpu") for name in models)
-    on_gpu = torch.cuda.is_available() and not all(name.endswith("-cpu") for name in models)
-    if compare_diffusers:
-        for compiled in (False, True):
-            if compiled and diffusers_compiled == "never":
-                continue
-            suffix = "compiled-" if compiled else ""
-            if on_cpu and (not compiled or diffusers_compiled == "always"):
-                pipes.append((f"diffusers-{pipeline}-{suffix}cpu", "cpu", compiled,
-                              _diffusers_pipeline(checkpoint, "cpu", sampler=sampler, compiled=compiled)))
-            if on_gpu:
-                pipes.append((f"diffusers-{pipeline}-{suffix}cuda-fp16", "cuda", compiled,
-                              _diffusers_pipeline(checkpoint, "cuda", torch.float16, sampler=sampler, compiled=compiled)))
+    pipes = _diffusers_pipes(checkpoint, models, pipeline, sampler, diffusers_compiled) if compare_diffusers else []
     startups = [name for name in models if name.startswith("inductor-")] if startup else []
     with tqdm(total=len(jobs) + len(batches) * len(pipes) + len(startups), disable=not progress, desc="bench") as bar:
         for name, batch in jobs:
@@ -309,17 +313,54 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
                 bar.update(1)
         startup_rows = []
         for name in startups:
-            device = "cuda" if name.endswith("-cuda") else "cpu"
-            row = {"backend": name, "batch": 1, "steps": steps}
-            model_file = checkpoint
-            if name in PACKAGE_BACKENDS:  # built once ahead of time, then loaded by every process
-                model_file = Path(models[name].source)
-                sidecar = json.loads(model_file.with_name(model_file.name + ".json").read_text(encoding="utf-8"))
-                row["build_s"] = sidecar["build_seconds"]
-            row.update(measure_startup(model_file, "inductor", device, steps, threads))
-            startup_rows.append(row)
+            startup_rows.append(_startup_row(checkpoint, name, models[name], steps, threads))
             bar.update(1)
     packages.cleanup()
+    _add_derived_figures(results, diffusers_rows, flops, steps, gpu_peak, peak)
+    metadata = source.metadata
+    report = {"model": {"source": str(checkpoint), "config": metadata.model_config,
+                        "image_shape": list(metadata.image_shape),
+                        "gflop_per_forward_per_image": flops / 1e9},
+              "sampler": bench_sampler(sampler, next(iter(models.values())).schedule, steps).config, "results": results,
+              "diffusers": diffusers_rows, "startup": startup_rows, "peak_tflops": gpu_peak, "unavailable": missing,
+              "environment": env}
+    write_report(report, out)
+    return report
+
+
+def _diffusers_pipes(checkpoint: Path, models: dict, pipeline: str, sampler: str, diffusers_compiled: str) -> list:
+    """diffusers as users run it, on the devices ddpmrt's rows use: fp32 on the CPU, fp16 on a GPU;
+    eager, and with torch.compile where asked.  (name, device, compiled, pipeline) each."""
+    pipes = []
+    on_cpu = any(name.endswith("-cpu") for name in models)
+    on_gpu = torch.cuda.is_available() and not all(name.endswith("-cpu") for name in models)
+    for compiled in (False, True):
+        if compiled and diffusers_compiled == "never":
+            continue
+        suffix = "compiled-" if compiled else ""
+        if on_cpu and (not compiled or diffusers_compiled == "always"):
+            pipes.append((f"diffusers-{pipeline}-{suffix}cpu", "cpu", compiled,
+                          _diffusers_pipeline(checkpoint, "cpu", sampler=sampler, compiled=compiled)))
+        if on_gpu:
+            pipes.append((f"diffusers-{pipeline}-{suffix}cuda-fp16", "cuda", compiled,
+                          _diffusers_pipeline(checkpoint, "cuda", torch.float16, sampler=sampler, compiled=compiled)))
+    return pipes
+
+
+def _startup_row(checkpoint: Path, name: str, model, steps: int, threads: int) -> dict:
+    """Cold and warm start of an inductor backend: fresh processes to their first image."""
+    device = "cuda" if name.endswith("-cuda") else "cpu"
+    row = {"backend": name, "batch": 1, "steps": steps}
+    model_file = checkpoint
+    if name in PACKAGE_BACKENDS:  # built once ahead of time, then loaded by every process
+        model_file = Path(model.source)
+        row["build_s"] = model.sidecar["build_seconds"]
+    row.update(measure_startup(model_file, "inductor", device, steps, threads))
+    return row
+
+
+def _add_derived_figures(results: list, diffusers_rows: list, flops: float, steps: int, gpu_peak, peak) -> None:
+    """TFLOP/s and % of peak of every row; each ddpmrt row's speed-up over diffusers on its device."""
     for row in results + diffusers_rows:
         seconds_per_image = row["ms_per_image"]["median"] / 1e3
         row["tflops"] = flops * steps / seconds_per_image / 1e12
@@ -332,15 +373,6 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
                         if d["batch"] == row["batch"] and d["device"] == device and d["compiled"] == compiled), None)
             if ref:
                 row[key] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
-    metadata = source.metadata
-    report = {"model": {"source": str(checkpoint), "config": metadata.model_config,
-                        "image_shape": list(metadata.image_shape),
-                        "gflop_per_forward_per_image": flops / 1e9},
-              "sampler": bench_sampler(sampler, next(iter(models.values())).schedule, steps).config, "results": results,
-              "diffusers": diffusers_rows, "startup": startup_rows, "peak_tflops": gpu_peak, "unavailable": missing,
-              "environment": env}
-    write_report(report, out)
-    return report
 
 
 def _cell(value, fmt: str, none: str = "") -> str:

@@ -105,15 +105,15 @@ def _description(ns: argparse.Namespace):
     return schedule, image_shape
 
 
-def _export_source(ns: argparse.Namespace, precision: str):
+def _export_source(model: str | None, diffusers_folder: str | None, schedule, precision: str):
+    """The weights to export: a checkpoint or shipped name, or a diffusers folder (whose schedule `schedule` may give)."""
     from ddpmrt.export.sources import from_checkpoint, from_diffusers
 
-    schedule, _ = _description(ns)
-    if ns.from_diffusers:
-        return from_diffusers(ns.from_diffusers, precision, schedule)
-    if not ns.model:
+    if diffusers_folder:
+        return from_diffusers(diffusers_folder, precision, schedule)
+    if not model:
         raise UserError("name a model: a checkpoint directory, a shipped model name, or --from-diffusers DIR")
-    return from_checkpoint(ns.model, precision)
+    return from_checkpoint(model, precision)
 
 
 def _batch_arg(text: str):
@@ -129,7 +129,7 @@ def _export_onnx(ns: argparse.Namespace) -> None:
     from ddpmrt.export.onnx_export import export_onnx
 
     out = check_output_file(ns.out, (".onnx",))
-    source = _export_source(ns, ns.precision)
+    source = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], ns.precision)
     result = export_onnx(source.module, source.metadata, out, opset=ns.opset, batch=_batch_arg(ns.batch),
                          unwrap=source.unwrap)
     size_mb = out.stat().st_size / 1e6
@@ -154,44 +154,56 @@ def _onnx_is_current(path: Path, metadata, opset: int) -> bool:
 
 
 def _export_engine(ns: argparse.Namespace) -> None:
+    if ns.flavour == "inductor":
+        return _export_inductor_package(ns)
+    schedule, image_shape = _description(ns)
+    export_engine(ns.model, ns.out, from_diffusers=ns.from_diffusers, precision=ns.precision or "fp16", batch=ns.batch,
+                  targets=ns.targets, flavour=ns.flavour, optimization_level=ns.optimization_level, opset=ns.opset,
+                  force=ns.force, schedule=schedule, image_shape=image_shape)
+
+
+def export_engine(model: str | None, out, from_diffusers: str | None = None, precision: str = "fp16",
+                  batch: str = "1:8:64", targets: str = "auto", flavour: str = "auto", optimization_level: int | None = None,
+                  opset: int = 18, force: bool = False, schedule=None, image_shape=None) -> None:
+    """`export-engine`: the ONNX export (unless given an .onnx, or one that is up to date), then the engine build.
+
+    `schedule` and `image_shape` describe an .onnx without ddpmrt metadata (or a bare diffusers UNet folder).
+    """
     from ddpmrt.engine.artifacts.io import check_output_file
-    from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
     from ddpmrt.engine.artifacts.sidecar import sidecar_path
+    from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
     from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets, read_onnx_metadata
     from ddpmrt.export.sources import sha256_file
 
-    if ns.flavour == "inductor":
-        return _export_inductor_package(ns)
-    ns.precision = ns.precision or "fp16"
-    plan = check_output_file(ns.out, (".plan", ".engine"))
+    plan = check_output_file(out, (".plan", ".engine"))
     # Everything written beside the engine: its ONNX, the sidecar and TensorRT's timing cache.
     for companion, suffixes in ((plan.with_suffix(".onnx"), (".onnx",)), (sidecar_path(plan), (".json",)),
                                 (plan.with_name(plan.name + ".timing-cache"), (".timing-cache",))):
         check_output_file(companion, suffixes, option=f"--out {plan} writes")
-    flavour = import_flavour(ns.flavour)          # fail early, before a long export
-    targets = parse_targets(ns.targets, flavour)
-    profile = BatchProfile.parse(ns.batch)
+    trt_flavour = import_flavour(flavour)          # fail early, before a long export
+    target_list = parse_targets(targets, trt_flavour)
+    profile = BatchProfile.parse(batch)
 
-    if ns.model and ns.model.lower().endswith(".onnx") and not ns.from_diffusers:
-        onnx_path = Path(ns.model)
+    if model and model.lower().endswith(".onnx") and not from_diffusers:
+        onnx_path = Path(model)
         if not onnx_path.is_file():
             raise UserError(f"{onnx_path} not found")
-        metadata = read_onnx_metadata(onnx_path, *_description(ns))
+        metadata = read_onnx_metadata(onnx_path, schedule, image_shape)
     else:
         from ddpmrt.export.onnx_export import export_onnx
 
-        source = _export_source(ns, ns.precision)
+        source = _export_source(model, from_diffusers, schedule, precision)
         onnx_path = plan.with_suffix(".onnx")
         metadata = source.metadata
-        if _onnx_is_current(onnx_path, metadata, ns.opset):
+        if _onnx_is_current(onnx_path, metadata, opset):
             print(f"{onnx_path} is up to date")
         else:
-            result = export_onnx(source.module, metadata, onnx_path, opset=ns.opset, unwrap=source.unwrap)
+            result = export_onnx(source.module, metadata, onnx_path, opset=opset, unwrap=source.unwrap)
             print(f"wrote {onnx_path} ({metadata.precision}) in {result.seconds:.1f} s")
 
-    result = build_engine(onnx_path, plan, metadata, sha256_file(onnx_path), flavour, profile, targets,
-                          ns.optimization_level, force=ns.force)
-    what = (f"{flavour.name} {flavour.version}, {metadata.precision}, batch {profile}, "
+    result = build_engine(onnx_path, plan, metadata, sha256_file(onnx_path), trt_flavour, profile, target_list,
+                          optimization_level, force=force)
+    what = (f"{trt_flavour.name} {trt_flavour.version}, {metadata.precision}, batch {profile}, "
             f"targets {','.join(result.sidecar['targets'])}")
     size_mb = result.sidecar["engine_bytes"] / 1e6
     if result.cached:
@@ -216,7 +228,7 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
     if ns.model and ns.model.lower().endswith(".onnx"):
         raise UserError("--flavour inductor compiles the PyTorch model: give a checkpoint, shipped name or "
                         "--from-diffusers, not an .onnx")
-    source = _export_source(ns, "fp32")
+    source = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], "fp32")
     result = build_aot_package(source, out, device, precision, BatchProfile.parse(ns.batch), force=ns.force)
     size_mb = result.sidecar["package_bytes"] / 1e6
     what = f"AOTInductor, {precision} on {device}, batch {ns.batch}"
@@ -239,8 +251,8 @@ def _int_list(text: str, option: str) -> list[int]:
 def _bench(ns: argparse.Namespace) -> None:
     import tempfile
 
-    from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.artifacts.io import check_output_dir
+    from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.export.bench import BENCH_BACKENDS, PACKAGE_BACKENDS, run_bench
     from ddpmrt.export.checkpoint import write_random_checkpoint
     from ddpmrt.export.sources import find_diffusers_unet
@@ -276,8 +288,8 @@ def _bench(ns: argparse.Namespace) -> None:
 
 
 def _report(ns: argparse.Namespace) -> None:
-    from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.artifacts.io import check_output_dir
+    from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.samplers import SPACINGS
     from ddpmrt.export.report import parse_samplers, run_report
 
@@ -300,8 +312,8 @@ def _report(ns: argparse.Namespace) -> None:
 
 def _best_backend(flavour) -> tuple[str, str]:
     """TensorRT on a GPU with a flavour, else torch on CUDA, else ONNX Runtime on the CPU."""
-    from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
     from ddpmrt.engine.backends.tensorrt_flavour import RTX_TARGETS
+    from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
 
     capability = device_compute_capability()
     if capability is not None:
@@ -319,8 +331,8 @@ def _demo(ns: argparse.Namespace) -> None:
     """The README's first command: shipped model -> ONNX -> engine (if a flavour is installed) -> report."""
     import time
 
-    from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.artifacts.io import check_output_dir
+    from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
     from ddpmrt.export.report import QUICK, run_report
 
@@ -334,10 +346,7 @@ def _demo(ns: argparse.Namespace) -> None:
         flavour = None
         print(f"skipping the engine build: {exc}")
     else:
-        engine_args = argparse.Namespace(model=str(checkpoint), from_diffusers=None, device=None, schedule=None, image_shape=None,
-                                         opset=18, out=str(out / "digits-fp16.plan"), precision="fp16", batch="1:64:256",
-                                         targets="auto", flavour=flavour.name, optimization_level=None, force=False)
-        _export_engine(engine_args)
+        export_engine(str(checkpoint), out / "digits-fp16.plan", precision="fp16", batch="1:64:256", flavour=flavour.name)
     backend, device = _best_backend(flavour)
     print(f"sampling on {backend} ({device})")
     run_report(checkpoint, out, QUICK, num_samples=ns.samples, backend=backend, device=device, threads=ns.threads,
@@ -520,7 +529,7 @@ def _add_bench_command(sub) -> None:
 
 
 def _add_report_command(sub) -> None:
-    from ddpmrt.engine.samplers import DEFAULT_SPACING, SPACINGS
+    from ddpmrt.engine.samplers import DEFAULT_SPACING
 
     p = sub.add_parser("report", help="quality against latency per sampler and step count (offline metrics)")
     p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")

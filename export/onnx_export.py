@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_onnx_file
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
+from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.export.sources import EpsOnly
 
 # Validation targets (max, mean absolute error against PyTorch fp32 on the same inputs).

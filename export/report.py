@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from ddpmrt.engine import load_model, make_grid, make_sampler, save_png, to_uint8
+from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
-from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.profiling import environment
 from ddpmrt.engine.samplers import DEFAULT_SPACING
 from ddpmrt.export.checkpoint import read_config

@@ -14,10 +14,10 @@ import torch
 from safetensors import SafetensorError
 
 from ddpmrt.engine import __version__
-from ddpmrt.engine.backends import resolve_model_path
-from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.artifacts.integrity import sha256_file
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
+from ddpmrt.engine.backends import resolve_model_path
+from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import WEIGHTS_FILE, load_unet
 

@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.backends.torch_backend import TorchModel
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.images import make_grid, save_png, to_uint8
-from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.samplers import DDIMSampler
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config
 from ddpmrt.export.data import load_dataset
-from ddpmrt.export.unet import UNet, count_parameters, get_config
+from ddpmrt.export.unet import UNet, UNetConfig, count_parameters, get_config
 
 
 @dataclasses.dataclass
@@ -141,11 +141,9 @@ def write_sample_grid(ema: torch.nn.Module, schedule: NoiseSchedule, image_shape
     save_png(make_grid(to_uint8(images), ncols=8), path, scale=max(1, 128 // image_shape[-1]))
 
 
-def train(args: TrainArgs) -> Path:
-    rank, world = _distributed(_device_type(args.device))
-    device = _pick_device(args.device, rank)
-    out = Path(args.out)
-    state_path = out / STATE_FILE
+def _check_arguments(args: TrainArgs, state_path: Path, device: torch.device) -> None:
+    """Every mistake a command line can make, as one line, before any data is read."""
+    out = state_path.parent
     if args.resume and not state_path.is_file():
         raise UserError(f"nothing to resume: {state_path} does not exist; drop --resume to start a new run")
     if not args.resume and state_path.exists():
@@ -157,7 +155,9 @@ def train(args: TrainArgs) -> Path:
     if args.iters < 1 or args.batch_size < 1:
         raise UserError("--iters and --batch-size must be positive")
 
-    data = load_dataset(args.dataset, args.image_size, seed=args.seed)
+
+def _model_config(args: TrainArgs, data) -> UNetConfig:
+    """The U-Net config `args.model` for the data's images (square, divisible by the U-Net's downsampling)."""
     c, h, w = data.images.shape[1:]
     if h != w:
         raise UserError(f"images must be square, got {h}x{w}; pass --image-size")
@@ -168,6 +168,43 @@ def train(args: TrainArgs) -> Path:
     if h % 2 ** (len(model_config.ch_mult) - 1):
         raise UserError(f"image size {h} is not divisible by {2 ** (len(model_config.ch_mult) - 1)} "
                         f"(the {args.model} U-Net's downsampling); pass --image-size")
+    return model_config
+
+
+def _restore(state_path: Path, device, model_config: UNetConfig, model, ema, optimizer, scaler) -> int:
+    """Load a saved run into the model, EMA, optimizer and scaler; returns the step it stopped at."""
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    if state["model_config"] != model_config.to_dict():
+        raise UserError(f"{state_path.parent} was trained with a different model/dataset configuration; "
+                        "resume with the same --model, --dataset and --image-size")
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return int(state["step"])
+
+
+def _noisy_batch(images, abar, num_train_timesteps: int, batch_size: int, seed: int, device):
+    """x_t, t and the noise ε of one training batch (L_simple), every random choice from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+    t = torch.randint(0, num_train_timesteps, (batch_size,), generator=gen)
+    x0 = images[idx]
+    noise = torch.randn(x0.shape, generator=gen)
+    a = abar[t].view(-1, 1, 1, 1)
+    x_t = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(device)
+    return x_t, t.to(device), noise.to(device)
+
+
+def train(args: TrainArgs) -> Path:
+    rank, world = _distributed(_device_type(args.device))
+    device = _pick_device(args.device, rank)
+    out = Path(args.out)
+    state_path = out / STATE_FILE
+    _check_arguments(args, state_path, device)
+    data = load_dataset(args.dataset, args.image_size, seed=args.seed)
+    c, h, w = data.images.shape[1:]
+    model_config = _model_config(args, data)
     schedule = _schedule(args)
 
     torch.manual_seed(args.seed)  # initial weights (DDP also broadcasts rank 0's)
@@ -176,17 +213,7 @@ def train(args: TrainArgs) -> Path:
     ema.load_state_dict(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda", enabled=args.precision == "fp16")
-    start = 0
-    if args.resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state["model_config"] != model_config.to_dict():
-            raise UserError(f"{out} was trained with a different model/dataset configuration; "
-                            "resume with the same --model, --dataset and --image-size")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
+    start = _restore(state_path, device, model_config, model, ema, optimizer, scaler) if args.resume else 0
 
     net = model
     if world > 1:
@@ -221,14 +248,8 @@ def train(args: TrainArgs) -> Path:
         try:
             while step < args.iters and stop.signal is None:
                 torch.manual_seed(_step_seed(args.seed, rank, step))  # dropout
-                gen = torch.Generator().manual_seed(_step_seed(args.seed, rank, step))
-                idx = torch.randint(0, len(images), (args.batch_size,), generator=gen)
-                t = torch.randint(0, schedule.num_train_timesteps, (args.batch_size,), generator=gen)
-                x0 = images[idx]
-                noise = torch.randn(x0.shape, generator=gen)
-                a = abar[t].view(-1, 1, 1, 1)
-                x_t = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(device)
-                t, noise = t.to(device), noise.to(device)
+                x_t, t, noise = _noisy_batch(images, abar, schedule.num_train_timesteps, args.batch_size,
+                                             _step_seed(args.seed, rank, step), device)
 
                 lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
                 for group in optimizer.param_groups:

@@ -17,8 +17,7 @@ import pytest
 
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
 from ddpmrt.engine.gpu.cuda_runtime import graph_shape
-from ddpmrt.engine.gpu.device_loop import DeviceLoop
-from ddpmrt.engine.gpu.device_loop import CapturedGraph, DeviceNetwork
+from ddpmrt.engine.gpu.device_loop import CapturedGraph, DeviceLoop, DeviceNetwork
 from ddpmrt.engine.gpu.kernels import IMAGE_KEY_DTYPE, RUN_PARAMS_DTYPE
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.samplers import apply_update

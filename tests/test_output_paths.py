@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.artifacts.io import check_output_dir, check_output_file
+from ddpmrt.engine.errors import UserError
 from ddpmrt.export.cli import main
 
 # A folder no process can create files in, even as root: /proc on Linux.

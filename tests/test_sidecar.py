@@ -7,8 +7,17 @@ import pytest
 from ddpmrt.engine import NoiseSchedule
 from ddpmrt.engine.artifacts.integrity import seal_json
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
-from ddpmrt.engine.artifacts.sidecar import (ENGINE, PACKAGE, cached_sidecar, check_batch, check_device, read_sidecar,
-                                             sidecar_metadata, sidecar_path, write_sidecar)
+from ddpmrt.engine.artifacts.sidecar import (
+    ENGINE,
+    PACKAGE,
+    cached_sidecar,
+    check_batch,
+    check_device,
+    read_sidecar,
+    sidecar_metadata,
+    sidecar_path,
+    write_sidecar,
+)
 from ddpmrt.engine.errors import UserError
 
 METADATA = ModelMetadata(schedule=NoiseSchedule.linear(100), image_shape=(1, 8, 8)).to_strings()

@@ -16,8 +16,8 @@ pytest.importorskip("onnx")
 
 from ddpmrt.engine.backends import tensorrt_backend  # noqa: E402
 from ddpmrt.engine.backends.tensorrt_backend import check_compatible  # noqa: E402
-from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability  # noqa: E402
 from ddpmrt.engine.backends.tensorrt_flavour import Flavour, import_flavour  # noqa: E402
+from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability  # noqa: E402
 
 try:
     import tensorrt_rtx

@@ -193,3 +193,32 @@ def test_inductor_package_builds_loads_and_samples(tmp_path):
                       ".pt2")
     assert_user_error(run_cli("export-engine", "digits", "--flavour", "inductor", "--device", "cpu", "--precision",
                               "fp16", "--out", str(tmp_path / "y.pt2")), "needs --device cuda")
+
+
+def test_a_package_is_checked_against_its_sidecar_before_torch_loads_it(tmp_path):
+    # A .pt2 asked for on a device it was not built for, and a batch outside its profile: one line each,
+    # from the sidecar (engine/artifacts/sidecar.py), not a crash inside AOTInductor.
+    from ddpmrt.engine import NoiseSchedule
+    from ddpmrt.engine.artifacts.metadata import ModelMetadata
+    from ddpmrt.engine.artifacts.sidecar import PACKAGE, write_sidecar
+    from ddpmrt.engine.errors import UserError
+
+    package = tmp_path / "m.pt2"
+    package.write_bytes(b"not really a package")
+    metadata = ModelMetadata(schedule=NoiseSchedule.linear(), image_shape=(1, 4, 4))
+    sidecar = write_sidecar(package, PACKAGE, {"metadata": metadata.to_strings(), "device": "cpu", "precision": "fp32",
+                                               "torch_version": torch.__version__,
+                                               "profile": {"min": 1, "opt": 2, "max": 2}, "cache_key": {}})
+    with pytest.raises(UserError, match="compiled for cpu, not cuda"):
+        load_model(package, device="cuda")
+    model = TorchModel(torch.nn.Identity(), metadata.schedule, (1, 4, 4), "cpu", str(package))
+    model.sidecar = sidecar
+    with pytest.raises(UserError, match=r"batch 3 is outside m.pt2's profile \(1 to 2\)"):
+        DDIMSampler(model.schedule, 2).sample(model, (3, 1, 4, 4), progress=False)
+
+
+def test_models_close_in_a_with_block():
+    with load_model("digits") as model:
+        assert model.device_loop is None  # the CPU: the host loop
+        images = DDIMSampler(model.schedule, 2).sample(model, (1, *model.image_shape), progress=False)
+    assert images.shape == (1, 1, 16, 16) and model._io == {}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
+from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
 from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
-from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
-from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
 
 
 def _import_ort():

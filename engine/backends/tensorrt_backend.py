@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpmrt.engine.checks import model_inputs
-from ddpmrt.engine.gpu.cuda_runtime import CudaError, DeviceBuffer, check, cudart, describe_graph, device_compute_capability
-from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.artifacts.sidecar import ENGINE, check_batch, read_sidecar, sidecar_metadata
 from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
+from ddpmrt.engine.checks import model_inputs
+from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.gpu.cuda_runtime import CudaError, DeviceBuffer, check, cudart, describe_graph, device_compute_capability
 
 RTX_DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120")
 
