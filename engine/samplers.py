@@ -1,14 +1,18 @@
-"""DDPM and DDIM samplers, every step written as one coefficient-form update.
+"""DDPM and DDIM samplers, and the one coefficient-form update every sampler's step is written in.
 
-Every sampler step in this file is the same affine update with per-step scalars:
+Every step of every sampler (these, and the multistep solvers of solvers.py) is the same
+affine update with per-step scalars:
 
-    x̂₀     = (x_t − s₁·ε) / s₀          s₀ = √ᾱ_t, s₁ = √(1 − ᾱ_t)       (predict x_0 from ε)
-    x̂₀     = clip(x̂₀, −c, c)            only if clip_sample is set
-    x_prev = a·x̂₀ + b·x_t + c·ε + σ·z   z ~ N(0, I) from the Philox generator (philox.py)
+    x̂₀     = (x_t − s₁·ε) / s₀                  s₀ = √ᾱ_t, s₁ = √(1 − ᾱ_t)     (predict x_0 from ε)
+    x̂₀     = clip(x̂₀, −c, c)                    only if clip_sample is set
+    x_c    = (1 + q_x)·x_t + q₀·x̂₀ + Σ_k q_k·H_k + q_p·P                     (UniPC's corrector; x_t otherwise)
+    x_prev = a·x̂₀ + b·x_c + c·ε + Σ_k h_k·H_k + σ·z                          z ~ N(0, I) from Philox (philox.py)
 
-A sampler only computes the table of (s₀, s₁, a, b, c, σ) once; `apply_update` applies a
-row of it.  The fused CUDA kernel (kernels/) implements exactly `apply_update`, so one
-kernel serves DDPM, DDIM and any η.
+H_1, H_2, H_3 are the x̂₀ of the three previous steps (a history ring) and P the previous step's
+corrected sample x_c; a step stores its own x̂₀ and x_c for the next ones where its `keep` flags
+say so.  A sampler only computes the table of these scalars once; `apply_update` applies a row.
+DDIM and DDPM rows have zeros in every history column.  The fused CUDA kernel
+(kernels/update_step.h) implements exactly `apply_update`, so one kernel serves every sampler.
 """
 
 from __future__ import annotations
@@ -32,8 +36,35 @@ SPACINGS = ("leading", "trailing", "linspace", "quad")
 # It is also diffusers' default, so the sampler classes share it.
 DEFAULT_SPACING = "leading"
 
-# Columns of a coefficient table.
-S0, S1, A, B, C, SIGMA = range(6)
+# Columns of a coefficient table (kernels/update_step.h reads the same layout).
+S0, S1, A, B, C, SIGMA, H1, H2, H3, QX, Q0, Q1, Q2, Q3, QP, KEEP = range(16)
+COEFFS_PER_STEP = 16
+HISTORY = 3             # previous x̂₀ a step may read (UniPC-3's corrector reads three)
+KEEP_X0 = 1             # KEEP flags: the step's x̂₀ enters the history ring,
+KEEP_CORRECTED = 2      # and its corrected sample x_c becomes the next step's P
+
+
+def coefficient_table(num_steps: int, **columns) -> np.ndarray:
+    """A (num_steps, 16) float64 table with the named columns (s0=..., a=...) set, zeros elsewhere."""
+    table = np.zeros((num_steps, COEFFS_PER_STEP))
+    names = {"s0": S0, "s1": S1, "a": A, "b": B, "c": C, "sigma": SIGMA, "h1": H1, "h2": H2, "h3": H3, "qx": QX,
+             "q0": Q0, "q1": Q1, "q2": Q2, "q3": Q3, "qp": QP, "keep": KEEP}
+    for name, values in columns.items():
+        table[:, names[name]] = values
+    return table
+
+
+class History:
+    """What a multistep sampler carries between steps: the last three x̂₀ (newest first) and the corrected sample."""
+
+    def __init__(self):
+        self.x0: list[np.ndarray | None] = [None] * HISTORY
+        self.corrected: np.ndarray | None = None
+
+    def read(self, k: int, shape) -> np.ndarray:
+        """H_k (k = 1..3); zeros before that many steps ran (their weight is zero there)."""
+        value = self.x0[k - 1]
+        return np.zeros(shape, np.float32) if value is None else value
 
 
 def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading") -> np.ndarray:
@@ -66,19 +97,48 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
 
 
 def apply_update(x_t: np.ndarray, eps: np.ndarray, coeffs: np.ndarray, clip_sample: float | None,
-                 noise: np.ndarray | None) -> np.ndarray:
-    """One sampler step from a coefficient row (s₀, s₁, a, b, c, σ); float32 in, float32 out."""
-    s0, s1, a, b, c, sigma = (np.float32(v) for v in coeffs)
+                 noise: np.ndarray | None, history: History | None = None) -> np.ndarray:
+    """One sampler step from a coefficient row; float32 in, float32 out.
+
+    `history` carries the previous steps' x̂₀ and corrected sample; rows that read it need it,
+    and it is updated in place as the row's KEEP flags say.  A row of 6 (s₀, s₁, a, b, c, σ) is a
+    DDIM/DDPM row without history columns.
+    """
+    row = np.zeros(COEFFS_PER_STEP, np.float64)
+    row[:len(coeffs)] = coeffs
+    k = row.astype(np.float32)
     x_t = np.asarray(x_t, np.float32)
     eps = np.asarray(eps, np.float32)
-    x0 = (x_t - s1 * eps) / s0
+    # 1. x̂₀ = (x_t − s₁ ε)/s₀, clipped where asked.
+    x0 = (x_t - k[S1] * eps) / k[S0]
     if clip_sample is not None:
         x0 = np.clip(x0, -clip_sample, clip_sample)
-    x_prev = a * x0 + b * x_t + c * eps
-    if sigma > 0:
+    reads_history = bool(np.any(row[[H1, H2, H3, Q1, Q2, Q3, QP]] != 0))
+    if (reads_history or row[KEEP]) and history is None:
+        raise ValueError("this step reads or keeps earlier steps' x̂₀ (a multistep sampler): pass its history")
+    # 2. The corrected sample (UniPC's corrector), x_t itself for every other sampler.
+    x_c = x_t
+    if np.any(row[[QX, Q0, Q1, Q2, Q3, QP]] != 0):
+        x_c = (np.float32(1) + k[QX]) * x_t + k[Q0] * x0 + k[QP] * (history.corrected if history.corrected is not None
+                                                                    else np.zeros_like(x_t))
+        for j, col in enumerate((Q1, Q2, Q3), start=1):
+            if row[col]:
+                x_c = x_c + k[col] * history.read(j, x_t.shape)
+    # 3. The step: x_prev = a x̂₀ + b x_c + c ε + Σ h_k H_k + σ z.
+    x_prev = k[A] * x0 + k[B] * x_c + k[C] * eps
+    for j, col in enumerate((H1, H2, H3), start=1):
+        if row[col]:
+            x_prev = x_prev + k[col] * history.read(j, x_t.shape)
+    if k[SIGMA] > 0:
         if noise is None:
             raise ValueError("this step adds noise (sigma > 0): pass noise")
-        x_prev = x_prev + sigma * np.asarray(noise, np.float32)
+        x_prev = x_prev + k[SIGMA] * np.asarray(noise, np.float32)
+    # 4. What later steps read.
+    keep = int(row[KEEP])
+    if keep & KEEP_X0:
+        history.x0 = [x0.astype(np.float32, copy=False), *history.x0[:HISTORY - 1]]
+    if keep & KEEP_CORRECTED:
+        history.corrected = np.asarray(x_c, np.float32)
     return x_prev.astype(np.float32, copy=False)
 
 
@@ -88,11 +148,15 @@ def _no_stage(name: str):
 
 
 class Sampler:
-    """Shared loop: subclasses fill `self.coefficients` (one row per step)."""
+    """Shared loop: subclasses fill `self.coefficients` (one row per step, coefficient_table's layout).
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int, spacing: str, clip_sample: float | None):
+    `timesteps`: the descending timesteps of the steps (make_timesteps(T, num_steps, spacing) unless given).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int, spacing: str, clip_sample: float | None,
+                 timesteps: np.ndarray | None = None):
         self.schedule = schedule
-        self.timesteps = make_timesteps(schedule.num_train_timesteps, num_steps, spacing)
+        self.timesteps = make_timesteps(schedule.num_train_timesteps, num_steps, spacing) if timesteps is None else timesteps
         self.num_steps = int(num_steps)
         self.spacing = spacing
         # 0 or None: no clipping (as `--clip-sample 0`); otherwise x̂₀ is clipped to ±clip_sample.
@@ -101,7 +165,7 @@ class Sampler:
         # ᾱ of each step's timestep and of the previous (next-in-table) one; 1 after the last.
         self.alpha_bar = abar[self.timesteps]
         self.alpha_bar_prev = np.append(abar[self.timesteps[1:]], 1.0)
-        self.coefficients = self._coefficients()  # (num_steps, 6) float64
+        self.coefficients = self._coefficients()  # (num_steps, 16) float64
 
     @property
     def config(self) -> dict:
@@ -110,8 +174,9 @@ class Sampler:
     def _coefficients(self) -> np.ndarray:
         raise NotImplementedError
 
-    def step(self, x_t: np.ndarray, eps: np.ndarray, i: int, noise: np.ndarray | None = None) -> np.ndarray:
-        """One update at timesteps[i]; `noise` is needed where σ_i > 0."""
+    def step(self, x_t: np.ndarray, eps: np.ndarray, i: int, noise: np.ndarray | None = None,
+             history: History | None = None) -> np.ndarray:
+        """One update at timesteps[i]; `noise` is needed where σ_i > 0, `history` by multistep samplers."""
         i = check_int(i, "the step index", 0, self.num_steps - 1)
         x_t = as_images(x_t, "x_t")
         eps = as_images(eps, "eps", x_t.shape)
@@ -119,7 +184,7 @@ class Sampler:
             noise = as_images(noise, "noise", x_t.shape)
         elif self.coefficients[i, SIGMA] > 0:
             raise UserError(f"step {i} adds noise (sigma > 0): pass noise of shape {x_t.shape}")
-        return apply_update(x_t, eps, self.coefficients[i], self.clip_sample, noise)
+        return apply_update(x_t, eps, self.coefficients[i], self.clip_sample, noise, history)
 
     def sample(self, model, shape, seed: int = 0, x_T: np.ndarray | None = None, progress: bool = True,
                image_indices=None, stage=None) -> np.ndarray:
@@ -149,6 +214,7 @@ class Sampler:
             return loop.sample(self, n, seed=seed, image_indices=image_indices, x_T=x_T)
         stage = stage or _no_stage
         x = gaussian_noise(seed, image_indices, 0, STREAM_INITIAL, image_shape) if x_T is None else x_T.copy()
+        history = History()
         for i in tqdm(range(self.num_steps), desc=type(self).__name__, disable=not progress, leave=False):
             t = np.full(n, self.timesteps[i], dtype=np.int64)
             with stage("network"):
@@ -160,7 +226,7 @@ class Sampler:
                 noise = None
                 if self.coefficients[i, SIGMA] > 0:
                     noise = gaussian_noise(seed, image_indices, i, STREAM_STEP, image_shape)
-                x = self.step(x, eps, i, noise)
+                x = self.step(x, eps, i, noise, history)
         return x
 
 
@@ -186,8 +252,7 @@ class DDIMSampler(Sampler):
         # 3. x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε + σ z                 (eq. 12)
         a = np.sqrt(abar_prev)
         c = np.sqrt(np.clip(1 - abar_prev - sigma ** 2, 0.0, None))
-        b = np.zeros_like(a)
-        return np.stack([s0, s1, a, b, c, sigma], axis=1)
+        return coefficient_table(self.num_steps, s0=s0, s1=s1, a=a, c=c, sigma=sigma)
 
 
 class DDPMSampler(Sampler):
@@ -219,8 +284,7 @@ class DDPMSampler(Sampler):
         # 4. σ² = β̃ = (1−ᾱ_prev)/(1−ᾱ_t) β' (fixed_small) or β' (fixed_large); no noise at the last step.
         var = (1 - abar_prev) / (1 - abar) * beta if self.variance == "fixed_small" else beta.copy()
         var[-1] = 0.0
-        sigma = np.sqrt(var)
-        return np.stack([s0, s1, a, b, np.zeros_like(a), sigma], axis=1)
+        return coefficient_table(self.num_steps, s0=s0, s1=s1, a=a, b=b, sigma=np.sqrt(var))
 
 
 # -- one factory for every command: `ddpmrt sample`, `serve`, `report` and `bench` ----------------

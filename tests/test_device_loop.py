@@ -20,7 +20,7 @@ from ddpmrt.engine.gpu.cuda_runtime import graph_shape
 from ddpmrt.engine.gpu.device_loop import CapturedGraph, DeviceLoop, DeviceNetwork
 from ddpmrt.engine.gpu.kernels import IMAGE_KEY_DTYPE, RUN_PARAMS_DTYPE
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
-from ddpmrt.engine.samplers import apply_update
+from ddpmrt.engine.samplers import COEFFS_PER_STEP, KEEP, KEEP_CORRECTED, KEEP_X0, History, apply_update
 
 IMAGE_SHAPE = (3, 4, 6)
 
@@ -74,15 +74,25 @@ class EmulatedKernel:
         self.gpu = gpu
 
     def update(self, x_ptr, eps_ptr, eps_dtype, coeffs_ptr, keys_ptr, params_ptr, step, num_steps, elements, n,
-               x_half_ptr=0, stream=None):
+               x_half_ptr=0, history_ptr=0, corrected_ptr=0, stream=None):
         def run():
             params = view(params_ptr, RUN_PARAMS_DTYPE, 1)[0]
-            row = view(coeffs_ptr, np.float32, num_steps * 6).reshape(num_steps, 6)[step]
+            row = view(coeffs_ptr, np.float32, num_steps * COEFFS_PER_STEP).reshape(num_steps, COEFFS_PER_STEP)[step]
             x = view(x_ptr, np.float32, n * elements)
             eps = view(eps_ptr, np.float16 if eps_dtype == "fp16" else np.float32, n * elements)
             noise = self.noise(keys_ptr, n, step, STREAM_STEP, elements)
             clip = float(params["clip"]) or None
-            x[:] = apply_update(x, eps.astype(np.float32), row, clip, noise)
+            # The ring as the kernel reads it: H_k in slot (step - k) % 4, this step's x̂₀ into slot step % 4.
+            ring = view(history_ptr, np.float32, 4 * n * elements).reshape(4, n * elements)
+            corrected = view(corrected_ptr, np.float32, n * elements)
+            history = History()
+            history.x0 = [ring[(step - k) % 4].copy() for k in (1, 2, 3)]
+            history.corrected = corrected.copy()
+            x[:] = apply_update(x, eps.astype(np.float32), row, clip, noise, history)
+            if int(row[KEEP]) & KEEP_X0:
+                ring[step % 4] = history.x0[0]
+            if int(row[KEEP]) & KEEP_CORRECTED:
+                corrected[:] = history.corrected
             if x_half_ptr:
                 view(x_half_ptr, np.float16, n * elements)[:] = x
         self.gpu.enqueue(run)

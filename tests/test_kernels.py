@@ -144,12 +144,19 @@ def test_host_update_step_matches_numpy_with_a_key_per_image(tmp_path):
                    check=True)
     vectors = KERNELS / "tests" / "update_vectors.txt"
     result = subprocess.run([str(binary), str(vectors)], capture_output=True, text=True)
-    assert result.returncode == 0 and "47 passed, 0 failed" in result.stdout, result.stdout
-    # A wrong key (another image index for one image) must fail the test.
+    assert result.returncode == 0 and "225 passed, 0 failed" in result.stdout, result.stdout
+    # A wrong key (another image index for one image) must fail the test: that image's 7 elements.
     wrong = tmp_path / "wrong.txt"
     wrong.write_text(vectors.read_text().replace("key 42 5\n", "key 42 6\n"))
     result = subprocess.run([str(binary), str(wrong)], capture_output=True, text=True)
     assert result.returncode == 1 and "7 failed" in result.stdout, result.stdout
+    # So must a wrong earlier x̂₀: the DPM-Solver-like case (the 4th) reads H_1.
+    lines = vectors.read_text().splitlines()
+    h1 = [i for i, line in enumerate(lines) if line.startswith("h1 ")][3]
+    lines[h1] = "h1 " + " ".join(["0.0"] * (len(lines[h1].split()) - 1))
+    wrong.write_text("\n".join(lines) + "\n")
+    result = subprocess.run([str(binary), str(wrong)], capture_output=True, text=True)
+    assert result.returncode == 1 and "FAIL case 4" in result.stdout and "x_prev" in result.stdout, result.stdout
 
 
 def _kernel_parameters(source: str, kernel: str) -> list[str]:
@@ -191,7 +198,7 @@ def test_launch_arguments_pack_in_cuda_python():
 
     if _has_gpu():
         pytest.skip("a GPU is visible: the GPU tests launch the real kernel instead of a null one")
-    args = (256, 512, 0, 1024, 4096, 2048, 3, 1, 3072, 8, 1)  # x, eps, x_half, coefficients, keys, params, scalars
+    args = (256, 512, 0, 1024, 4096, 2048, 0, 0, 3, 1, 3072, 8, 1)  # x, eps, x_half, table, keys, params, history, P
     with pytest.raises(Exception) as raised:  # no driver here: packing succeeds, then loading libcuda fails
         driver.cuLaunchKernel(driver.CUfunction(), 1, 1, 1, 256, 1, 1, 0, driver.CUstream(0),
                               (args, UPDATE_KERNEL_PARAMS), 0)

@@ -14,7 +14,9 @@ With `cuda_graph=True` this whole loop is captured into one CUDA graph per (batc
 x_T given) and replayed.  What a run may change without a re-capture lives in device memory
 the graph reads: the coefficient table (steps × 6), the timestep table (inside the network),
 the image keys (one seed and image index per image, so a batch of several requests, each with
-its own seed, runs here too) and the run parameters (the clip value).
+its own seed, runs here too) and the run parameters (the clip value).  Multistep samplers
+(DPM-Solver++, UniPC) also keep earlier steps' x̂₀ in a ring of four device buffers and UniPC its
+corrected sample in one more; the kernel reads and writes them in the same pass.
 
 Every GPU backend (TensorRTModel, TorchModel on CUDA) implements `DeviceNetwork`, and the
 device memory comes through `memory` (cuda_runtime.DeviceMemory; the CPU tests use a host
@@ -29,7 +31,8 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.gpu.kernels import COEFFS_PER_STEP, image_keys, run_params
+from ddpmrt.engine.gpu.kernels import HISTORY_SLOTS, image_keys, run_params
+from ddpmrt.engine.samplers import COEFFS_PER_STEP
 
 
 @runtime_checkable
@@ -106,6 +109,7 @@ class DeviceLoop:
         self.params = memory.alloc(16)
         self._x: dict[int, object] = {}        # fp32 x per batch size (fp16 networks only)
         self._keys: dict[int, object] = {}     # image keys per batch size
+        self._history: dict[int, tuple] = {}   # per batch size: the x̂₀ ring and the corrected sample (multistep samplers)
         self._graphs: dict[tuple, CapturedGraph] = {}
         self.captures = 0                      # how many graphs were recorded (tests and benchmarks read it)
         self.last_enqueue_seconds = 0.0
@@ -129,13 +133,25 @@ class DeviceLoop:
             self._keys[n] = self.memory.alloc(n * 16)
         return self._keys[n].ptr
 
+    def history_ptrs(self, n: int) -> tuple[int, int]:
+        """The x̂₀ ring (HISTORY_SLOTS × n images) and the corrected sample of batch n.
+
+        Allocated for every batch, whatever the sampler: a graph captured with DDIM then replays
+        DPM-Solver++ or UniPC of the same shape (the rows say which buffers a step touches)."""
+        if n not in self._history:
+            size = n * self.elements * 4
+            self._history[n] = (self.memory.alloc(HISTORY_SLOTS * size), self.memory.alloc(size))
+        ring, corrected = self._history[n]
+        return ring.ptr, corrected.ptr
+
     # -- the loop --------------------------------------------------------------------------------
 
     def update(self, n: int, eps_ptr: int, step: int, num_steps: int, stream) -> None:
         """Enqueue the fused update of step `step` on x (and the network's next input)."""
+        ring, corrected = self.history_ptrs(n)
         self.kernel.update(self.x_ptr(n), eps_ptr, self.eps_dtype, self.coefficients.ptr, self.keys_ptr(n),
                            self.params.ptr, step, num_steps, self.elements, n, x_half_ptr=self.half_ptr(n),
-                           stream=stream)
+                           history_ptr=ring, corrected_ptr=corrected, stream=stream)
 
     def _record(self, n: int, num_steps: int, make_noise: bool) -> None:
         """Enqueue the whole loop: what a graph captures, or what runs eagerly."""
@@ -211,10 +227,12 @@ class DeviceLoop:
         for graph in self._graphs.values():
             graph.close()
         self._graphs.clear()
-        for buffer in (*self._x.values(), *self._keys.values(), self.coefficients, self.params):
+        history = [buffer for pair in self._history.values() for buffer in pair]
+        for buffer in (*self._x.values(), *self._keys.values(), *history, self.coefficients, self.params):
             free = getattr(buffer, "free", None)
             if free is not None:
                 free()
         self._x.clear()
         self._keys.clear()
+        self._history.clear()
         self._uploaded_coefficients = None

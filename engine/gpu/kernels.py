@@ -34,10 +34,10 @@ SOURCE = "ddpm_update.cu"
 HEADERS = ("update_step.h", "philox.h")
 OPTIONS = ("-std=c++17", "-lineinfo")  # no --use_fast_math: the noise must match the NumPy generator
 EPS_DTYPES = {"fp32": 0, "fp16": 1}
-COEFFS_PER_STEP = 6  # s0, s1, a, b, c, sigma: one row of a sampler's table (kernels/update_step.h)
+HISTORY_SLOTS = 4  # the x̂₀ ring of multistep samplers: three read, one written (kernels/update_step.h)
 # The kernels' parameters in the order of their __global__ signatures in ddpm_update.cu (a test
 # parses the source and compares): device pointers, then the scalars.
-UPDATE_KERNEL_PARAMS = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
+UPDATE_KERNEL_PARAMS = (ctypes.c_void_p,) * 8 + (ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
 NOISE_KERNEL_PARAMS = (ctypes.c_void_p,) * 3 + (ctypes.c_uint, ctypes.c_uint)
 # The structs of kernels/update_step.h: one key per image (16 bytes, 8-byte aligned), and the run's parameters.
 IMAGE_KEY_DTYPE = np.dtype([("seed", "<u8"), ("image", "<u4"), ("reserved", "<u4")], align=True)
@@ -144,7 +144,8 @@ def compile_update_kernel(arch: str) -> bytes:
 
 
 def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr: int, coeffs_ptr: int, keys_ptr: int,
-                           params_ptr: int, elements_per_image: int, n_images: int, step: int, num_steps: int) -> bool:
+                           params_ptr: int, elements_per_image: int, n_images: int, step: int, num_steps: int,
+                           history_ptr: int = 0, corrected_ptr: int = 0) -> bool:
     """Validate a launch as the C ABI does; returns whether the vectorized path applies."""
     if eps_dtype not in EPS_DTYPES:
         raise UserError(f"eps dtype {eps_dtype!r} is not supported; the kernel reads fp32 or fp16")
@@ -158,11 +159,11 @@ def check_update_arguments(x_ptr: int, eps_ptr: int, eps_dtype: str, x_half_ptr:
     if not 0 <= step < num_steps:
         raise ValueError(f"step {step} outside the coefficient table (0 to {num_steps - 1})")
     eps_size = 2 if eps_dtype == "fp16" else 4
-    if x_ptr % 4 or eps_ptr % eps_size or (x_half_ptr and x_half_ptr % 2):
-        raise ValueError("misaligned buffer: x must be 4-byte aligned, eps and the fp16 copy aligned to their "
-                         "element size")
+    if x_ptr % 4 or eps_ptr % eps_size or (x_half_ptr and x_half_ptr % 2) or history_ptr % 4 or corrected_ptr % 4:
+        raise ValueError("misaligned buffer: x, the history and the corrected sample must be 4-byte aligned, eps and "
+                         "the fp16 copy aligned to their element size")
     return (elements_per_image % 4 == 0 and x_ptr % 16 == 0 and eps_ptr % (4 * eps_size) == 0
-            and (not x_half_ptr or x_half_ptr % 8 == 0))
+            and (not x_half_ptr or x_half_ptr % 8 == 0) and history_ptr % 16 == 0 and corrected_ptr % 16 == 0)
 
 
 class FusedUpdate:
@@ -204,11 +205,15 @@ class FusedUpdate:
 
     def update(self, x_ptr: int, eps_ptr: int, eps_dtype: str, coeffs_ptr: int, keys_ptr: int, params_ptr: int,
                step: int, num_steps: int, elements_per_image: int, n_images: int, x_half_ptr: int = 0,
-               stream=None) -> None:
-        """x (fp32, in place) <- one sampler step at row `step` of the device coefficient table."""
+               history_ptr: int = 0, corrected_ptr: int = 0, stream=None) -> None:
+        """x (fp32, in place) <- one sampler step at row `step` of the device coefficient table.
+
+        history_ptr: HISTORY_SLOTS × n × elements floats, corrected_ptr: n × elements floats; a
+        multistep sampler needs both, DDIM and DDPM neither (0)."""
         vectorized = check_update_arguments(x_ptr, eps_ptr, eps_dtype, x_half_ptr, coeffs_ptr, keys_ptr, params_ptr,
-                                            elements_per_image, n_images, step, num_steps)
-        args = (x_ptr, eps_ptr, x_half_ptr, coeffs_ptr, keys_ptr, params_ptr, step, EPS_DTYPES[eps_dtype],
+                                            elements_per_image, n_images, step, num_steps, history_ptr, corrected_ptr)
+        args = (x_ptr, eps_ptr, x_half_ptr, coeffs_ptr, keys_ptr, params_ptr, history_ptr, corrected_ptr, step,
+                EPS_DTYPES[eps_dtype],
                 elements_per_image, n_images, int(vectorized))
         self._launch(self._update, self._grid(elements_per_image, n_images), args, UPDATE_KERNEL_PARAMS, stream)
 
