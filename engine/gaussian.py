@@ -6,7 +6,9 @@ For data x_0 ~ N(μ, Σ) and x_t = √ᾱ x_0 + √(1−ᾱ) ε, the MMSE noise 
 
 With it, every coefficient-form step (samplers.py) without clipping is affine in x plus
 Gaussian noise, so the distribution of the samples is Gaussian and its mean and covariance
-can be propagated step by step.  This separates a sampler's discretisation error (theory
+can be propagated step by step.  A multistep solver's step also reads earlier steps' x̂₀ and
+(UniPC) the previous corrected sample: the joint state (x, H₁, H₂, H₃, P) is still Gaussian,
+and it is that state's mean and covariance that are propagated.  This separates a sampler's discretisation error (theory
 vs data) from a backend's numerical error (measured samples vs theory).
 """
 
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpmrt.engine.samplers import S0, S1, SIGMA, A, B, C, Sampler
+from ddpmrt.engine.samplers import (B, C, H1, HISTORY, KEEP, KEEP_CORRECTED, KEEP_X0, Q0, Q1, QP, QX, S0, S1, SIGMA, A,
+                                    Sampler)
 from ddpmrt.engine.schedule import NoiseSchedule
 
 
@@ -61,17 +64,39 @@ class GaussianData:
         """Mean and covariance of `sampler`'s output, starting from x_T ~ N(0, I), exactly."""
         if sampler.clip_sample is not None:
             raise ValueError("clipping makes the update non-linear; use clip_sample=None")
-        eye = np.eye(self.dim)
-        mean, cov = np.zeros(self.dim), eye.copy()
+        d, eye, zero = self.dim, np.eye(self.dim), np.zeros((self.dim, self.dim))
+        blocks = 2 + HISTORY  # the state: x, H1..H3, P
+        mean, cov = np.zeros(blocks * d), np.zeros((blocks * d, blocks * d))
+        cov[:d, :d] = eye
         for i, t in enumerate(sampler.timesteps):
-            s0, s1, a, b, c, sigma = sampler.coefficients[i, [S0, S1, A, B, C, SIGMA]]
+            row = sampler.coefficients[i]
             m_op, m = self._eps_operator(int(t))
-            # x̂₀ = (x − s₁ ε)/s₀ and x_prev = a x̂₀ + b x + c ε + σ z, with ε = M x + m.
-            k_op = a * (eye - s1 * m_op) / s0 + b * eye + c * m_op
-            k = -a * s1 * m / s0 + c * m
-            mean = k_op @ mean + k
-            cov = k_op @ cov @ k_op.T + sigma ** 2 * eye
-        return mean, cov
+            # Each quantity of the step as (matrix on the state, constant): ε = M x + m, x̂₀ = (x − s₁ε)/s₀.
+            x = (np.hstack([eye] + [zero] * (blocks - 1)), np.zeros(d))
+            history = [(np.hstack([zero] * (1 + k) + [eye] + [zero] * (blocks - 2 - k)), np.zeros(d))
+                       for k in range(HISTORY)]
+            previous = (np.hstack([zero] * (blocks - 1) + [eye]), np.zeros(d))
+            eps = (m_op @ x[0], m)
+            x0 = ((x[0] - row[S1] * eps[0]) / row[S0], -row[S1] * eps[1] / row[S0])
+
+            def combine(*terms):
+                return (sum(w * op for w, (op, _) in terms), sum(w * const for w, (_, const) in terms))
+
+            # x_c = (1 + q_x) x + q₀ x̂₀ + Σ q_k H_k + q_p P;  x_prev = a x̂₀ + b x_c + c ε + Σ h_k H_k + σ z.
+            corrected = combine((1 + row[QX], x), (row[Q0], x0), (row[QP], previous),
+                                *[(row[Q1 + k], history[k]) for k in range(HISTORY)])
+            x_next = combine((row[A], x0), (row[B], corrected), (row[C], eps),
+                             *[(row[H1 + k], history[k]) for k in range(HISTORY)])
+            keep = int(row[KEEP])
+            new_history = [x0, *history[:HISTORY - 1]] if keep & KEEP_X0 else history
+            new_previous = corrected if keep & KEEP_CORRECTED else previous
+            state = [x_next, *new_history, new_previous]
+            k_op = np.vstack([op for op, _ in state])
+            k_const = np.concatenate([const for _, const in state])
+            mean = k_op @ mean + k_const
+            cov = k_op @ cov @ k_op.T
+            cov[:d, :d] += row[SIGMA] ** 2 * eye
+        return mean[:d], cov[:d, :d]
 
 
 def _sqrtm_psd(m: np.ndarray) -> np.ndarray:

@@ -138,7 +138,7 @@ def apply_update(x_t: np.ndarray, eps: np.ndarray, coeffs: np.ndarray, clip_samp
     if keep & KEEP_X0:
         history.x0 = [x0.astype(np.float32, copy=False), *history.x0[:HISTORY - 1]]
     if keep & KEEP_CORRECTED:
-        history.corrected = np.asarray(x_c, np.float32)
+        history.corrected = np.array(x_c, np.float32)  # a copy: x_c may be the caller's x_t, which it may overwrite
     return x_prev.astype(np.float32, copy=False)
 
 
