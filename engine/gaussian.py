@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpmrt.engine.samplers import (B, C, H1, HISTORY, KEEP, KEEP_CORRECTED, KEEP_X0, Q0, Q1, QP, QX, S0, S1, SIGMA, A,
-                                    Sampler)
+from ddpmrt.engine.samplers import H1, HISTORY, KEEP, KEEP_CORRECTED, KEEP_X0, Q0, Q1, QP, QX, S0, S1, SIGMA, A, B, C, Sampler
 from ddpmrt.engine.schedule import NoiseSchedule
 
 

@@ -285,36 +285,3 @@ class DDPMSampler(Sampler):
         var = (1 - abar_prev) / (1 - abar) * beta if self.variance == "fixed_small" else beta.copy()
         var[-1] = 0.0
         return coefficient_table(self.num_steps, s0=s0, s1=s1, a=a, b=b, sigma=np.sqrt(var))
-
-
-# -- one factory for every command: `ddpmrt sample`, `serve`, `report` and `bench` ----------------
-
-# What a user gets unless told otherwise, in every command.  The Python classes keep their own
-# constructor defaults (diffusers' conventions: DDIMSampler does not clip unless asked).
-SAMPLER_DEFAULTS = {"steps": 50, "eta": 0.0, "variance": "fixed_small", "spacing": DEFAULT_SPACING, "clip_sample": 1.0}
-SAMPLER_CLASSES = {"ddim": DDIMSampler, "ddpm": DDPMSampler}
-# The options each sampler takes beyond steps; anything else given to it is a one-line error.
-SAMPLER_OPTIONS = {"ddim": ("eta", "spacing", "clip_sample"), "ddpm": ("variance", "spacing", "clip_sample")}
-SAMPLERS = tuple(SAMPLER_CLASSES)
-
-
-def sampler_options(name: str) -> tuple[str, ...]:
-    if name not in SAMPLER_CLASSES:
-        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLER_OPTIONS[name]
-
-
-def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, **options) -> Sampler:
-    """The sampler `name` with `steps` and the options it takes; an option left out or None gets its default.
-
-    clip_sample: the clip value of x̂₀ (default 1.0, as diffusers' DDIM); 0 turns clipping off.
-    An option the sampler does not take (eta for DDPM) is a UserError naming the ones it does.
-    """
-    allowed = sampler_options(name)
-    given = {key: value for key, value in options.items() if value is not None}
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise UserError(f"the {name} sampler takes no {', '.join(unknown)}; its options are {', '.join(allowed)}")
-    settings = {key: given.get(key, SAMPLER_DEFAULTS[key]) for key in allowed}
-    steps = SAMPLER_DEFAULTS["steps"] if steps is None else steps
-    return SAMPLER_CLASSES[name](schedule, num_steps=steps, **settings)

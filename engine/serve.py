@@ -7,7 +7,7 @@ HTTP (JSON in, images out):
     POST /sample    {"sampler": "ddim", "steps": 50, "eta": 0.0, "spacing": "leading", "clip_sample": 1.0,
                      "variance": "fixed_small", "seed": 0, "n": 4, "format": "png" | "npz"}
                     -> a PNG grid, or an .npz (images: uint8 N×H×W×C); the sampler options are
-                       `ddpmrt sample`'s, with its defaults (samplers.make_sampler)
+                       `ddpmrt sample`'s, with its defaults (sampler_factory.make_sampler)
     GET  /healthz   -> {"status": "ok"}
     GET  /metadata  -> model, schedule, image shape, backend, device, version, limits
 
@@ -58,16 +58,15 @@ class SampleRequest:
         return self.sampler, self.steps, self.options
 
     def make_sampler(self, schedule):
-        from ddpmrt.engine.samplers import make_sampler
+        from ddpmrt.engine.sampler_factory import make_sampler
 
         return make_sampler(self.sampler, schedule, self.steps, **dict(self.options))
 
 
 def _fields() -> tuple[str, ...]:
-    from ddpmrt.engine.samplers import SAMPLER_OPTIONS
+    from ddpmrt.engine.sampler_factory import ALL_OPTIONS
 
-    options = sorted({name for names in SAMPLER_OPTIONS.values() for name in names})
-    return ("sampler", "steps", *options, *REQUEST_FIELDS)
+    return ("sampler", "steps", *ALL_OPTIONS, *REQUEST_FIELDS)
 
 
 def parse_request(body, schedule, max_images: int = DEFAULT_MAX_IMAGES) -> SampleRequest:
@@ -76,7 +75,7 @@ def parse_request(body, schedule, max_images: int = DEFAULT_MAX_IMAGES) -> Sampl
     The sampler and its options are checked by building the sampler once (make_sampler, the
     factory `ddpmrt sample` uses), so the server takes exactly the options and defaults the CLI does.
     """
-    from ddpmrt.engine.samplers import SAMPLERS
+    from ddpmrt.engine.sampler_factory import SAMPLERS
 
     if not isinstance(body, dict):
         raise UserError("the body must be a JSON object such as {\"sampler\": \"ddim\", \"steps\": 50, \"n\": 4}")

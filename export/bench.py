@@ -45,12 +45,15 @@ DIFFUSERS_COMPILED = ("auto", "always", "never")
 # Dense fp16/bf16 tensor-core peak by GPU name (datasheets; shared/reference/anchors.md), for % of peak.
 # The first name that occurs in the device name wins; --peak-tflops overrides.
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
-BENCH_SAMPLERS = ("ddim", "ddpm")
+BENCH_SAMPLERS = ("ddim", "ddpm", "dpmsolver", "unipc")
 
 
 # The settings both sides run, by sampler; diffusers' pipelines are configured to match (_diffusers_pipeline).
 BENCH_SAMPLER_OPTIONS = {"ddim": {"eta": 0.0, "spacing": "leading", "clip_sample": 0.0},      # DDIM η=0 unclipped
-                         "ddpm": {"variance": "fixed_small", "spacing": "leading", "clip_sample": 1.0}}
+                         "ddpm": {"variance": "fixed_small", "spacing": "leading", "clip_sample": 1.0},
+                         # Multistep solvers at order 2, unclipped, against diffusers' schedulers of the same settings.
+                         "dpmsolver": {"order": 2, "spacing": "leading", "clip_sample": 0.0},
+                         "unipc": {"order": 2, "spacing": "leading", "clip_sample": 0.0}}
 
 
 def bench_sampler(name: str, schedule, steps: int):
@@ -179,9 +182,18 @@ def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, samp
     if sampler == "ddim":
         pipe = DDIMPipeline(unet=unet,
                             scheduler=DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=True))
-    else:
+    elif sampler == "ddpm":
         pipe = DDPMPipeline(unet=unet,
                             scheduler=DDPMScheduler(**schedule, clip_sample=True, variance_type="fixed_small"))
+    else:
+        from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+        if sampler == "dpmsolver":
+            scheduler = DPMSolverMultistepScheduler(**schedule, solver_order=2, algorithm_type="dpmsolver++",
+                                                    final_sigmas_type="zero")
+        else:
+            scheduler = UniPCMultistepScheduler(**schedule, solver_order=2, predict_x0=True, final_sigmas_type="zero")
+        pipe = _SchedulerLoop(unet, scheduler)
     pipe = pipe.to(device)
     if dtype != torch.float32:
         pipe = pipe.to(dtype=dtype)
@@ -190,6 +202,42 @@ def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, samp
         # The one line an experienced diffusers user adds: Inductor plus its own CUDA graphs.
         pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
     return pipe
+
+
+class _SchedulerLoop:
+    """A UNet2DModel and a multistep scheduler in the sampling loop of diffusers' unconditional pipelines.
+
+    DDPMPipeline's loop is what a diffusers user writes around these schedulers, but it passes
+    `generator` to `scheduler.step`, which UniPCMultistepScheduler does not take: this is that loop
+    (noise, `set_timesteps`, UNet, `step`, the same conversion to images) without it.
+    """
+
+    def __init__(self, unet, scheduler):
+        self.unet, self.scheduler = unet, scheduler
+
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
+    def to(self, device=None, dtype=None):
+        self.unet = self.unet.to(device=device, dtype=dtype)
+        return self
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        pass
+
+    @torch.no_grad()
+    def __call__(self, batch_size: int, num_inference_steps: int, generator=None, output_type: str = "np"):
+        from diffusers.utils.torch_utils import randn_tensor
+
+        size = self.unet.config.sample_size
+        shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        dtype = next(self.unet.parameters()).dtype
+        image = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+        self.scheduler.set_timesteps(num_inference_steps)
+        for t in self.scheduler.timesteps:
+            image = self.scheduler.step(self.unet(image, t).sample, t, image).prev_sample
+        return (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
 
 
 def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int, sampler: str) -> dict:
@@ -272,7 +320,8 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
     if diffusers_compiled not in DIFFUSERS_COMPILED:
         raise UserError(f"unknown --diffusers-compiled {diffusers_compiled!r}; choose one of {', '.join(DIFFUSERS_COMPILED)}")
-    pipeline = {"ddim": "DDIMPipeline", "ddpm": "DDPMPipeline"}[sampler]
+    pipeline = {"ddim": "DDIMPipeline", "ddpm": "DDPMPipeline", "dpmsolver": "DPMSolverMultistepScheduler",
+                "unipc": "UniPCMultistepScheduler"}[sampler]
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -90,10 +90,12 @@ def _sample(ns: argparse.Namespace) -> None:
 def _sampler_options(ns: argparse.Namespace) -> dict:
     """The sampler options given on the command line; make_sampler fills in the defaults and refuses
     the ones this sampler does not take (--eta with ddpm)."""
-    from ddpmrt.engine.samplers import SAMPLER_OPTIONS
+    from ddpmrt.engine.sampler_factory import ALL_OPTIONS
 
-    names = {name for options in SAMPLER_OPTIONS.values() for name in options}
-    return {key: getattr(ns, key) for key in sorted(names) if getattr(ns, key, None) is not None}
+    options = {key: getattr(ns, key) for key in ALL_OPTIONS if getattr(ns, key, None) is not None}
+    if "corrector" in options:
+        options["corrector"] = options["corrector"] == "on"
+    return options
 
 
 def _description(ns: argparse.Namespace):
@@ -238,13 +240,13 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
         print(f"built {out} ({what}) in {result.seconds:.1f} s, {size_mb:.1f} MB")
 
 
-def _int_list(text: str, option: str) -> list[int]:
+def _int_list(text: str, option: str, low: int = 1, high: int = MAX_BATCH) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if not values or min(values) < 1 or max(values) > MAX_BATCH:
-        raise UserError(f"{option} {text!r}: use integers in [1, {MAX_BATCH}] separated by commas, e.g. 1,8,64")
+    if not values or min(values) < low or max(values) > high or len(set(values)) != len(values):
+        raise UserError(f"{option} {text!r}: use distinct integers in [{low}, {high}] separated by commas, e.g. 1,8,64")
     return values
 
 
@@ -305,8 +307,9 @@ def _report(ns: argparse.Namespace) -> None:
         raise UserError(f"--spacing {ns.spacing!r}: name each spacing once, e.g. leading,trailing")
     if ns.samples < 2:
         raise UserError("--samples must be at least 2")
+    seeds = _int_list(ns.seeds, "--seeds", low=0, high=2 ** 63 - 1)
     run_report(checkpoint, Path(ns.out), parse_samplers(ns.samplers), num_samples=ns.samples, spacings=spacings,
-               backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet)
+               backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet, seeds=seeds)
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))
 
 
@@ -441,25 +444,36 @@ def _add_train_command(sub) -> None:
 
 
 def _add_sample_command(sub) -> None:
-    from ddpmrt.engine.samplers import SAMPLER_DEFAULTS, SAMPLERS, SPACINGS
+    from ddpmrt.engine.sampler_factory import SAMPLER_DEFAULTS, SAMPLERS
+    from ddpmrt.engine.samplers import SPACINGS
 
     p = sub.add_parser("sample", help="sample images from a model")
     p.add_argument("model", nargs="?", help="checkpoint directory, shipped model name (e.g. digits), .onnx or .plan file, "
                    "or a diffusers pipeline folder")
     p.add_argument("--from-diffusers", metavar="DIR", help="a saved diffusers pipeline folder (or its unet/ folder)")
     # Sampler options default to None here: make_sampler fills in SAMPLER_DEFAULTS, the one set every command uses.
-    defaults = SAMPLER_DEFAULTS
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="the sampler (default ddim)")
+    ddim, ddpm, dpm, unipc = (SAMPLER_DEFAULTS[name] for name in ("ddim", "ddpm", "dpmsolver", "unipc"))
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="ddim, ddpm, or a few-step multistep solver: dpmsolver (DPM-Solver++) or unipc (default ddim)")
     p.add_argument("--steps", type=int_in(1, 100_000),
-                   help=f"network calls: sampler steps, at most the model's training timesteps (default {defaults['steps']})")
+                   help=f"network calls, at most the model's training timesteps (default {ddim['steps']} for ddim and "
+                        f"ddpm, {dpm['steps']} for dpmsolver and unipc)")
     p.add_argument("--eta", type=real_in(0, 10),
-                   help=f"DDIM only: η in [0, 10], 0 deterministic, 1 DDPM-like (default {defaults['eta']:g})")
-    p.add_argument("--spacing", choices=SPACINGS,
-                   help=f"timestep spacing (default {defaults['spacing']}: the best measured)")
+                   help=f"ddim only: η in [0, 10], 0 deterministic, 1 DDPM-like (default {ddim['eta']:g})")
     p.add_argument("--variance", choices=["fixed_small", "fixed_large"],
-                   help=f"DDPM only: the posterior variance (default {defaults['variance']})")
+                   help=f"ddpm only: the posterior variance (default {ddpm['variance']})")
+    p.add_argument("--order", type=int_in(1, 3),
+                   help=f"dpmsolver and unipc: solver order 1-3 (default {dpm['order']})")
+    p.add_argument("--solver-type", choices=["midpoint", "heun"],
+                   help=f"dpmsolver only: the second-order form (default {dpm['solver_type']})")
+    p.add_argument("--variant", choices=["bh1", "bh2"], help=f"unipc only: B(h) = h or e^h - 1 (default {unipc['variant']})")
+    p.add_argument("--corrector", choices=["on", "off"],
+                   help="unipc only: the UniC corrector, which costs no network call (default on)")
+    p.add_argument("--spacing", choices=SPACINGS,
+                   help=f"timestep spacing (default {ddim['spacing']} for ddim and ddpm: the best measured; "
+                        f"{dpm['spacing']} for the solvers, as diffusers)")
     p.add_argument("--clip-sample", type=real_in(0, 100),
-                   help=f"clip x̂₀ to ±C, as diffusers does (default {defaults['clip_sample']:g}: images lie in [-1, 1]); "
+                   help=f"clip x̂₀ to ±C, as diffusers does (default {ddim['clip_sample']:g}: images lie in [-1, 1]); "
                         "0 turns it off")
     p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=64, help="images to sample (default 64)")
     p.add_argument("--seed", type=int_in(0, 2 ** 64 - 1), default=0,
@@ -508,8 +522,9 @@ def _add_bench_command(sub) -> None:
                         "torch-cuda, torch-cuda-graph, inductor-cuda, onnxruntime-cuda, tensorrt; and, only by name "
                         "(each is built in the run), inductor-package-cpu and inductor-package-cuda: an AOTInductor "
                         ".pt2 as export-engine --flavour inductor writes it, with its build and start-up")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
-                   help="ddim (η=0, against DDIMPipeline; default) or ddpm (against DDPMPipeline)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm", "dpmsolver", "unipc"], default="ddim",
+                   help="ddim (η=0, against DDIMPipeline; default), ddpm (against DDPMPipeline), or dpmsolver / unipc "
+                        "(order 2, against DPMSolverMultistepScheduler / UniPCMultistepScheduler in the pipelines' loop)")
     p.add_argument("--steps", type=int_in(1, 100_000), default=20, help="sampler steps per loop (default 20)")
     p.add_argument("--runs", type=int_in(1, 10_000), default=10, help="timed loops per configuration (default 10)")
     p.add_argument("--warmup", type=int_in(0, 10_000), default=2, help="untimed loops first (default 2)")
@@ -533,7 +548,11 @@ def _add_report_command(sub) -> None:
 
     p = sub.add_parser("report", help="quality against latency per sampler and step count (offline metrics)")
     p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")
-    p.add_argument("--samplers", default="full", help="quick, full (default), or e.g. ddim:20,ddim:50:1,ddpm:1000")
+    p.add_argument("--samplers", default="full",
+                   help="quick, full (default), solvers (the multistep solvers at 5-20 calls against DDIM at 10-100), or "
+                        "a list such as ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8 (the last number: η or order)")
+    p.add_argument("--seeds", default="0", help="seeds to sample each setting with, e.g. 0,1: the table gives the "
+                   "mean ± half the range (default 0)")
     p.add_argument("--samples", type=int_in(2, 10 ** 6), default=500, help="images per sampler (default 500)")
     p.add_argument("--spacing", default=DEFAULT_SPACING,
                    help=f"timestep spacing, or several to compare, e.g. leading,trailing,linspace (default {DEFAULT_SPACING}: "

@@ -24,29 +24,44 @@ from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
 from ddpmrt.engine.profiling import environment
 from ddpmrt.engine.samplers import DEFAULT_SPACING
+from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import read_config
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.quality import JUDGED_DATASETS, ClassifierJudge
 from ddpmrt.export.sources import from_checkpoint
 
-# (sampler, steps, eta) — the issue's list; QUICK is what the demo runs.
+# A row is (sampler, steps, parameter): η for ddim, the order for dpmsolver and unipc, None for ddpm.
+# SOLVERS compares the multistep solvers at few network calls with DDIM at more; FULL adds the
+# stochastic samplers and long runs; QUICK is what the demo runs.
+SOLVERS = ([("ddim", s, 0.0) for s in (10, 25, 50, 100)]
+           + [(kind, s, order) for kind in ("dpmsolver", "unipc") for order in (2, 3) for s in (5, 8, 10, 15, 20)])
 FULL = [("ddim", s, 0.0) for s in (5, 10, 20, 50, 100, 250, 1000)] + \
-       [("ddim", s, 1.0) for s in (20, 50, 100)] + [("ddpm", s, None) for s in (50, 250, 1000)]
-QUICK = [("ddim", s, 0.0) for s in (5, 10, 20, 50)] + [("ddim", 20, 1.0), ("ddpm", 50, None)]
+       [("ddim", s, 1.0) for s in (20, 50, 100)] + [("ddpm", s, None) for s in (50, 250, 1000)] + \
+       [(kind, s, order) for kind in ("dpmsolver", "unipc") for order in (2, 3) for s in (5, 10, 20)]
+QUICK = [("ddim", s, 0.0) for s in (5, 10, 20, 50)] + [("ddim", 20, 1.0), ("ddpm", 50, None), ("unipc", 10, 2)]
+SETS = {"quick": QUICK, "full": FULL, "solvers": SOLVERS}
+
+
+def family(spec) -> str:
+    """The line a row belongs to in the plot: the sampler and its parameter, not its steps."""
+    kind, _, param = spec
+    return {"ddim": f"DDIM η={param:g}" if kind == "ddim" else "", "ddpm": "DDPM",
+            "dpmsolver": f"DPM-Solver++({param}M)", "unipc": f"UniPC-{param}"}[kind]
 
 
 def label(spec) -> str:
-    kind, steps, eta = spec
-    return f"DDIM η={eta:g}, {steps} steps" if kind == "ddim" else f"DDPM, {steps} steps"
+    return f"{family(spec)}, {spec[1]} steps"
 
 
 def report_sampler(spec, schedule, spacing: str, for_gaussian: bool = False):
     """The sampler of one report row, from make_sampler (the factory and defaults of `ddpmrt sample`).
 
     Images: x̂₀ clipped to [-1, 1] (the default); the Gaussian check needs the linear, unclipped update."""
-    kind, steps, eta = spec
-    return make_sampler(kind, schedule, steps, eta=eta, spacing=spacing, clip_sample=0.0 if for_gaussian else None)
+    kind, steps, param = spec
+    option = {"ddim": "eta", "dpmsolver": "order", "unipc": "order"}.get(kind)
+    options = {option: param} if option else {}
+    return make_sampler(kind, schedule, steps, spacing=spacing, clip_sample=0.0 if for_gaussian else None, **options)
 
 
 REPORT_BACKENDS = ("onnxruntime", "torch", "tensorrt")
@@ -126,9 +141,9 @@ def best_spacing(rows: list[dict], key: str) -> str | None:
     if len(spacings) < 2:
         return spacings[0] if spacings else None
     ranks = {s: [] for s in spacings}
-    settings = {(r["sampler"], r["steps"], r["eta"]) for r in rows}
+    settings = {(r["sampler"], r["steps"], r["param"], r.get("seed", 0)) for r in rows}
     for setting in settings:
-        group = [r for r in rows if (r["sampler"], r["steps"], r["eta"]) == setting]
+        group = [r for r in rows if (r["sampler"], r["steps"], r["param"], r.get("seed", 0)) == setting]
         if len(group) != len(spacings):
             continue  # measured once: T steps, where every spacing is the same
         for rank, r in enumerate(sorted(group, key=lambda r: r[key])):
@@ -138,11 +153,17 @@ def best_spacing(rows: list[dict], key: str) -> str | None:
 
 def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 500, gaussian_samples: int = 4096,
                spacings=(DEFAULT_SPACING,), backend: str = "onnxruntime", device: str = "cpu",
-               threads: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+               threads: int | None = None, seed: int = 0, progress: bool = True, seeds=None) -> dict:
+    """Every sampler of `samplers` at every spacing and seed (`seeds`, default just `seed`): its latency,
+    its quality on the model's data set, and its exact quality on Gaussian data."""
     from tqdm.auto import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
     config = read_config(checkpoint)
+    schedule = NoiseSchedule.from_dict(config["schedule"])
+    for spec in samplers:  # every setting checked (order against steps, spacing) before any work
+        for spacing in spacings:
+            report_sampler(spec, schedule, spacing)
+    out.mkdir(parents=True, exist_ok=True)
     judge = None
     dataset = config.get("data", {}).get("name")
     if dataset in JUDGED_DATASETS:
@@ -152,19 +173,23 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
     data_moments = (data.mean, data.cov)
     T = model.schedule.num_train_timesteps
     # With T steps every spacing gives the same timesteps: measure those once.
-    runs = [(spec, spacing) for spec in samplers for spacing in spacings
+    seeds = list(seeds or [seed])
+    runs = [(spec, spacing, s) for s in seeds for spec in samplers for spacing in spacings
             if spec[1] < T or spacing == spacings[0]]
 
     rows = []
-    for spec, spacing in tqdm(runs, desc="report", disable=not progress):
+    for spec, spacing, seed in tqdm(runs, desc="report", disable=not progress):
         sampler = report_sampler(spec, model.schedule, spacing)
         start = time.perf_counter()
         images = sampler.sample(model, (num_samples, *model.image_shape), seed=seed, progress=False)
         elapsed = time.perf_counter() - start
         name = label(spec) + (f", {spacing}" if len(spacings) > 1 else "")
-        grid = out / "samples" / (name.replace(" ", "").replace(",", "_").replace("η=", "eta") + ".png")
+        stem = name.replace(" ", "").replace(",", "_").replace("η=", "eta").replace("(", "").replace(")", "").replace("+", "pp")
+        grid = out / "samples" / (stem + (f"_seed{seed}" if len(seeds) > 1 else "") + ".png")
         save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // model.image_shape[-1]))
-        row = {"sampler": spec[0], "steps": spec[1], "eta": spec[2], "label": name, "spacing": spacing,
+        row = {"sampler": spec[0], "steps": spec[1], "param": spec[2], "eta": spec[2] if spec[0] == "ddim" else None,
+               "order": spec[2] if spec[0] in ("dpmsolver", "unipc") else None, "family": family(spec),
+               "network_calls": spec[1], "seed": seed, "label": name, "spacing": spacing,
                "ms_per_image": 1e3 * elapsed / num_samples, "num_samples": num_samples,
                "grid": str(grid.relative_to(out))}
         if judge is not None:
@@ -182,7 +207,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
               "backend": models.description, "num_samples": num_samples, "spacings": list(spacings),
               "gaussian": {"dim": data.dim, "samples": gaussian_samples,
                            "sampling_error_floor": (data.dim / gaussian_samples) ** 0.5},
-              "rows": rows, "environment": environment(threads)}
+              "seeds": seeds, "rows": rows, "environment": environment(threads)}
     if len(spacings) > 1:
         report["best_spacing"] = {"by_fid": best_spacing(rows, "fid") if judge else None,
                                   "by_gaussian_w2": best_spacing(rows, "gaussian_w2_to_data")}
@@ -215,15 +240,37 @@ def _write(report: dict, out: Path) -> None:
         lines += [f"Timestep spacings compared: {', '.join(report['spacings'])}. Best (lowest mean rank over the "
                   f"settings measured with each): by FID {best['by_fid'] or '–'}, by Gaussian W2 {best['by_gaussian_w2']}.",
                   ""]
-    lines += [
-              "| sampler | ms/image | FID | KID | recognised | Gaussian W2 to data (theory) |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in report["rows"]:
-        learned = (f"{r['fid']:.2f} | {r['kid']:.4f} | {r['recognised']:.1%}" if "fid" in r else "– | – | –")
-        lines.append(f"| {r['label']} | {r['ms_per_image']:.2f} | {learned} | "
-                     f"{r['gaussian_w2_to_data']:.3f} ({r['gaussian_w2_theory_to_data']:.3f}) |")
+    seeds = report.get("seeds", [0])
+    if len(seeds) > 1:
+        lines += [f"Seeds {', '.join(map(str, seeds))}: each cell is the mean ± half the range over the seeds.", ""]
+    lines += ["| sampler | network calls | ms/image | FID | KID | recognised | Gaussian W2 to data (theory) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for group in _by_setting(report["rows"]):
+        first = group[0]
+        learned = (f"{_cell(group, 'fid', '.2f')} | {_cell(group, 'kid', '.4f')} | {_cell(group, 'recognised', '.1%')}"
+                   if "fid" in first else "– | – | –")
+        lines.append(f"| {first['label']} | {first['steps']} | {_cell(group, 'ms_per_image', '.2f')} | {learned} | "
+                     f"{_cell(group, 'gaussian_w2_to_data', '.3f')} ({first['gaussian_w2_theory_to_data']:.3f}) |")
     lines += ["", "![quality against latency](quality_vs_latency.png)", ""]
     write_markdown(out / "report.md", lines)
     _plot(report, out / "quality_vs_latency.png")
+
+
+def _by_setting(rows: list) -> list[list]:
+    """Rows grouped by everything but the seed, in the order first measured."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["label"], r["spacing"]), []).append(r)
+    return list(groups.values())
+
+
+def _cell(group: list, key: str, fmt: str) -> str:
+    """One value, or the mean ± half the range of several seeds' values."""
+    values = [r[key] for r in group]
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format((max(values) - min(values)) / 2, fmt)}"
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -234,29 +281,36 @@ def _plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2 if learned else 1, figsize=(11 if learned else 6, 4), squeeze=False)
     dataset = report.get("judge", {}).get("dataset", "digits")
     panels = ([("fid", f"FID ({dataset}-classifier features)")] if learned else []) + [("gaussian_w2_to_data", "Gaussian W2 to data")]
+    # Quality against network calls, one line per sampler family (per spacing where several were
+    # compared); a seed's spread is the error bar: how many calls each sampler needs, at a glance.
+    several = len({r["spacing"] for r in rows}) > 1
+    groups = _by_setting(rows)
     for ax, (key, title) in zip(axes[0], panels):
-        several = len({r["spacing"] for r in rows}) > 1
-        for family in dict.fromkeys((r["sampler"], r["eta"], r["spacing"]) for r in rows):
-            sel = sorted((r for r in rows if (r["sampler"], r["eta"], r["spacing"]) == family),
-                         key=lambda r: r["ms_per_image"])
-            name = (f"DDIM η={family[1]:g}" if family[0] == "ddim" else "DDPM") + (f", {family[2]}" if several else "")
-            ax.plot([r["ms_per_image"] for r in sel], [r[key] for r in sel], "o-", label=name)
-            for r in sel:
-                ax.annotate(str(r["steps"]), (r["ms_per_image"], r[key]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+        for line in dict.fromkeys((g[0].get("family") or g[0]["label"].rsplit(",", 1)[0], g[0]["spacing"]) for g in groups):
+            sel = sorted((g for g in groups if (g[0].get("family") or g[0]["label"].rsplit(",", 1)[0], g[0]["spacing"]) == line),
+                         key=lambda g: g[0]["steps"])
+            means = [sum(r[key] for r in g) / len(g) for g in sel]
+            spread = [(max(r[key] for r in g) - min(r[key] for r in g)) / 2 for g in sel]
+            name = line[0] + (f", {line[1]}" if several else "")
+            ax.errorbar([g[0]["steps"] for g in sel], means, yerr=spread, fmt="o-", capsize=2, label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"ms per image ({report['backend']})")
+        calls = sorted({r["steps"] for r in rows})
+        ax.set_xticks(calls, [str(c) for c in calls])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.set_xlabel("network calls per image")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def parse_samplers(text: str):
-    """`quick`, `full`, or a list like ddim:20,ddim:50:1,ddpm:1000."""
-    if text in ("quick", "full"):
-        return QUICK if text == "quick" else FULL
+    """`quick`, `full`, `solvers`, or a list like ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8.
+
+    ddim:STEPS[:ETA], ddpm:STEPS, dpmsolver:STEPS[:ORDER], unipc:STEPS[:ORDER] (order 2 unless given)."""
+    if text in SETS:
+        return SETS[text]
     specs = []
     for item in text.split(","):
         parts = item.split(":")
@@ -267,7 +321,14 @@ def parse_samplers(text: str):
             if parts[0] == "ddpm" and len(parts) == 2:
                 specs.append(("ddpm", int(parts[1]), None))
                 continue
+            if parts[0] in ("dpmsolver", "unipc") and len(parts) in (2, 3):
+                order = int(parts[2]) if len(parts) == 3 else 2
+                if order not in (1, 2, 3):
+                    raise UserError(f"--samplers item {item!r}: the order must be 1, 2 or 3")
+                specs.append((parts[0], int(parts[1]), order))
+                continue
         except ValueError:
             pass
-        raise UserError(f"--samplers item {item!r} not understood; use quick, full, or e.g. ddim:20,ddim:50:1,ddpm:1000")
+        raise UserError(f"--samplers item {item!r} not understood; use quick, full, solvers, or e.g. "
+                        "ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8")
     return specs

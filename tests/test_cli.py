@@ -89,3 +89,17 @@ def test_bad_sample_input(damaged_checkpoints, model, extra, fragment):
 
 def test_bad_output_suffix(tmp_path):
     assert_user_error(run_cli("sample", "digits", "--out", str(tmp_path / "x.jpg")), ".png")
+
+
+def test_sample_with_the_multistep_solvers(tmp_path):
+    for args in (["--sampler", "dpmsolver", "--steps", "6", "--order", "3"],
+                 ["--sampler", "unipc", "--steps", "5", "--variant", "bh1", "--corrector", "off"]):
+        out = tmp_path / "s.npz"
+        result = run_cli("sample", "digits", *args, "--batch", "2", "--out", str(out), "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert np.load(out)["images"].shape == (2, 16, 16, 1)
+    # An option the sampler does not take is one line, never ignored.
+    assert_user_error(run_cli("sample", "digits", "--sampler", "unipc", "--eta", "0.5", "--out", str(tmp_path / "x.png")),
+                      "the unipc sampler takes no eta (it is deterministic)")
+    assert_user_error(run_cli("sample", "digits", "--sampler", "ddim", "--order", "2", "--out", str(tmp_path / "x.png")),
+                      "the ddim sampler takes no order")

@@ -128,6 +128,34 @@ def test_bench_ddpm_compares_with_ddpm_pipeline(tmp_path):
     assert (out / "bench.md").read_text().startswith("# ddpmrt bench: DDPM-3")
 
 
+def test_bench_times_a_multistep_solver_against_its_diffusers_scheduler(tmp_path):
+    out = tmp_path / "bench"
+    result = run_cli("bench", "--random-weights", "tiny", "--sampler", "unipc", "--batch", "1", "--steps", "4",
+                     "--runs", "1", "--warmup", "0", "--threads", "1", "--backends", "onnxruntime-cpu", "--no-startup",
+                     "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert report["sampler"]["sampler"] == "unipc" and report["sampler"]["order"] == 2
+    assert [d["backend"] for d in report["diffusers"]] == ["diffusers-UniPCMultistepScheduler-cpu"]
+    assert report["results"][0]["speedup_vs_diffusers"] > 0
+
+
+def test_report_sampler_specs_and_seed_spread():
+    from ddpmrt.export.report import SOLVERS, _by_setting, _cell, label, parse_samplers
+
+    assert parse_samplers("dpmsolver:10:3,unipc:8,ddim:25,ddpm:50") == [
+        ("dpmsolver", 10, 3), ("unipc", 8, 2), ("ddim", 25, 0.0), ("ddpm", 50, None)]
+    assert label(("dpmsolver", 10, 3)) == "DPM-Solver++(3M), 10 steps" and label(("unipc", 8, 2)) == "UniPC-2, 8 steps"
+    # The comparison: every new sampler at 5-20 calls, DDIM at 10-100.
+    assert {s for k, s, _ in SOLVERS if k != "ddim"} == {5, 8, 10, 15, 20}
+    assert {s for k, s, _ in SOLVERS if k == "ddim"} == {10, 25, 50, 100}
+    rows = [{"label": "a", "spacing": "leading", "fid": 2.0}, {"label": "a", "spacing": "leading", "fid": 4.0},
+            {"label": "b", "spacing": "leading", "fid": 1.0}]
+    groups = _by_setting(rows)
+    assert [len(g) for g in groups] == [2, 1]
+    assert _cell(groups[0], "fid", ".1f") == "3.0 ± 1.0" and _cell(groups[1], "fid", ".1f") == "1.0"
+
+
 def test_report_measures_quality_and_latency(tmp_path):
     out = tmp_path / "report"
     result = run_cli("report", "digits", "--samplers", "ddim:3,ddpm:4", "--samples", "16", "--threads", "1",
@@ -182,6 +210,9 @@ def test_demo(tmp_path):
     (["report", "digits", "--spacing", "cubic"], "unknown spacing"),
     (["report", "digits", "--spacing", "leading,leading"], "each spacing once"),
     (["report", "digits", "--backend", "tensorflow"], "invalid choice"),
+    (["report", "digits", "--samplers", "unipc:8:4"], "the order must be 1, 2 or 3"),
+    (["report", "digits", "--samplers", "dpmsolver:2:3"], "order 3 needs at least 3 steps"),
+    (["report", "digits", "--seeds", "0,0"], "distinct integers"),
 ])
 def test_bad_arguments(tmp_path, args, fragment):
     assert_user_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)

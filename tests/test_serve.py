@@ -235,5 +235,13 @@ def test_parse_request_defaults_and_limits():
     ddpm = parse_request({"sampler": "ddpm", "variance": "fixed_large", "spacing": "trailing", "steps": 20}, schedule)
     assert ddpm.make_sampler(schedule).config == make_sampler("ddpm", schedule, 20, variance="fixed_large",
                                                               spacing="trailing").config
+    unipc = parse_request({"sampler": "unipc", "steps": 8, "order": 3, "variant": "bh1", "corrector": False}, schedule)
+    assert unipc.make_sampler(schedule).config == make_sampler("unipc", schedule, 8, order=3, variant="bh1",
+                                                               corrector=False).config
+    for body, fragment in (({"sampler": "dpmsolver", "eta": 0.5}, "takes no eta"),
+                           ({"sampler": "unipc", "order": 4}, r"must lie in \[1, 3\]"),
+                           ({"sampler": "dpmsolver", "steps": 2, "order": 3}, "needs at least 3 steps")):
+        with pytest.raises(UserError, match=fragment):
+            parse_request(body, schedule)
     with pytest.raises(UserError, match=r"'n' must lie in \[1, 8\]"):
         parse_request({"n": 9}, schedule, max_images=8)
