@@ -16,14 +16,16 @@
 #                                                   # (benchmarks/unet_levers.py: time-shift table, cuDNN search)
 #   bash benchmarks/gpu_session.sh package "$OUT"   # the AOTInductor .pt2 (export-engine --flavour inductor): its
 #                                                   # build, rows at batch 1, 64, 256 and a fresh process's start
+#   bash benchmarks/gpu_session.sh solvers "$OUT"   # DDIM, DPM-Solver++ and UniPC per-step time in the device loop at
+#                                                   # batch 1 and 64 (the update stays bandwidth-bound: within 3 % of DDIM)
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
 #
 # The device image has PyTorch, cuda-python and NVRTC but not diffusers: carry its wheel in .whl
 # (see benchmarks/README.md); the script installs .whl/*.whl and ddpmrt itself into /tmp/site.
 # Every part fails loudly: the first failing command stops the script with its exit status.
 set -euo pipefail
-part=${1:?usage: gpu_session.sh tests|kernels|bench|levers|package|report OUTDIR [BATCHES]}
-out=${2:?usage: gpu_session.sh tests|kernels|bench|levers|package|report OUTDIR [BATCHES]}
+part=${1:?usage: gpu_session.sh tests|kernels|bench|levers|package|solvers|report OUTDIR [BATCHES]}
+out=${2:?usage: gpu_session.sh tests|kernels|bench|levers|package|solvers|report OUTDIR [BATCHES]}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} DDPMRT_CACHE_DIR=/tmp/ddpmrt-cache
 # Every part starts from an empty Inductor cache, so compile times are cold ones.
@@ -77,6 +79,16 @@ case "$part" in
       --backends inductor-package-cuda --no-diffusers --out /tmp/bench-package --quiet
     keep /tmp/bench-package "bench-cifar10-package-batch${batches//,/-}"
     ;;
+  solvers)
+    # The same 20 network calls per image for each sampler: per-step time in one run, one graph each.
+    batches=${3:-1,64}
+    for sampler in ddim dpmsolver unipc; do
+      python3 -m ddpmrt.export bench --random-weights cifar10 --batch "$batches" --steps 20 --runs 5 --warmup 2 \
+        --sampler "$sampler" --backends inductor-cuda,torch-cuda-graph --no-startup --no-diffusers \
+        --out "/tmp/bench-$sampler" --quiet
+      keep "/tmp/bench-$sampler" "bench-cifar10-$sampler-20-batch${batches//,/-}"
+    done
+    ;;
   report)
     for model in digits shapes; do
       python3 -m ddpmrt.export report "$model" --backend torch --device cuda --samplers full --samples 500 \
@@ -85,7 +97,7 @@ case "$part" in
     done
     ;;
   *)
-    echo "unknown part $part: use tests, kernels, bench, levers, package or report" >&2
+    echo "unknown part $part: use tests, kernels, bench, levers, package, solvers or report" >&2
     exit 2
     ;;
 esac

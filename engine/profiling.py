@@ -25,6 +25,8 @@ from importlib import metadata
 
 import numpy as np
 
+from ddpmrt.engine.cpu import has_bf16_units, matrix_instructions
+
 try:  # optional: NVTX ranges for Nsight Systems
     import nvtx as _nvtx
 except ImportError:
@@ -196,6 +198,8 @@ def environment(threads: int | None = None) -> dict:
             env[distribution.replace("-", "_")] = metadata.version(distribution)
         except metadata.PackageNotFoundError:
             pass
+    env["cpu_matrix_instructions"] = matrix_instructions()
+    env["cpu_bf16_units"] = has_bf16_units()
     env["gpu"] = _gpu()
     return env
 

@@ -84,7 +84,14 @@ def _sample(ns: argparse.Namespace) -> None:
     sampler = make_sampler(ns.sampler, model.schedule, ns.steps, **_sampler_options(ns))
     images = sampler.sample(model, (ns.batch, *model.image_shape), seed=ns.seed, progress=not ns.quiet)
     save_images(images, out)
-    print(f"wrote {ns.batch} samples ({ns.sampler.upper()}, {sampler.num_steps} steps, seed {ns.seed}) to {out}")
+    print(f"wrote {ns.batch} samples ({ns.sampler.upper()}, {sampler.num_steps} steps, seed {ns.seed}; "
+          f"{_backend_description(model)}) to {out}")
+
+
+def _backend_description(model) -> str:
+    """What ran: the backend, its device and the precision it computed in (auto resolves per CPU)."""
+    precision = getattr(model, "precision", None) or getattr(getattr(model, "metadata", None), "precision", "fp32")
+    return f"{model.backend} on {getattr(model, 'device', 'cuda')}, {precision}"
 
 
 def _sampler_options(ns: argparse.Namespace) -> dict:
@@ -479,16 +486,17 @@ def _add_sample_command(sub) -> None:
     p.add_argument("--seed", type=int_in(0, 2 ** 64 - 1), default=0,
                    help="noise seed: image k of a seed is the same in any batch (default 0)")
     p.add_argument("--backend", default="auto",
-                   help="auto, inductor, onnxruntime, tensorrt or torch (default auto: by file type; a checkpoint on "
-                        "--device cuda runs on inductor, torch.compile plus one CUDA graph per loop)")
+                   help="auto, inductor, onnxruntime, openvino, tensorrt or torch (default auto: by file type; an .onnx "
+                        "on the CPU runs on openvino where installed, else onnxruntime; a checkpoint on --device cuda runs "
+                        "on inductor, torch.compile plus one CUDA graph per loop)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="cpu or cuda (default cpu; an engine runs on cuda, a .pt2 on the device it was built for)")
     p.add_argument("--threads", type=THREADS, help="CPU threads for ONNX Runtime (default: all cores)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default="auto",
-                   help="torch and inductor backends: auto = fp16 on CUDA, fp32 on the CPU; fp32 is IEEE fp32 "
-                        "(tf32 asks for TF32 convolutions on CUDA)")
+                   help="auto (default) = fp16 on CUDA; on the CPU bf16 where it has AMX-BF16 or AVX512-BF16 (openvino), "
+                        "else fp32; fp32 is IEEE fp32 (tf32 asks for TF32 convolutions on CUDA); onnxruntime computes fp32")
     p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata or a bare diffusers UNet folder: "
                    "linear[:T:start:end] or cosine[:T]")
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")

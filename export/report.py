@@ -31,11 +31,13 @@ from ddpmrt.export.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.quality import JUDGED_DATASETS, ClassifierJudge
 from ddpmrt.export.sources import from_checkpoint
 
-# A row is (sampler, steps, parameter): η for ddim, the order for dpmsolver and unipc, None for ddpm.
+# A row is (sampler, steps, parameter[, variant]): η for ddim, the order for dpmsolver and unipc, None for
+# ddpm; UniPC's variant (bh1, bh2) where given, else its default bh2.
 # SOLVERS compares the multistep solvers at few network calls with DDIM at more; FULL adds the
 # stochastic samplers and long runs; QUICK is what the demo runs.
 SOLVERS = ([("ddim", s, 0.0) for s in (10, 25, 50, 100)]
-           + [(kind, s, order) for kind in ("dpmsolver", "unipc") for order in (2, 3) for s in (5, 8, 10, 15, 20)])
+           + [(kind, s, order) for kind in ("dpmsolver", "unipc") for order in (2, 3) for s in (5, 8, 10, 15, 20)]
+           + [("unipc", s, 3, "bh1") for s in (5, 8, 10, 15, 20)])
 FULL = [("ddim", s, 0.0) for s in (5, 10, 20, 50, 100, 250, 1000)] + \
        [("ddim", s, 1.0) for s in (20, 50, 100)] + [("ddpm", s, None) for s in (50, 250, 1000)] + \
        [(kind, s, order) for kind in ("dpmsolver", "unipc") for order in (2, 3) for s in (5, 10, 20)]
@@ -45,9 +47,11 @@ SETS = {"quick": QUICK, "full": FULL, "solvers": SOLVERS}
 
 def family(spec) -> str:
     """The line a row belongs to in the plot: the sampler and its parameter, not its steps."""
-    kind, _, param = spec
-    return {"ddim": f"DDIM η={param:g}" if kind == "ddim" else "", "ddpm": "DDPM",
-            "dpmsolver": f"DPM-Solver++({param}M)", "unipc": f"UniPC-{param}"}[kind]
+    kind, param = spec[0], spec[2]
+    if kind == "ddim":
+        return f"DDIM η={param:g}"
+    variant = f" {spec[3]}" if len(spec) > 3 else ""
+    return {"ddpm": "DDPM", "dpmsolver": f"DPM-Solver++({param}M)", "unipc": f"UniPC-{param}{variant}"}[kind]
 
 
 def label(spec) -> str:
@@ -58,9 +62,11 @@ def report_sampler(spec, schedule, spacing: str, for_gaussian: bool = False):
     """The sampler of one report row, from make_sampler (the factory and defaults of `ddpmrt sample`).
 
     Images: x̂₀ clipped to [-1, 1] (the default); the Gaussian check needs the linear, unclipped update."""
-    kind, steps, param = spec
+    kind, steps, param = spec[:3]
     option = {"ddim": "eta", "dpmsolver": "order", "unipc": "order"}.get(kind)
     options = {option: param} if option else {}
+    if len(spec) > 3:
+        options["variant"] = spec[3]
     return make_sampler(kind, schedule, steps, spacing=spacing, clip_sample=0.0 if for_gaussian else None, **options)
 
 
@@ -141,9 +147,9 @@ def best_spacing(rows: list[dict], key: str) -> str | None:
     if len(spacings) < 2:
         return spacings[0] if spacings else None
     ranks = {s: [] for s in spacings}
-    settings = {(r["sampler"], r["steps"], r["param"], r.get("seed", 0)) for r in rows}
+    settings = {(r["sampler"], r["steps"], r["param"], r.get("variant"), r.get("seed", 0)) for r in rows}
     for setting in settings:
-        group = [r for r in rows if (r["sampler"], r["steps"], r["param"], r.get("seed", 0)) == setting]
+        group = [r for r in rows if (r["sampler"], r["steps"], r["param"], r.get("variant"), r.get("seed", 0)) == setting]
         if len(group) != len(spacings):
             continue  # measured once: T steps, where every spacing is the same
         for rank, r in enumerate(sorted(group, key=lambda r: r[key])):
@@ -189,6 +195,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
         save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // model.image_shape[-1]))
         row = {"sampler": spec[0], "steps": spec[1], "param": spec[2], "eta": spec[2] if spec[0] == "ddim" else None,
                "order": spec[2] if spec[0] in ("dpmsolver", "unipc") else None, "family": family(spec),
+               "variant": spec[3] if len(spec) > 3 else None,
                "network_calls": spec[1], "seed": seed, "label": name, "spacing": spacing,
                "ms_per_image": 1e3 * elapsed / num_samples, "num_samples": num_samples,
                "grid": str(grid.relative_to(out))}
@@ -308,7 +315,7 @@ def _plot(report: dict, path: Path) -> None:
 def parse_samplers(text: str):
     """`quick`, `full`, `solvers`, or a list like ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8.
 
-    ddim:STEPS[:ETA], ddpm:STEPS, dpmsolver:STEPS[:ORDER], unipc:STEPS[:ORDER] (order 2 unless given)."""
+    ddim:STEPS[:ETA], ddpm:STEPS, dpmsolver:STEPS[:ORDER], unipc:STEPS[:ORDER[:VARIANT]] (order 2 unless given)."""
     if text in SETS:
         return SETS[text]
     specs = []
@@ -321,14 +328,16 @@ def parse_samplers(text: str):
             if parts[0] == "ddpm" and len(parts) == 2:
                 specs.append(("ddpm", int(parts[1]), None))
                 continue
-            if parts[0] in ("dpmsolver", "unipc") and len(parts) in (2, 3):
-                order = int(parts[2]) if len(parts) == 3 else 2
+            if parts[0] in ("dpmsolver", "unipc") and len(parts) in (2, 3, 4 if parts[0] == "unipc" else 3):
+                order = int(parts[2]) if len(parts) >= 3 else 2
                 if order not in (1, 2, 3):
                     raise UserError(f"--samplers item {item!r}: the order must be 1, 2 or 3")
-                specs.append((parts[0], int(parts[1]), order))
+                if len(parts) == 4 and parts[3] not in ("bh1", "bh2"):
+                    raise UserError(f"--samplers item {item!r}: the UniPC variant must be bh1 or bh2")
+                specs.append((parts[0], int(parts[1]), order, *parts[3:]))
                 continue
         except ValueError:
             pass
         raise UserError(f"--samplers item {item!r} not understood; use quick, full, solvers, or e.g. "
-                        "ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8")
+                        "ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8:3:bh1")
     return specs

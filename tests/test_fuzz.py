@@ -6,7 +6,8 @@ left behind.  The cases, generated from SEED:
 
 | class | cases | how |
 | --- | --- | --- |
-| `.onnx` (the shipped digits model, exported fp32) | 50 | 20 truncations, 30 single-bit flips anywhere |
+| `.onnx` (the shipped digits model, exported fp32), on load_model's default backend (OpenVINO where installed) | 50 | 20 truncations, 30 single-bit flips anywhere |
+| the same 50 damaged `.onnx` files on ONNX Runtime | 50 | the same mutations |
 | `.plan` engine (TensorRT-RTX, built for sm86) | 25 | 10 truncations, 15 bit flips anywhere |
 | `.plan.json` sidecar | 30 | 10 truncations, 20 bit flips anywhere |
 | checkpoint `config.json` | 35 | 10 truncations, 25 bit flips anywhere |
@@ -16,7 +17,7 @@ left behind.  The cases, generated from SEED:
 | PNG images of a folder data set | 20 | 5 truncations, 15 bit flips anywhere (every chunk carries a CRC) |
 | arrays passed to samplers and models | 59 | x_T, x and t of wrong shape, dtype, rank or value; sampler arguments; image indices; sample shapes |
 | CLI arguments | 78 | out-of-range and non-numeric values of every numeric option of sample, bench, report, export-onnx, export-engine and train |
-| total | 372 | |
+| total | 422 | |
 """
 
 import contextlib
@@ -142,7 +143,7 @@ def npy_header_region(path) -> tuple[int, int]:
 
 
 FILE_CLASSES = {  # kind: (truncations, flips, seed offset)
-    "onnx": (20, 30, 1), "plan": (10, 15, 2), "sidecar": (10, 20, 3), "config": (10, 25, 4),
+    "onnx": (20, 30, 1), "onnx-onnxruntime": (20, 30, 1), "plan": (10, 15, 2), "sidecar": (10, 20, 3), "config": (10, 25, 4),
     "weights": (10, 25, 5), "npz": (5, 15, 6), "npy": (5, 15, 7), "png": (5, 15, 8),
 }
 
@@ -155,7 +156,7 @@ def file_cases():
 
 def target_file(kind: str, work, originals):
     """Copy what `kind` damages into `work`; return (the file to damage, what to load)."""
-    if kind in ("onnx",):
+    if kind in ("onnx", "onnx-onnxruntime"):
         path = work / "model.onnx"
         shutil.copy(originals["onnx"], path)
         return path, path
@@ -194,7 +195,9 @@ def test_damaged_files(kind, index, offset, originals, tmp_path):
 
             load_dataset(str(load_target))
         else:
-            model = load_model(load_target)
+            # .onnx loads on OpenVINO where installed (load_model's default on the CPU); the same damage
+            # is loaded with ONNX Runtime too.
+            model = load_model(load_target, backend="onnxruntime" if kind == "onnx-onnxruntime" else "auto")
             # Where a flip left a file that loads, sampling must still fail before a wrong image appears.
             DDIMSampler(model.schedule, 2).sample(model, (1, *model.image_shape), progress=False)
     assert str(error.value) and "\n" not in str(error.value)

@@ -143,12 +143,13 @@ def test_bench_times_a_multistep_solver_against_its_diffusers_scheduler(tmp_path
 def test_report_sampler_specs_and_seed_spread():
     from ddpmrt.export.report import SOLVERS, _by_setting, _cell, label, parse_samplers
 
-    assert parse_samplers("dpmsolver:10:3,unipc:8,ddim:25,ddpm:50") == [
-        ("dpmsolver", 10, 3), ("unipc", 8, 2), ("ddim", 25, 0.0), ("ddpm", 50, None)]
+    assert parse_samplers("dpmsolver:10:3,unipc:8,ddim:25,ddpm:50,unipc:5:3:bh1") == [
+        ("dpmsolver", 10, 3), ("unipc", 8, 2), ("ddim", 25, 0.0), ("ddpm", 50, None), ("unipc", 5, 3, "bh1")]
+    assert label(("unipc", 5, 3, "bh1")) == "UniPC-3 bh1, 5 steps"
     assert label(("dpmsolver", 10, 3)) == "DPM-Solver++(3M), 10 steps" and label(("unipc", 8, 2)) == "UniPC-2, 8 steps"
     # The comparison: every new sampler at 5-20 calls, DDIM at 10-100.
-    assert {s for k, s, _ in SOLVERS if k != "ddim"} == {5, 8, 10, 15, 20}
-    assert {s for k, s, _ in SOLVERS if k == "ddim"} == {10, 25, 50, 100}
+    assert {spec[1] for spec in SOLVERS if spec[0] != "ddim"} == {5, 8, 10, 15, 20}
+    assert {spec[1] for spec in SOLVERS if spec[0] == "ddim"} == {10, 25, 50, 100}
     rows = [{"label": "a", "spacing": "leading", "fid": 2.0}, {"label": "a", "spacing": "leading", "fid": 4.0},
             {"label": "b", "spacing": "leading", "fid": 1.0}]
     groups = _by_setting(rows)
@@ -211,6 +212,7 @@ def test_demo(tmp_path):
     (["report", "digits", "--spacing", "leading,leading"], "each spacing once"),
     (["report", "digits", "--backend", "tensorflow"], "invalid choice"),
     (["report", "digits", "--samplers", "unipc:8:4"], "the order must be 1, 2 or 3"),
+    (["report", "digits", "--samplers", "unipc:8:2:bh3"], "variant must be bh1 or bh2"),
     (["report", "digits", "--samplers", "dpmsolver:2:3"], "order 3 needs at least 3 steps"),
     (["report", "digits", "--seeds", "0,0"], "distinct integers"),
 ])

@@ -1,0 +1,116 @@
+"""The OpenVINO backend: ddpmrt's ONNX files on Intel's CPU runtime, in bf16 where the CPU has bf16 units.
+
+OpenVINO reads the ONNX file directly (no conversion step, no torch) and computes in the
+precision of its `INFERENCE_PRECISION_HINT`: ddpmrt sets it from `precision` (auto: bf16 on a CPU
+with AMX-BF16 or AVX512-BF16, fp32 elsewhere, engine/cpu.py), so `fp32` means fp32 whatever
+OpenVINO's own default is.  The file's bytes are verified against their seal before OpenVINO
+sees them, and the ddpmrt metadata comes from the model OpenVINO read (its rt_info keeps the ONNX
+metadata_props), so a damaged or foreign file is one line, as with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
+from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
+from ddpmrt.engine.backends.base import LoadedModel
+from ddpmrt.engine.checks import model_inputs
+from ddpmrt.engine.cpu import resolve_cpu_precision
+from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
+
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise UserError("the openvino backend needs OpenVINO: pip install 'ddpmrt[openvino]' (or use --backend "
+                        "onnxruntime)") from None
+    return openvino
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _metadata_props(model) -> dict[str, str]:
+    """The ONNX file's metadata_props, as OpenVINO keeps them in the model's rt_info."""
+    info = model.get_rt_info()
+    if "framework" not in info:
+        return {}
+    return {key: value.astype(str) for key, value in info["framework"].items()}
+
+
+class OpenVinoModel(LoadedModel):
+    """eps = model(x_t, t) on NumPy arrays, through an OpenVINO CPU compiled model."""
+
+    backend = "openvino"
+
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "auto",
+                 fallback_metadata: ModelMetadata | None = None):
+        ov = import_openvino()
+        self.path = Path(path)
+        self.precision = resolve_cpu_precision(precision)
+        self.device = "cpu"
+        data, sealed = read_onnx_bytes(self.path)  # a damaged ddpmrt file is an error, not wrong samples
+        core = ov.Core()
+        try:
+            model = core.read_model(data)
+        except RuntimeError as exc:  # OpenVINO's one exception type: bytes its ONNX frontend cannot read
+            if is_out_of_memory(exc):
+                raise out_of_memory(f"OpenVINO read {self.path.name}") from None
+            raise UserError(f"cannot load {self.path.name} with OpenVINO ({first_line(exc, 200)}); the file is "
+                            "truncated or not an ONNX model: re-export it") from None
+        props = _metadata_props(model)
+        check_onnx_metadata_is_sealed(props, sealed, self.path.name)
+        has_metadata = any(key.startswith(PREFIX) for key in props)
+        self.metadata = (ModelMetadata.from_strings(props, self.path.name) if has_metadata or fallback_metadata is None
+                         else fallback_metadata)
+        self._check_signature(model)
+        self.schedule = self.metadata.schedule
+        self.image_shape = self.metadata.image_shape
+        config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(f"OpenVINO compiled {self.path.name}") from None
+            raise UserError(f"OpenVINO cannot compile {self.path.name} for the CPU ({first_line(exc, 200)}); "
+                            "re-export it, or use --backend onnxruntime") from None
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: one call at a time (callers may use threads)
+
+    def _check_signature(self, model) -> None:
+        inputs = {port.get_any_name(): port for port in model.inputs}
+        outputs = [port.get_any_name() for port in model.outputs]
+        if set(inputs) != {"x", "t"} or outputs != ["eps"]:
+            raise UserError(f"{self.path.name} has inputs {sorted(inputs)} and outputs {outputs}; "
+                            "ddpmrt expects inputs x, t and output eps (export with `ddpmrt export-onnx`)")
+        x_type = inputs["x"].get_element_type().get_type_name()
+        self.metadata.precision = "fp16" if x_type == "f16" else "fp32"  # the file's I/O type, not the compute type
+        batch = inputs["x"].get_partial_shape()[0]
+        self.static_batch = batch.get_length() if batch.is_static else None
+
+    def check_batch(self, n: int) -> None:
+        if self.static_batch is not None and n != self.static_batch:
+            raise UserError(f"{self.path.name} was exported for batch {self.static_batch}, got {n}; "
+                            "sample with that --batch or re-export with --batch dynamic")
+
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        x, t = model_inputs(x, t, self.image_shape, self.schedule.num_train_timesteps)
+        self.check_batch(len(x))
+        x = np.ascontiguousarray(x, dtype=self.metadata.input_dtype)
+        with self._lock:
+            result = self._request.infer({"x": x, "t": t})
+            return np.array(result[self.compiled.output("eps")], dtype=np.float32)

@@ -1,0 +1,70 @@
+"""What the CPU's matrix units can do: what precision `auto` means on the CPU, and what a benchmark reports.
+
+On a CPU with bf16 matrix instructions (Intel AMX-BF16, or AVX512-BF16 on recent Xeons and EPYCs)
+a bf16 network runs 2-3x faster than fp32, and sample quality does not move measurably
+(benchmarks/results/cpu-*-bf16/); OpenVINO computes in bf16 there by default.  So `auto` means
+bf16 where the CPU has those instructions and fp32 elsewhere, for every CPU backend; `fp32` always
+means IEEE fp32.
+
+The instructions come from /proc/cpuinfo on Linux and from NumPy's table of the CPU features it
+dispatches on elsewhere (which lists AVX512-BF16 but not AMX).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+
+from ddpmrt.engine.errors import UserError
+
+# The flags, by their Linux names, that say what the CPU's matrix and vector units compute.
+MATRIX_FLAGS = ("amx_bf16", "amx_int8", "amx_fp16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni",
+                "avx512f", "avx_vnni", "avx2", "fma")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_PRECISIONS = ("auto", "fp32", "bf16")
+_NUMPY_NAMES = {"AVX512_BF16": "avx512_bf16", "AVX512BF16": "avx512_bf16", "AVX512FP16": "avx512_fp16",
+                "AVX512VNNI": "avx512_vnni", "AVX512F": "avx512f", "AVX2": "avx2", "FMA3": "fma", "AVXVNNI": "avx_vnni"}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags (Linux names)."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("flags"):
+                        return frozenset(line.split(":", 1)[1].split())
+        except OSError:
+            pass
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # NumPy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return frozenset()
+    return frozenset(name for key, name in _NUMPY_NAMES.items() if features.get(key))
+
+
+def matrix_instructions() -> list[str]:
+    """The matrix and vector instructions of this CPU that decide a network's speed, for reports."""
+    flags = cpu_flags()
+    return [flag for flag in MATRIX_FLAGS if flag in flags]
+
+
+def has_bf16_units() -> bool:
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+def resolve_cpu_precision(precision: str) -> str:
+    """auto -> bf16 on a CPU with bf16 matrix instructions, fp32 elsewhere; bf16 without them runs, with a note."""
+    if precision not in CPU_PRECISIONS:
+        raise UserError(f"unknown CPU precision {precision!r}; choose one of {', '.join(CPU_PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if has_bf16_units() else "fp32"
+    if precision == "bf16" and not has_bf16_units():
+        warnings.warn("bf16 on this CPU (no AMX-BF16 or AVX512-BF16) is emulated and will be slower than fp32",
+                      stacklevel=3)
+    return precision

@@ -1,0 +1,103 @@
+"""The OpenVINO backend and what `auto` precision means on the CPU."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from ddpmrt.engine import DDIMSampler, UserError, load_model
+from ddpmrt.engine import cpu
+
+openvino = pytest.importorskip("openvino", reason="needs OpenVINO: pip install 'ddpmrt[openvino]'")
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    from ddpmrt.export.onnx_export import export_onnx
+    from ddpmrt.export.sources import from_checkpoint
+
+    source = from_checkpoint("digits", "fp32")
+    path = tmp_path_factory.mktemp("ov") / "digits.onnx"
+    export_onnx(source.module, source.metadata, path)
+    return path
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Pretend to be a CPU with (or without) bf16 matrix units."""
+    def pretend(*flags):
+        monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+    return pretend
+
+
+def _inputs(n=3):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 1, 16, 16)).astype(np.float32), np.array([0, 500, 999][:n] * (n // 3 + 1))[:n]
+
+
+def test_onnx_on_the_cpu_runs_on_openvino_and_fp32_matches_onnx_runtime(onnx_file, cpu_flags):
+    cpu_flags("avx2", "avx512f")  # no bf16 units: auto is fp32
+    model = load_model(onnx_file)
+    assert model.backend == "openvino" and model.precision == "fp32" and model.image_shape == (1, 16, 16)
+    reference = load_model(onnx_file, backend="onnxruntime")
+    x, t = _inputs()
+    np.testing.assert_allclose(model(x, t), reference(x, t), atol=2e-5)
+    sampler = DDIMSampler(model.schedule, 3)
+    np.testing.assert_allclose(sampler.sample(model, (2, 1, 16, 16), seed=1, progress=False),
+                               sampler.sample(reference, (2, 1, 16, 16), seed=1, progress=False), atol=1e-4)
+
+
+def test_auto_is_bf16_where_the_cpu_has_bf16_units(onnx_file, cpu_flags):
+    cpu_flags("avx512f", "avx512_bf16")
+    assert cpu.resolve_cpu_precision("auto") == "bf16"
+    model = load_model(onnx_file)
+    assert model.precision == "bf16"
+    assert model.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+    x, t = _inputs()
+    reference = load_model(onnx_file, backend="onnxruntime")(x, t)
+    error = np.abs(model(x, t) - reference).max() / np.abs(reference).max()
+    assert error < 5e-2  # bf16's 8-bit mantissa through the network
+    assert load_model(onnx_file, precision="fp32").compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+
+
+def test_bf16_without_bf16_units_runs_with_a_note(onnx_file, cpu_flags):
+    cpu_flags("avx2")
+    with pytest.warns(UserWarning, match="emulated and will be slower than fp32"):
+        model = load_model(onnx_file, precision="bf16")
+    assert model.precision == "bf16"
+
+
+def test_cpu_precision_choices(cpu_flags):
+    cpu_flags("amx_bf16", "amx_tile", "avx512f")
+    assert cpu.has_bf16_units() and cpu.matrix_instructions() == ["amx_bf16", "amx_tile", "avx512f"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu.resolve_cpu_precision("fp32") == "fp32" and cpu.resolve_cpu_precision("bf16") == "bf16"
+    with pytest.raises(UserError, match="unknown CPU precision 'fp16'"):
+        cpu.resolve_cpu_precision("fp16")
+
+
+def test_openvino_bad_input_is_one_line(onnx_file, tmp_path, monkeypatch):
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"\x08\x07not an onnx model")
+    with pytest.raises(UserError, match="cannot load damaged.onnx with OpenVINO"):
+        load_model(damaged, backend="openvino")
+    with pytest.raises(UserError, match="runs on the CPU"):
+        load_model(onnx_file, backend="openvino", device="cuda")
+    with pytest.raises(UserError, match="ONNX Runtime computes digits.onnx in fp32"):
+        load_model(onnx_file, backend="onnxruntime", precision="bf16")
+    # Without OpenVINO: --backend openvino names the install; auto falls back to ONNX Runtime.
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    with pytest.raises(UserError, match=r"pip install 'ddpmrt\[openvino\]'"):
+        load_model(onnx_file, backend="openvino")
+    assert load_model(onnx_file).backend == "onnxruntime"
