@@ -68,3 +68,32 @@ def resolve_cpu_precision(precision: str) -> str:
         warnings.warn("bf16 on this CPU (no AMX-BF16 or AVX512-BF16) is emulated and will be slower than fp32",
                       stacklevel=3)
     return precision
+
+
+# Dense FLOP per cycle and core of the fastest matrix path for a precision (two FMA ports where there are
+# two): AMX-BF16 tiles 1,024; AVX512-BF16 dot products 2 × 16 × 2 pairs × 2 = 128; AVX-512 fp32 FMA
+# 2 × 16 × 2 = 64; AVX2 fp32 FMA 2 × 8 × 2 = 32.
+FLOP_PER_CYCLE = (("bf16", "amx_bf16", 1024), ("bf16", "avx512_bf16", 128), ("bf16", "avx512f", 64),
+                  ("fp32", "avx512f", 64), ("fp32", "avx2", 32))
+
+
+def clock_ghz() -> float | None:
+    """The CPU's reported clock (Linux), for a peak estimate; None where it is not reported."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":", 1)[1]) / 1e3
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def peak_tflops(precision: str, cores: int) -> float | None:
+    """An estimate of the dense peak of `cores` cores in `precision` (FLOP per cycle × clock), or None."""
+    ghz = clock_ghz()
+    flags = cpu_flags()
+    for wanted, flag, flop in FLOP_PER_CYCLE:
+        if wanted == precision and flag in flags and ghz:
+            return flop * ghz * cores / 1e3
+    return None

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmrt.engine import load_model, make_sampler
+from ddpmrt.engine import cpu, load_model, make_sampler
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
@@ -37,7 +37,7 @@ from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.sources import from_checkpoint, from_diffusers
 
-BENCH_BACKENDS = ("torch-cpu", "inductor-cpu", "onnxruntime-cpu", "torch-cuda", "torch-cuda-graph", "inductor-cuda",
+BENCH_BACKENDS = ("torch-cpu", "inductor-cpu", "onnxruntime-cpu", "openvino-cpu", "openvino-default", "torch-cuda", "torch-cuda-graph", "inductor-cuda",
                   "onnxruntime-cuda", "tensorrt")
 # AOTInductor packages: an ahead-of-time build each (minutes for cifar10), so never part of "all".
 PACKAGE_BACKENDS = ("inductor-package-cpu", "inductor-package-cuda")
@@ -110,20 +110,52 @@ def _torch_models(checkpoint, source, work, threads, wanted, models, missing) ->
 
 
 def _onnx_models(checkpoint, source, work, threads, wanted, models, missing) -> None:
-    """ONNX Runtime on the fp32 ONNX file, exported into the run's folder."""
+    """ONNX Runtime and OpenVINO on the fp32 ONNX file, exported into the run's folder; and OpenVINO as a
+    user calls it (its default properties), the peer the CPU backends are measured against."""
+    from ddpmrt.engine.backends import openvino_backend
     from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
 
-    if not {"onnxruntime-cpu", "onnxruntime-cuda"} & set(wanted):
+    if not {"onnxruntime-cpu", "onnxruntime-cuda", "openvino-cpu", "openvino-default"} & set(wanted):
         return
     onnx_path = work / "model-fp32.onnx"
     export_onnx(source.module, source.metadata, onnx_path, unwrap=source.unwrap)
     if "onnxruntime-cpu" in wanted:
         models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
+    for name in ("openvino-cpu", "openvino-default"):
+        if name not in wanted:
+            continue
+        if not openvino_backend.available():
+            missing[name] = "needs OpenVINO: pip install 'ddpmrt[openvino]'"
+        elif name == "openvino-cpu":  # ddpmrt's backend: the precision auto means here, the bench's threads
+            models[name] = load_model(onnx_path, backend="openvino", threads=threads)
+        else:
+            models[name] = OpenVinoDefault(onnx_path, load_model(onnx_path, backend="onnxruntime"))
     if "onnxruntime-cuda" in wanted:
         if ort_cuda():
             models["onnxruntime-cuda"] = load_model(onnx_path, backend="onnxruntime", device="cuda")
         else:
             missing["onnxruntime-cuda"] = "needs onnxruntime-gpu and a GPU"
+
+
+class OpenVinoDefault:
+    """OpenVINO as a user calls it: `openvino.compile_model(onnx, "CPU")` with its default properties.
+
+    A peer row, not ddpmrt's backend: whatever precision and threads OpenVINO picks by itself (it
+    reports bf16 on CPUs with bf16 units), driven by the same sampler loop."""
+
+    backend = "openvino-default"
+    device = "cpu"
+
+    def __init__(self, onnx_path: Path, described):
+        import openvino
+
+        self.compiled = openvino.compile_model(str(onnx_path), "CPU")
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint, hint)
+        self.schedule, self.image_shape = described.schedule, described.image_shape
+
+    def __call__(self, x, t):
+        return np.asarray(self.compiled({"x": np.ascontiguousarray(x, np.float32), "t": t})[0], np.float32)
 
 
 def _tensorrt_model(checkpoint, source, work, threads, wanted, models, missing) -> None:
@@ -351,6 +383,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
             profile = profile_device_loop if getattr(model, "device_loop", None) is not None else profile_sampler
             row = profile(model, bench_sampler(sampler, model.schedule, steps), batch, runs=runs, warmup=warmup)
             row["backend"] = name
+            row["precision"] = getattr(model, "precision", None) or "fp32"
             results.append(row)
             bar.update(1)
         diffusers_rows = []
@@ -365,7 +398,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
             startup_rows.append(_startup_row(checkpoint, name, models[name], steps, threads))
             bar.update(1)
     packages.cleanup()
-    _add_derived_figures(results, diffusers_rows, flops, steps, gpu_peak, peak)
+    _add_derived_figures(results, diffusers_rows, flops, steps, gpu_peak, peak, threads)
     metadata = source.metadata
     report = {"model": {"source": str(checkpoint), "config": metadata.model_config,
                         "image_shape": list(metadata.image_shape),
@@ -381,8 +414,8 @@ def _diffusers_pipes(checkpoint: Path, models: dict, pipeline: str, sampler: str
     """diffusers as users run it, on the devices ddpmrt's rows use: fp32 on the CPU, fp16 on a GPU;
     eager, and with torch.compile where asked.  (name, device, compiled, pipeline) each."""
     pipes = []
-    on_cpu = any(name.endswith("-cpu") for name in models)
-    on_gpu = torch.cuda.is_available() and not all(name.endswith("-cpu") for name in models)
+    on_cpu = any(_on_cpu(name) for name in models)
+    on_gpu = torch.cuda.is_available() and not all(_on_cpu(name) for name in models)
     for compiled in (False, True):
         if compiled and diffusers_compiled == "never":
             continue
@@ -408,15 +441,26 @@ def _startup_row(checkpoint: Path, name: str, model, steps: int, threads: int) -
     return row
 
 
-def _add_derived_figures(results: list, diffusers_rows: list, flops: float, steps: int, gpu_peak, peak) -> None:
+def _on_cpu(backend: str) -> bool:
+    return backend.endswith("-cpu") or backend == "openvino-default"
+
+
+def _add_derived_figures(results: list, diffusers_rows: list, flops: float, steps: int, gpu_peak, peak,
+                         threads: int = 1) -> None:
     """TFLOP/s and % of peak of every row; each ddpmrt row's speed-up over diffusers on its device."""
     for row in results + diffusers_rows:
         seconds_per_image = row["ms_per_image"]["median"] / 1e3
         row["tflops"] = flops * steps / seconds_per_image / 1e12
-        device = "cpu" if row["backend"].endswith("-cpu") else "cuda"
-        row["percent_of_peak"] = 100 * row["tflops"] / gpu_peak if gpu_peak and (device == "cuda" or peak) else None
+        device = "cpu" if _on_cpu(row["backend"]) else "cuda"
+        if device == "cpu":
+            # The CPU's peak in the precision the row computed in (engine/cpu.py's estimate), or --peak-tflops.
+            cpu_peak = peak or cpu.peak_tflops(row.get("precision", "fp32"), threads)
+            row["peak_tflops"] = cpu_peak
+            row["percent_of_peak"] = 100 * row["tflops"] / cpu_peak if cpu_peak else None
+        else:
+            row["percent_of_peak"] = 100 * row["tflops"] / gpu_peak if gpu_peak else None
     for row in results:
-        device = "cpu" if row["backend"].endswith("-cpu") else "cuda"
+        device = "cpu" if _on_cpu(row["backend"]) else "cuda"
         for compiled, key in ((False, "speedup_vs_diffusers"), (True, "speedup_vs_diffusers_compiled")):
             ref = next((d for d in diffusers_rows
                         if d["batch"] == row["batch"] and d["device"] == device and d["compiled"] == compiled), None)
@@ -463,14 +507,16 @@ def write_report(report: dict, out: Path) -> None:
              "under torch.compile(mode=\"reduce-overhead\", fullgraph=True). "
              f"TFLOP/s: {report['model'].get('gflop_per_forward_per_image', 0):.2f} GFLOP per image per network call"
              + (f", % of a {peak:g} TFLOP/s dense fp16 peak" if peak else "")
+             + "; CPU rows: % of the peak of the precision the row computed in, estimated from the CPU's matrix "
+             f"instructions ({', '.join(env.get('cpu_matrix_instructions') or []) or 'none reported'}) and clock"
              + ". RSS: the process's peak resident memory when the row finished (rows run in order, so it only grows); "
              "GPU: device memory in use after the row.", "",
-             "| backend | batch | network ms/step | update ms/step | host ms/step | ms/image (p25-p75) | images/s "
-             "| TFLOP/s | vs diffusers | vs compiled | peak RSS MB | GPU MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| backend | precision | batch | network ms/step | update ms/step | host ms/step | ms/image (p25-p75) "
+             "| images/s | TFLOP/s | vs diffusers | vs compiled | peak RSS MB | GPU MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["results"]:
         ms = r["ms_per_image"]
-        lines.append(f"| {r['backend']} | {r['batch']} | {_stage(r, 'network_ms_per_step', '.2f')} | "
+        lines.append(f"| {r['backend']} | {r.get('precision', '')} | {r['batch']} | {_stage(r, 'network_ms_per_step', '.2f')} | "
                      f"{_stage(r, 'update_ms_per_step', '.3f')} | {r['host_ms_per_step']['median']:.3f} | "
                      f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | {r['images_per_s']['median']:.1f} | "
                      f"{_flops(r)} | {_ratio(r, 'speedup_vs_diffusers')} | {_ratio(r, 'speedup_vs_diffusers_compiled')} | "
@@ -479,7 +525,8 @@ def write_report(report: dict, out: Path) -> None:
         ms = d["ms_per_image"]
         mine = "1.00x" if not d.get("compiled") else ""
         theirs = "1.00x" if d.get("compiled") else ""
-        lines.append(f"| {d['backend']} | {d['batch']} | | | | {ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | "
+        precision = "fp32" if d.get("device") == "cpu" else "fp16"
+        lines.append(f"| {d['backend']} | {precision} | {d['batch']} | | | | {ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | "
                      f"{d['images_per_s']['median']:.1f} | {_flops(d)} | {mine} | {theirs} | "
                      f"{_cell(d.get('peak_rss_mb'), '.0f')} | {_cell(d.get('gpu_memory_used_mb'), '.0f')} |")
     compiled = [d for d in report["diffusers"] if d.get("compiled")]

@@ -190,7 +190,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
         images = sampler.sample(model, (num_samples, *model.image_shape), seed=seed, progress=False)
         elapsed = time.perf_counter() - start
         name = label(spec) + (f", {spacing}" if len(spacings) > 1 else "")
-        stem = name.replace(" ", "").replace(",", "_").replace("η=", "eta").replace("(", "").replace(")", "").replace("+", "pp")
+        stem = name.replace(" ", "").replace(",", "_").replace("η=", "eta").replace("(", "").replace(")", "").replace("++", "pp")
         grid = out / "samples" / (stem + (f"_seed{seed}" if len(seeds) > 1 else "") + ".png")
         save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // model.image_shape[-1]))
         row = {"sampler": spec[0], "steps": spec[1], "param": spec[2], "eta": spec[2] if spec[0] == "ddim" else None,
