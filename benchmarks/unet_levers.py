@@ -45,12 +45,12 @@ VARIANTS = {
 }
 
 
-def make_model(config: str, device: str, lookup: bool, compile: bool) -> TorchModel:
+def make_model(config: str, device: str, lookup: bool, compile: bool, precision: str = "auto") -> TorchModel:
     torch.manual_seed(0)  # the same random weights for every variant
     cfg = get_config(config)
     schedule = NoiseSchedule.linear(1000)
     model = TorchModel(UNet(cfg), schedule, (cfg.image_channels, cfg.image_size, cfg.image_size), device,
-                       compile=compile, cuda_graph=device == "cuda")
+                       compile=compile, cuda_graph=device == "cuda", precision=precision)
     if not lookup:
         model.module.precompute_time_table(None)
     return model
@@ -100,7 +100,7 @@ def run(args) -> dict:
             lookup, search = VARIANTS[name]
             with cudnn_search(search):
                 start = time.perf_counter()
-                model = make_model(args.config, args.device, lookup, compile=not args.eager)
+                model = make_model(args.config, args.device, lookup, compile=not args.eager, precision=args.precision)
                 eps = reference_eps(model, batch)
                 row = {"variant": name, "batch": batch, "time_shifts": "looked up" if lookup else "computed",
                        "cudnn_benchmark": search, "first_call_s": time.perf_counter() - start}
@@ -149,6 +149,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--eager", action="store_true", help="do not compile (the torch backend's eager module)")
+    p.add_argument("--precision", default="auto", help="the torch backend's precision (default auto: fp16 on CUDA; on "
+                   "the CPU bf16 where it has bf16 units, else fp32)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     try:

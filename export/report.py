@@ -147,9 +147,11 @@ def best_spacing(rows: list[dict], key: str) -> str | None:
     if len(spacings) < 2:
         return spacings[0] if spacings else None
     ranks = {s: [] for s in spacings}
-    settings = {(r["sampler"], r["steps"], r["param"], r.get("variant"), r.get("seed", 0)) for r in rows}
-    for setting in settings:
-        group = [r for r in rows if (r["sampler"], r["steps"], r["param"], r.get("variant"), r.get("seed", 0)) == setting]
+    def setting_of(r):  # everything but the spacing (rows of older reports carry eta, not param)
+        return r["sampler"], r["steps"], r.get("param", r.get("eta")), r.get("variant"), r.get("seed", 0)
+
+    for setting in {setting_of(r) for r in rows}:
+        group = [r for r in rows if setting_of(r) == setting]
         if len(group) != len(spacings):
             continue  # measured once: T steps, where every spacing is the same
         for rank, r in enumerate(sorted(group, key=lambda r: r[key])):

@@ -16,7 +16,8 @@ def test_unet_levers_compares_variants_on_the_same_weights(tmp_path):
     out = tmp_path / "levers.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
                              "tiny", "--batch", "1,3", "--variants", "lookup,computed", "--runs", "2", "--warmup", "1",
-                             "--eager", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                             "--eager", "--precision", "fp32", "--out", str(out)], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert [(r["batch"], r["variant"]) for r in report["rows"]] == [(1, "lookup"), (1, "computed"), (3, "lookup"),

@@ -46,7 +46,7 @@ def test_onnx_runtime_failures_are_told_apart(onnx_file, monkeypatch, raised, fr
 
     monkeypatch.setattr(ort, "InferenceSession", failing_session)
     with pytest.raises(UserError, match=fragment) as caught:
-        load_model(onnx_file)
+        load_model(onnx_file, backend="onnxruntime")
     assert "\n" not in str(caught.value)
 
 
@@ -60,7 +60,7 @@ def test_onnx_runtime_bugs_are_not_user_errors(onnx_file, monkeypatch):
 
     monkeypatch.setattr(ort, "InferenceSession", failing_session)
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.RuntimeException):
-        load_model(onnx_file)
+        load_model(onnx_file, backend="onnxruntime")
 
 
 def test_a_checkpoint_read_that_runs_out_of_memory_says_so(monkeypatch):

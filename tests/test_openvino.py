@@ -5,8 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ddpmrt.engine import DDIMSampler, UserError, load_model
-from ddpmrt.engine import cpu
+from ddpmrt.engine import DDIMSampler, UserError, cpu, load_model
 
 openvino = pytest.importorskip("openvino", reason="needs OpenVINO: pip install 'ddpmrt[openvino]'")
 pytest.importorskip("torch")

@@ -143,7 +143,10 @@ def test_health_metadata_and_png(server):
         assert json.loads(response.read()) == {"status": "ok"}
     with urllib.request.urlopen(url + "/metadata", timeout=30) as response:
         meta = json.loads(response.read())
-    assert meta["image_shape"] == [1, 16, 16] and meta["backend"] == "onnxruntime" and meta["schedule"]["kind"] == "linear"
+    from ddpmrt.engine.backends import openvino_backend
+
+    default = "openvino" if openvino_backend.available() else "onnxruntime"  # load_model's .onnx default on the CPU
+    assert meta["image_shape"] == [1, 16, 16] and meta["backend"] == default and meta["schedule"]["kind"] == "linear"
     status, content, headers = post(url, {"steps": 2, "n": 4, "seed": 1})
     assert status == 200 and headers["content-type"] == "image/png" and content[:8] == b"\x89PNG\r\n\x1a\n"
 

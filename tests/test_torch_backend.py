@@ -41,13 +41,19 @@ def test_precisions_a_device_cannot_run_are_user_errors(precision, device, fragm
         load_model("digits", precision=precision)
 
 
-def test_precision_defaults():
-    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "fp16"
+def test_precision_defaults(monkeypatch):
+    from ddpmrt.engine import cpu
+
+    assert resolve_precision("auto", "cuda") == "fp16"
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    assert resolve_precision("auto", "cpu") == "bf16"  # a CPU with bf16 matrix units
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("tf32", "cuda:1") == "tf32"
 
 
 def test_bf16_on_the_cpu_stays_close_to_fp32():
-    fp32, bf16 = load_model("digits"), load_model("digits", precision="bf16")
+    fp32, bf16 = load_model("digits", precision="fp32"), load_model("digits", precision="bf16")
     sampler = DDIMSampler(fp32.schedule, 5, clip_sample=1.0)
     a = sampler.sample(fp32, (4, *fp32.image_shape), seed=2, progress=False)
     b = sampler.sample(bf16, (4, *fp32.image_shape), seed=2, progress=False)
@@ -115,8 +121,8 @@ def test_a_checkpoint_on_cuda_runs_on_inductor_by_default(monkeypatch):
 
 @pytest.mark.slow
 def test_inductor_matches_eager_on_the_cpu():
-    eager = load_model("digits", backend="torch")
-    compiled = load_model("digits", backend="inductor")
+    eager = load_model("digits", backend="torch", precision="fp32")
+    compiled = load_model("digits", backend="inductor", precision="fp32")
     assert compiled.backend == "inductor" and compiled.compiled and not eager.compiled
     for sampler, n in ((DDIMSampler(eager.schedule, 4), 3), (DDPMSampler(eager.schedule, 3, clip_sample=1.0), 2)):
         shape = (n, *eager.image_shape)
@@ -173,7 +179,7 @@ def test_inductor_package_builds_loads_and_samples(tmp_path):
     assert "is up to date" in run_cli(*args).stdout  # the same call again: a cache hit
     model = load_model(package)
     assert model.backend == "inductor" and model.image_shape == (1, 16, 16)
-    eager = load_model("digits", backend="torch")
+    eager = load_model("digits", backend="torch", precision="fp32")  # the package is fp32
     sampler = DDPMSampler(eager.schedule, 4, clip_sample=1.0)
     for n in (1, 3):  # one package, any batch in its range
         shape = (n, *eager.image_shape)
