@@ -275,6 +275,12 @@ def _bench(ns: argparse.Namespace) -> None:
         raise UserError(f"--backends {ns.backends!r}: choose all or some of {', '.join(BENCH_BACKENDS + PACKAGE_BACKENDS)}")
     if ns.runs < 1 or ns.warmup < 0 or ns.steps < 1:
         raise UserError("--runs and --steps must be positive and --warmup non-negative")
+    if not ns.no_diffusers:
+        import importlib.util
+
+        if importlib.util.find_spec("diffusers") is None:  # the peer rows need it: say so before any work
+            raise UserError("bench compares with diffusers, which is not installed: pip install diffusers, or pass "
+                            "--no-diffusers")
     with tempfile.TemporaryDirectory() as tmp:
         if ns.random_weights:
             if ns.random_weights not in CONFIGS:

@@ -232,3 +232,14 @@ def test_report_on_tensorrt_without_a_gpu_says_what_it_needs(tmp_path):
     result = run_cli("report", "digits", "--backend", "tensorrt", "--samplers", "ddim:3", "--samples", "4",
                      "--out", str(tmp_path / "r"), "--quiet")
     assert_user_error(result, "needs an NVIDIA GPU", "--backend onnxruntime")
+
+
+def test_bench_without_diffusers_says_so_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    from ddpmrt.export.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else real(name, *a))
+    assert main(["bench", "--random-weights", "tiny", "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()
