@@ -18,7 +18,7 @@ Batching (`@serve.batch`): requests arriving within `batch_wait_ms` of each othe
 grouped by their sampler settings, as one call of the sampler.  Noise is keyed by (seed, image
 index), and a batch carries each request's own seed and indices 0..n-1 (Sampler.sample takes
 one seed per image), so a request's images are bitwise the same batched or alone, as long as
-the network's output for an image does not depend on the batch (true of ONNX Runtime on the CPU;
+the network's output for an image does not depend on the batch (true of ONNX Runtime and OpenVINO on the CPU;
 tests/test_serve.py checks it).  Batching changes throughput, never an image.
 
 Back-pressure: at most `max_ongoing` requests run or wait inside a replica and `max_queued` wait
