@@ -16,12 +16,22 @@ def test_committed_vectors_match_the_python_generator():
     assert committed == make["lines"](), "regenerate with: python kernels/tests/make_vectors.py > kernels/tests/philox_vectors.txt"
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
-def test_host_generator_matches_python(tmp_path):
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                    reason="needs a C++ compiler")
+
+
+def build_host_test(name: str, tmp_path) -> Path:
+    """Compile kernels/tests/NAME.cpp (a host test of the kernel headers) into tmp_path."""
     compiler = shutil.which("g++") or shutil.which("c++")
-    binary = tmp_path / "philox_host_test"
-    subprocess.run([compiler, "-std=c++11", "-O2", "-o", str(binary), str(KERNELS / "tests" / "philox_host_test.cpp")],
+    binary = tmp_path / name
+    subprocess.run([compiler, "-std=c++11", "-O2", "-o", str(binary), str(KERNELS / "tests" / f"{name}.cpp")],
                    check=True)
+    return binary
+
+
+@needs_compiler
+def test_host_generator_matches_python(tmp_path):
+    binary = build_host_test("philox_host_test", tmp_path)
     result = subprocess.run([str(binary), str(KERNELS / "tests" / "philox_vectors.txt")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
     assert "68 passed, 0 failed" in result.stdout  # 67 vectors and the fp32 Box-Muller bound
@@ -136,12 +146,9 @@ def test_committed_update_vectors_match_numpy():
                                           "kernels/tests/update_vectors.txt")
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
+@needs_compiler
 def test_host_update_step_matches_numpy_with_a_key_per_image(tmp_path):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    binary = tmp_path / "update_host_test"
-    subprocess.run([compiler, "-std=c++11", "-O2", "-o", str(binary), str(KERNELS / "tests" / "update_host_test.cpp")],
-                   check=True)
+    binary = build_host_test("update_host_test", tmp_path)
     vectors = KERNELS / "tests" / "update_vectors.txt"
     result = subprocess.run([str(binary), str(vectors)], capture_output=True, text=True)
     assert result.returncode == 0 and "225 passed, 0 failed" in result.stdout, result.stdout
