@@ -30,6 +30,8 @@ from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.schedule import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace", "quad")
+# The step-count limit, stated one way by the samplers, the command line and the server.
+STEPS_RULE = "the number of steps must be an integer from 1 to the model's training timesteps"
 # What `ddpmrt sample` and `ddpmrt report` use unless told: the best spacing measured, by mean
 # rank of FID and of the exact Gaussian W2 over 11 sampler settings on the shipped digits model
 # (benchmarks/results/cpu-digits-spacings/, `report --spacing leading,trailing,linspace`).
@@ -77,7 +79,7 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
     """
     T = num_train_timesteps
     if isinstance(num_steps, (bool, np.bool_)) or not isinstance(num_steps, numbers.Integral) or not 1 <= num_steps <= T:
-        raise UserError(f"number of steps must be an integer in [1, {T}] (the training timesteps), got {num_steps!r}")
+        raise UserError(f"{STEPS_RULE} ({T}), got {num_steps!r}")
     S = int(num_steps)
     if spacing == "leading":
         ts = np.arange(S) * (T // S)

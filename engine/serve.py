@@ -21,6 +21,11 @@ one seed per image), so a request's images are bitwise the same batched or alone
 the network's output for an image does not depend on the batch (true of ONNX Runtime and OpenVINO on the CPU;
 tests/test_serve.py checks it).  Batching changes throughput, never an image.
 
+Hostile bodies: a body over `max_body_bytes` (default 4 KiB, `--max-body-bytes`) is answered 413
+before it is read to the end; a body that is not one flat JSON object of the request's fields, or
+is nested at all, 400; an unexpected exception in a request 500 with one line (logged once, one
+line), and the replica stays up.
+
 Back-pressure: at most `max_ongoing` requests run or wait inside a replica and `max_queued` wait
 in front of the replicas; past that Serve answers 503.  A request that takes longer than
 `request_timeout_s` is answered 408 by Serve's proxy; a replica that dies is restarted by Serve.
@@ -30,17 +35,78 @@ in front of the replicas; past that Serve answers 503.  A request that takes lon
 # definition time, and Request is imported inside build_app (Ray Serve is an optional extra).
 import asyncio
 import io
+import json
+import logging
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from ddpmrt.engine.checks import check_int
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, first_line
 
 FORMATS = ("png", "npz")
 REQUEST_FIELDS = ("seed", "n", "format")
 DEFAULT_MAX_IMAGES = 64
+# A request is a dozen short fields: 4 KiB is ten times the longest sensible body.
+DEFAULT_MAX_BODY_BYTES = 4096
+logger = logging.getLogger("ddpmrt.serve")
+
+
+class BadRequest(UserError):
+    """A request the server refuses, with the HTTP status to answer (400, or 413 for a body too large)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def too_large(max_body_bytes: int) -> BadRequest:
+    return BadRequest(f"the body is larger than {max_body_bytes} bytes; a request is a small JSON object "
+                      "(the server's --max-body-bytes raises the limit)", status=413)
+
+
+def decode_body(raw: bytes, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    """The request body as parsed JSON: at most `max_body_bytes`, UTF-8, and flat.
+
+    The request schema is one object of scalars, so any array or object inside it is refused
+    before json.loads can recurse into it (a deeply nested body would exhaust the stack).
+    """
+    if len(raw) > max_body_bytes:
+        raise too_large(max_body_bytes)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 JSON; send e.g. {\"steps\": 50, \"n\": 4}") from None
+    if _nesting(text) > 1:
+        raise BadRequest("the body nests arrays or objects; a request is one flat JSON object such as "
+                         "{\"steps\": 50, \"n\": 4}")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise BadRequest("the body is not JSON; send e.g. {\"steps\": 50, \"n\": 4}") from None
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of [ and { outside JSON strings (an upper bound where the text is not JSON)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -76,19 +142,27 @@ def parse_request(body, schedule, max_images: int = DEFAULT_MAX_IMAGES) -> Sampl
     factory `ddpmrt sample` uses), so the server takes exactly the options and defaults the CLI does.
     """
     from ddpmrt.engine.sampler_factory import SAMPLERS
+    from ddpmrt.engine.samplers import STEPS_RULE
 
     if not isinstance(body, dict):
         raise UserError("the body must be a JSON object such as {\"sampler\": \"ddim\", \"steps\": 50, \"n\": 4}")
     fields = _fields()
     unknown = sorted(set(body) - set(fields))
     if unknown:
-        raise UserError(f"unknown fields {unknown}; a request takes {', '.join(fields)}")
+        shown = ", ".join(repr(name[:40]) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise UserError(f"unknown fields {shown}; a request takes {', '.join(fields)}")
+    nested = sorted(key for key, value in body.items() if isinstance(value, (dict, list)))
+    if nested:
+        raise UserError(f"field {nested[0]!r} must be a number or a string, not an array or object")
     sampler = body.get("sampler", "ddim")
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     steps = body.get("steps")
     if steps is not None:
-        steps = check_int(steps, "'steps'", 1, schedule.num_train_timesteps)
+        try:
+            steps = check_int(steps, "'steps'", 1, schedule.num_train_timesteps)
+        except UserError:  # the limit in the words the command line and the samplers use
+            raise UserError(f"'steps': {STEPS_RULE} ({schedule.num_train_timesteps}), got {steps!r}") from None
     options = {key: value for key, value in body.items() if key not in ("sampler", "steps", *REQUEST_FIELDS)}
     if options.get("clip_sample", 0.0) is None:
         options["clip_sample"] = 0.0  # JSON null: no clipping, as --clip-sample 0
@@ -167,11 +241,12 @@ def encode(images: np.ndarray, fmt: str) -> tuple[bytes, str]:
 
 def build_app(model: str, backend: str = "auto", device: str = "cpu", replicas: int | None = None,
               max_batch: int = 8, batch_wait_ms: float = 5.0, max_ongoing: int | None = None, max_queued: int = 64,
-              threads: int | None = None, max_images: int = DEFAULT_MAX_IMAGES, batching: bool = True):
+              threads: int | None = None, max_images: int = DEFAULT_MAX_IMAGES, batching: bool = True,
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
     """The Ray Serve application: one replica per GPU on CUDA (num_gpus=1), CPU replicas otherwise."""
     try:
         from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, Response
+        from fastapi.responses import Response
         from ray import serve
     except ImportError:
         raise UserError("serving needs Ray Serve: pip install 'ddpmrt[serve]'") from None
@@ -199,17 +274,9 @@ def build_app(model: str, backend: str = "auto", device: str = "cpu", replicas: 
 
         @http.post("/sample")
         async def sample_http(self, request: Request):
-            try:
-                body = await request.json()
-            except ValueError:
-                return JSONResponse({"error": "the body is not JSON; send e.g. {\"steps\": 50, \"n\": 4}"}, status_code=400)
-            try:
-                parsed = self.service.parse(body)
-            except UserError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            images, batch_size = await self._run(parsed)
-            content, media_type = encode(images, parsed.format)
-            return Response(content, media_type=media_type, headers={"X-Batch-Requests": str(batch_size)})
+            status, content, media_type, headers = await answer_sample(
+                request.headers.get("content-length"), request.stream(), self.service.parse, self._run, max_body_bytes)
+            return Response(content, status_code=status, media_type=media_type, headers=headers)
 
         async def sample(self, body: dict) -> np.ndarray:
             """The handle API: uint8 images (n, H, W, C); a bad body raises UserError."""
@@ -229,6 +296,65 @@ def build_app(model: str, backend: str = "auto", device: str = "cpu", replicas: 
             return [(i, len(requests)) for i in images]
 
     return Sampler.bind()
+
+
+async def read_body(content_length: str | None, stream, max_body_bytes: int) -> bytes:
+    """The body, read no further than the limit: a Content-Length over it is refused unread, and a
+    chunked body is cut off once it passes it."""
+    if content_length is not None and (not content_length.isdigit() or int(content_length) > max_body_bytes):
+        raise too_large(max_body_bytes) if content_length.isdigit() else BadRequest("the Content-Length header is not a number")
+    chunks, size = [], 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise too_large(max_body_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def answer_sample(content_length, stream, parse, run, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    """POST /sample without the web framework: (status, body, media type, headers).
+
+    `parse(body)` checks a decoded body (SamplingService.parse) and `run(request)` samples it
+    (images, requests in its batch).  Bad input is 400 (413 for a body too large) with a one-line
+    error; anything else raised is a fault of the server: 500 with one line, logged once.
+    """
+    try:
+        request = parse(decode_body(await read_body(content_length, stream, max_body_bytes), max_body_bytes))
+        images, batch_size = await run(request)
+        content, media_type = encode(images, request.format)
+    except UserError as exc:
+        return _error(exc.status if isinstance(exc, BadRequest) else 400, str(exc))
+    except Exception as exc:  # a bug or a fault of the replica: one line to the client and to the log
+        logger.error("POST /sample failed: %s: %s", type(exc).__name__, first_line(exc))
+        return _error(500, f"internal error ({type(exc).__name__}: {first_line(exc, 120)}); the server logged it")
+    return 200, content, media_type, {"X-Batch-Requests": str(batch_size)}
+
+
+def _error(status: int, message: str):
+    return status, json.dumps({"error": message}).encode(), "application/json", {}
+
+
+def check_model(model: str, backend: str = "auto", device: str = "cpu", threads: int | None = None) -> None:
+    """What a replica will load, loaded once here before Ray starts: a damaged, missing or
+    unsupported model is one UserError in seconds rather than Serve's retries.
+
+    On --device cuda the GPU may be on another node of the cluster, so the file is checked on the
+    CPU: an engine by its sidecar and checksum, anything else by loading it on the CPU.
+    """
+    from ddpmrt.engine import load_model
+    from ddpmrt.engine.backends import ENGINE_SUFFIXES, resolve_model_path
+
+    path = resolve_model_path(model)
+    if device == "cuda" and path.suffix.lower() in ENGINE_SUFFIXES:
+        from ddpmrt.engine.artifacts.sidecar import ENGINE, read_sidecar
+
+        read_sidecar(path, ENGINE)  # the sidecar, and the engine's bytes against its checksum
+        return
+    if device == "cuda":
+        backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch" if path.is_dir() else backend
+    loaded = load_model(path, backend=backend, device="cpu", threads=threads or 1)
+    getattr(loaded, "close", lambda: None)()
 
 
 def _gpu_count() -> int:

@@ -53,13 +53,36 @@ def real_in(low: float, high: float, low_open: bool = False, high_open: bool = F
 THREADS = int_in(1, MAX_THREADS)
 
 
+def steps_arg(text: str) -> int:
+    """argparse type of --steps: a positive integer; its upper limit, the model's training timesteps,
+    is checked once the model is known, in the same words (samplers.STEPS_RULE)."""
+    from ddpmrt.engine.samplers import STEPS_RULE
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= 10 ** 7:
+        raise argparse.ArgumentTypeError(f"{STEPS_RULE}, got {text!r}")
+    return value
+
+
 def _train(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.artifacts.io import check_output_dir
-    from ddpmrt.export.train import TrainArgs, train
+    from ddpmrt.export.train import TrainArgs, resume_args, train
 
     check_output_dir(ns.out)
     fields = TrainArgs.__dataclass_fields__
-    train(TrainArgs(**{k: v for k, v in vars(ns).items() if k in fields and v is not None}))
+    given = {k: v for k, v in vars(ns).items() if k in fields and v is not None}
+    if not ns.resume:
+        if ns.dataset is None or ns.iters is None:
+            raise UserError("a new run needs --dataset and --iters (--resume continues the run in --out with its own)")
+        return train(TrainArgs(**given))
+    # --resume: the saved run's settings; an option given here overrides its saved value, and says so.
+    args, overridden = resume_args(ns.out, {k: v for k, v in given.items() if k != "resume"})
+    print(f"ddpmrt train: resuming {ns.out} with its saved settings"
+          + (f"; overriding {', '.join(overridden)}" if overridden else ""))
+    train(args)
 
 
 def _sample(ns: argparse.Namespace) -> None:
@@ -374,7 +397,7 @@ def _demo(ns: argparse.Namespace) -> None:
 def _serve(ns: argparse.Namespace) -> None:
     """`ddpmrt serve`: Ray Serve on this machine, or on the Ray cluster named by --address."""
     from ddpmrt.engine.backends import resolve_model_path
-    from ddpmrt.engine.serve import build_app
+    from ddpmrt.engine.serve import build_app, check_model
 
     model = str(resolve_model_path(ns.model))
     try:
@@ -382,13 +405,14 @@ def _serve(ns: argparse.Namespace) -> None:
         from ray import serve
     except ImportError:
         raise UserError("serving needs Ray Serve: pip install 'ddpmrt[serve]'") from None
+    check_model(model, ns.backend, ns.device, ns.threads)  # one line in seconds, not Serve's retries
     ray.init(address=ns.address, include_dashboard=False, logging_level="ERROR")
     try:
         serve.start(http_options={"host": ns.host, "port": ns.port, "request_timeout_s": ns.request_timeout_s})
         app = build_app(model, backend=ns.backend, device=ns.device, replicas=ns.replicas, max_batch=ns.max_batch,
                         batch_wait_ms=ns.batch_wait_ms, max_ongoing=ns.max_ongoing, max_queued=ns.max_queued,
-                        threads=ns.threads,
-                        max_images=ns.max_images, batching=not ns.no_batching)
+                        threads=ns.threads, max_images=ns.max_images, batching=not ns.no_batching,
+                        max_body_bytes=ns.max_body_bytes)
         serve.run(app, name="ddpmrt", route_prefix="/")
         print(f"ddpmrt serve: {model} on http://{ns.host}:{ns.port} (POST /sample, GET /healthz, GET /metadata); "
               "Ctrl-C stops", flush=True)
@@ -409,10 +433,11 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", default="auto",
                    help="auto (this GPU, else the flavour's defaults), current, or e.g. sm86,sm89 (TensorRT-RTX)")
     p.add_argument("--flavour", default="auto",
-                   help="auto, tensorrt or tensorrt-rtx; inductor writes an AOTInductor .pt2 package instead")
+                   help="auto, tensorrt or tensorrt-rtx; inductor writes an AOTInductor .pt2 package instead (default auto: "
+                        "tensorrt where installed, else tensorrt-rtx)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="--flavour inductor: the device the package runs on (default: cuda if PyTorch sees one)")
-    p.add_argument("--optimization-level", type=int_in(0, 5), help="builder optimization level (0-5)")
+    p.add_argument("--optimization-level", type=int_in(0, 5), help="builder optimization level 0-5 (default: the builder's, 3)")
     p.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
     p.set_defaults(func=_export_engine)
 
@@ -433,26 +458,38 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _add_train_command(sub) -> None:
+    from ddpmrt.export.train_args import TrainArgs
+
+    d = TrainArgs()  # the defaults, stated once (a resumed run takes its saved settings instead)
     p = sub.add_parser("train", help="train an ε-predicting U-Net (DDPM L_simple)")
-    p.add_argument("--dataset", required=True, help="digits, shapes, a folder of images, or a .npz/.npy array")
-    p.add_argument("--model", default="tiny", help="U-Net config: tiny or cifar10 (default tiny)")
-    p.add_argument("--iters", type=int_in(1, 10 ** 9), required=True, help="total training steps (a resumed run continues to this)")
-    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=128, help="batch per process (default 128)")
-    p.add_argument("--out", required=True, help="checkpoint directory")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--image-size", type=int_in(4, 4096), help="resize the data to S×S")
-    p.add_argument("--lr", type=real_in(0, 1, low_open=True), help="peak learning rate (default 2e-4)")
-    p.add_argument("--warmup", type=int_in(0, 10 ** 9), help="LR warm-up steps (default 500)")
-    p.add_argument("--ema-decay", type=real_in(0, 1, high_open=True), help="EMA decay (default 0.9999)")
-    p.add_argument("--grad-clip", type=real_in(0, 1e6, low_open=True), help="gradient-norm clip (default 1.0)")
-    p.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule (default linear)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="autocast precision (default fp32)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--seed", type=int_in(0, 2 ** 63 - 1), help="seed for every random choice (default 0)")
-    p.add_argument("--save-every", type=int_in(1, 10 ** 9), help="checkpoint every N steps (default 1000)")
-    p.add_argument("--sample-every", type=int_in(0, 10 ** 9), help="sample grid every N steps and at the end, 0 = never (default 2000)")
-    p.add_argument("--log-every", type=int_in(1, 10 ** 9), help="log line every N steps (default 50)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--dataset", help="digits, shapes, a folder of images, or a .npz/.npy array (required for a new run)")
+    p.add_argument("--model", help=f"U-Net config: tiny or cifar10 (default {d.model})")
+    p.add_argument("--iters", type=int_in(1, 10 ** 9),
+                   help="total training steps (required for a new run; a resumed run continues to its saved value, or to this)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), help=f"batch per process (default {d.batch_size})")
+    p.add_argument("--out", required=True, help="checkpoint directory (required)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out with its saved settings; an option given here overrides its "
+                        "saved value (except --dataset, --model, --image-size, --seed and --schedule)")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (its files are removed)")
+    p.add_argument("--image-size", type=int_in(4, 4096), help="resize the data to S×S (default: the data's own size)")
+    p.add_argument("--lr", type=real_in(0, 1, low_open=True), help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument("--warmup", type=int_in(0, 10 ** 9), help=f"LR warm-up steps (default {d.warmup})")
+    p.add_argument("--ema-decay", type=real_in(0, 1, high_open=True), help=f"EMA decay (default {d.ema_decay:g})")
+    p.add_argument("--grad-clip", type=real_in(0, 1e6, low_open=True), help=f"gradient-norm clip (default {d.grad_clip:g})")
+    p.add_argument("--schedule", choices=["linear", "cosine"], help=f"noise schedule (default {d.schedule})")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help=f"autocast precision (default {d.precision})")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda if available, else cpu")
+    p.add_argument("--seed", type=int_in(0, 2 ** 63 - 1), help=f"seed for every random choice (default {d.seed})")
+    p.add_argument("--save-every", type=int_in(1, 10 ** 9),
+                   help=f"checkpoint every N steps (default {d.save_every}); a run also saves at 5 %% of its steps "
+                        "and every --save-minutes, so a killed run of any length can resume")
+    p.add_argument("--save-minutes", type=real_in(0, 10 ** 6),
+                   help=f"also checkpoint every M minutes of training, 0 = by step only (default {d.save_minutes:g})")
+    p.add_argument("--sample-every", type=int_in(0, 10 ** 9),
+                   help=f"sample grid every N steps and at the end, 0 = never (default {d.sample_every})")
+    p.add_argument("--log-every", type=int_in(1, 10 ** 9), help=f"log line every N steps (default {d.log_every})")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=_train)
 
 
@@ -468,7 +505,7 @@ def _add_sample_command(sub) -> None:
     ddim, ddpm, dpm, unipc = (SAMPLER_DEFAULTS[name] for name in ("ddim", "ddpm", "dpmsolver", "unipc"))
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
                    help="ddim, ddpm, or a few-step multistep solver: dpmsolver (DPM-Solver++) or unipc (default ddim)")
-    p.add_argument("--steps", type=int_in(1, 100_000),
+    p.add_argument("--steps", type=steps_arg,
                    help=f"network calls, at most the model's training timesteps (default {ddim['steps']} for ddim and "
                         f"ddpm, {dpm['steps']} for dpmsolver and unipc)")
     p.add_argument("--eta", type=real_in(0, 10),
@@ -515,7 +552,7 @@ def _add_export_onnx_command(sub) -> None:
     p = sub.add_parser("export-onnx", help="export a model to self-describing ONNX (fp32 or fp16), validated")
     _add_export_source_args(p)
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="the ONNX file's precision (default fp32)")
     p.add_argument("--batch", default="dynamic", help="dynamic (default) or a fixed batch size")
     p.set_defaults(func=_export_onnx)
 
@@ -539,7 +576,7 @@ def _add_bench_command(sub) -> None:
     p.add_argument("--sampler", choices=["ddim", "ddpm", "dpmsolver", "unipc"], default="ddim",
                    help="ddim (η=0, against DDIMPipeline; default), ddpm (against DDPMPipeline), or dpmsolver / unipc "
                         "(order 2, against DPMSolverMultistepScheduler / UniPCMultistepScheduler in the pipelines' loop)")
-    p.add_argument("--steps", type=int_in(1, 100_000), default=20, help="sampler steps per loop (default 20)")
+    p.add_argument("--steps", type=steps_arg, default=20, help="sampler steps per loop (default 20)")
     p.add_argument("--runs", type=int_in(1, 10_000), default=10, help="timed loops per configuration (default 10)")
     p.add_argument("--warmup", type=int_in(0, 10_000), default=2, help="untimed loops first (default 2)")
     p.add_argument("--threads", type=THREADS, help="CPU threads for torch and ONNX Runtime (default: torch's)")
@@ -572,8 +609,8 @@ def _add_report_command(sub) -> None:
                    help=f"timestep spacing, or several to compare, e.g. leading,trailing,linspace (default {DEFAULT_SPACING}: "
                         "the best measured)")
     p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
-                   help="onnxruntime (fp32 ONNX), torch, or tensorrt (an fp16 engine built here; needs a GPU)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda")
+                   help="onnxruntime (fp32 ONNX), torch, or tensorrt (an fp16 engine built here; needs a GPU) (default onnxruntime)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda (default cpu)")
     p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--out", default="report", help="report directory (default ./report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -583,8 +620,10 @@ def _add_report_command(sub) -> None:
 def _add_serve_command(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP with Ray Serve (batching, replicas, back-pressure)")
     p.add_argument("model", help="an .onnx or .plan file, checkpoint directory or shipped model name (on every node)")
-    p.add_argument("--backend", default="auto", help="auto (by file type), onnxruntime, tensorrt, torch or inductor")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: one replica per GPU of the cluster")
+    p.add_argument("--backend", default="auto",
+                   help="auto (by file type), onnxruntime, openvino, tensorrt, torch or inductor (default auto)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu, or cuda: one replica per GPU of the cluster (default cpu)")
     p.add_argument("--replicas", type=int_in(1, 4096), help="replicas (default: one per GPU on cuda, else 1)")
     p.add_argument("--max-batch", type=int_in(1, 1024), default=8, help="requests per batch (default 8)")
     p.add_argument("--batch-wait-ms", type=real_in(0, 10_000), default=5.0,
@@ -597,6 +636,8 @@ def _add_serve_command(sub) -> None:
     p.add_argument("--request-timeout-s", type=real_in(0, 86_400, low_open=True), default=120.0,
                    help="a request running longer is answered 408 (default 120 s)")
     p.add_argument("--max-images", type=int_in(1, MAX_BATCH), default=64, help="images per request (default 64)")
+    p.add_argument("--max-body-bytes", type=int_in(64, 1 << 30), default=4096,
+                   help="larger request bodies are answered 413 unread (default 4096)")
     p.add_argument("--threads", type=THREADS, help="CPU threads per replica (default 1)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000, help="HTTP port (default 8000)")
@@ -630,11 +671,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Where each command writes: a file, or a folder.  A write that fails (a full disk, a read-only folder)
+# takes back what the command wrote there; training keeps the checkpoints it completed.
+FILE_OUTPUTS = ("sample", "export-onnx", "export-engine")
+FOLDER_OUTPUTS = ("train", "bench", "report", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ddpmrt.engine.artifacts.io import NewOutputs, WriteFailed, write_failure
+
     ns = build_parser().parse_args(argv)
+    outputs = None
+    if ns.command in FILE_OUTPUTS + FOLDER_OUTPUTS and getattr(ns, "out", None):
+        outputs = NewOutputs(ns.out, is_folder=ns.command in FOLDER_OUTPUTS)
     try:
-        ns.func(ns)
+        try:
+            ns.func(ns)
+        except OSError as exc:  # a write outside atomic_write (a log line): the same one line
+            failure = write_failure(exc.filename or ns.out, exc, writing=False) if outputs else None
+            if failure is None:
+                raise
+            raise failure from None
     except UserError as exc:
+        if isinstance(exc, WriteFailed) and outputs is not None:
+            outputs.remove(keep_complete=ns.command == "train")
         print(f"ddpmrt: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -30,33 +32,43 @@ from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.images import make_grid, save_png, to_uint8
 from ddpmrt.engine.samplers import DDIMSampler
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.export.checkpoint import STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config
+from ddpmrt.export.checkpoint import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config
 from ddpmrt.export.data import load_dataset
+from ddpmrt.export.train_args import FIXED_ON_RESUME, NOT_SAVED, TrainArgs
 from ddpmrt.export.unet import UNet, UNetConfig, count_parameters, get_config
 
+# What a training run leaves in its folder; a fresh run refuses a folder holding any of them.
+RUN_FILES = (STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, "log.jsonl", "samples")
+LOG_FILE = "log.jsonl"
 
-@dataclasses.dataclass
-class TrainArgs:
-    dataset: str = "digits"
-    model: str = "tiny"
-    out: str = "runs/digits"
-    iters: int = 10000
-    batch_size: int = 128             # per process
-    lr: float = 2e-4
-    warmup: int = 500                 # linear LR warm-up steps
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    image_size: int | None = None     # default: the dataset's own size
-    seed: int = 0
-    num_train_timesteps: int = 1000
-    schedule: str = "linear"          # linear | cosine
-    precision: str = "fp32"           # fp32 | fp16 | bf16 (autocast)
-    device: str = "auto"
-    save_every: int = 1000
-    sample_every: int = 2000          # 0: never (a grid is also written at the end)
-    log_every: int = 50
-    resume: bool = False
-    progress: bool = True
+
+def saved_settings(state_path: Path) -> dict:
+    """The settings a run was started with, as saved in its training state."""
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    return dict(state.get("train_args", {}))
+
+
+def resume_args(out, given: dict) -> tuple[TrainArgs, list[str]]:
+    """`train --resume`: the saved run's settings, with the options given on this command line over them.
+
+    Returns the arguments and a note per setting given that differs from the saved run's.  A
+    setting that makes it another run (FIXED_ON_RESUME) cannot change: that is a UserError.
+    """
+    state_path = Path(out) / STATE_FILE
+    if not state_path.is_file():
+        raise UserError(f"nothing to resume: {state_path} does not exist; drop --resume to start a new run")
+    fields = {f.name for f in dataclasses.fields(TrainArgs)}
+    saved = {k: v for k, v in saved_settings(state_path).items() if k in fields and k not in NOT_SAVED}
+    overridden = []
+    for key, value in given.items():
+        if key in NOT_SAVED or key not in saved or saved[key] == value:
+            continue
+        option = "--" + key.replace("_", "-")
+        if key in FIXED_ON_RESUME:
+            raise UserError(f"{option} {value}: {out} was trained with {saved[key]}; a resumed run keeps it "
+                            f"(drop {option}, or start a new run in another --out)")
+        overridden.append(f"{option} {value} (saved {saved[key]})")
+    return TrainArgs(**{**saved, **given, "resume": True}), overridden
 
 
 class _StopRequest:
@@ -144,16 +156,60 @@ def write_sample_grid(ema: torch.nn.Module, schedule: NoiseSchedule, image_shape
 def _check_arguments(args: TrainArgs, state_path: Path, device: torch.device) -> None:
     """Every mistake a command line can make, as one line, before any data is read."""
     out = state_path.parent
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it; choose one")
     if args.resume and not state_path.is_file():
         raise UserError(f"nothing to resume: {state_path} does not exist; drop --resume to start a new run")
-    if not args.resume and state_path.exists():
-        raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if args.resume:
+        saved = saved_settings(state_path)
+        for key in FIXED_ON_RESUME:
+            if key in saved and saved[key] != getattr(args, key):
+                raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)}: {out} was trained with {saved[key]}; "
+                                "a resumed run keeps it (or start a new run in another --out)")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if not args.resume and held and not args.overwrite:
+        what = "a training run" if STATE_FILE in held else f"the start of a training run ({', '.join(held)})"
+        raise UserError(f"{out} already holds {what}; pass --resume to continue it, --overwrite to start again, "
+                        "or choose another --out")
     if args.precision not in ("fp32", "fp16", "bf16"):
         raise UserError(f"unknown precision {args.precision!r}; choose fp32, fp16 or bf16")
     if args.precision == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16 needs a CUDA GPU; use fp32 (or bf16) on the CPU")
     if args.iters < 1 or args.batch_size < 1:
         raise UserError("--iters and --batch-size must be positive")
+    if args.save_every < 1 or args.save_minutes < 0:
+        raise UserError("--save-every must be positive and --save-minutes at least 0")
+
+
+def _clear_run(out: Path) -> None:
+    """--overwrite: remove what an earlier run left in `out` (and nothing else)."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _trim_log(log_path: Path, step: int) -> None:
+    """A resumed run continues from its checkpoint: drop log lines of steps after it (the killed
+    run logged them, and this run logs them again)."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    with atomic_write(log_path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def first_checkpoint_step(iters: int) -> int:
+    """A run saves at 5 % of its steps as well, so that a killed run of any length can resume."""
+    return max(1, math.ceil(0.05 * iters))
 
 
 def _model_config(args: TrainArgs, data) -> UNetConfig:
@@ -222,7 +278,7 @@ def train(args: TrainArgs) -> Path:
     images = torch.from_numpy(data.images)
     abar = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
     autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision)
-    train_args = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "progress")}
+    train_args = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_SAVED}
     train_args["world_size"] = world
 
     def save(step: int) -> None:
@@ -232,18 +288,24 @@ def train(args: TrainArgs) -> Path:
         with atomic_write(state_path) as tmp:
             torch.save({"step": step, "model": model.state_dict(), "ema": ema.state_dict(),
                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                        "model_config": model_config.to_dict()}, tmp)
+                        "model_config": model_config.to_dict(), "train_args": train_args}, tmp)
         save_weights(out / WEIGHTS_FILE, ema)
         write_config(out, make_config(model_config, schedule, data.statistics(), train_args, step))
 
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        if args.overwrite:
+            _clear_run(out)
+        if args.resume:
+            _trim_log(out / LOG_FILE, start)
         print(f"ddpmrt train: {args.model} U-Net ({count_parameters(model) / 1e6:.2f} M parameters) on "
               f"{data.name} ({len(images)} images {c}x{h}x{w}), {world} process(es) on {device}, "
-              f"steps {start}..{args.iters}")
-    log = open(out / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None
+              f"steps {start}..{args.iters}; checkpoints every {args.save_every} steps"
+              + (f" or {args.save_minutes:g} min" if args.save_minutes else "")
+              + (f" and at step {first_checkpoint_step(args.iters)}" if start < first_checkpoint_step(args.iters) else ""))
+    log = None  # opened at the first line, so that a run that fails before it leaves no empty log
     bar = tqdm(total=args.iters, initial=start, disable=rank != 0 or not args.progress, desc="train")
     step, t_last, losses = start, time.perf_counter(), []
+    first_save, last_save = first_checkpoint_step(args.iters), time.monotonic()
     with _StopRequest() as stop:
         try:
             while step < args.iters and stop.signal is None:
@@ -273,12 +335,18 @@ def train(args: TrainArgs) -> Path:
                     it_s = len(losses) / (now - t_last)
                     mean_loss = float(np.mean(losses))
                     bar.set_postfix(loss=f"{mean_loss:.4f}", it_s=f"{it_s:.2f}")
+                    if log is None:
+                        out.mkdir(parents=True, exist_ok=True)
+                        log = open(out / LOG_FILE, "a", encoding="utf-8")
                     log.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr, "it_per_s": it_s,
                                           "time": time.time()}) + "\n")
                     log.flush()
                     t_last, losses = now, []
-                if step % args.save_every == 0:
+                # By step, at the first 5 %, and by the clock: whichever comes first.
+                due_by_time = args.save_minutes and time.monotonic() - last_save >= 60 * args.save_minutes
+                if step % args.save_every == 0 or step == first_save or due_by_time:
                     save(step)
+                    last_save = time.monotonic()
                 if rank == 0 and args.sample_every and step % args.sample_every == 0:
                     write_sample_grid(ema, schedule, (c, h, w), out / "samples" / f"step_{step:07d}.png", device)
         finally:
@@ -287,7 +355,8 @@ def train(args: TrainArgs) -> Path:
     if rank == 0:
         if stop.signal is None and args.sample_every and step % args.sample_every:
             write_sample_grid(ema, schedule, (c, h, w), out / "samples" / f"step_{step:07d}.png", device)
-        log.close()
+        if log is not None:
+            log.close()
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -67,8 +67,8 @@ def damaged_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("model,extra,fragment", [
     ("no-such-model", [], "not found"),
-    ("digits", ["--steps", "0"], "--steps: 0 is outside [1, 100000]"),
-    ("digits", ["--steps", "5000"], "number of steps"),
+    ("digits", ["--steps", "0"], "--steps: the number of steps must be an integer from 1 to the model's training timesteps, got '0'"),
+    ("digits", ["--steps", "5000"], "the number of steps must be an integer from 1 to the model's training timesteps (1000), got 5000"),
     ("digits", ["--backend", "tpu"], "unknown backend"),
     ("digits", ["--cuda-graph"], "needs a GPU backend"),
     ("digits", ["--precision", "fp16"], "needs --device cuda"),

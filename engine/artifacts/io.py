@@ -1,13 +1,60 @@
-"""Atomic file writes (nothing half-written is ever left under the final name) and output-path checks."""
+"""Atomic file writes (nothing half-written is ever left under the final name), output-path checks,
+and write failures (a full disk, a read-only folder) as one line naming the path and the cause."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from ddpmrt.engine.errors import UserError
+
+
+class WriteFailed(UserError):
+    """An output could not be written: the disk is full, the folder read-only or not ours."""
+
+
+# The errors of a write that the user, not ddpmrt, can fix; each with what to do about it.
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "free space on that disk or choose another --out",
+    errno.EDQUOT: "free space within your quota or choose another --out",
+    errno.EFBIG: "the file is larger than this file system or process allows; choose another --out",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.EACCES: "choose a folder you can write in",
+    errno.EPERM: "choose a folder you can write in",
+}
+# Libraries that report a failed write without an errno, in their own words: safetensors ("os error 28"),
+# torch.save ("unexpected pos": its zip writer noticed a short write).
+_WRITE_WORDS = {"no space left": errno.ENOSPC, "os error 28": errno.ENOSPC, "disk quota": errno.EDQUOT,
+                "read-only file system": errno.EROFS, "permission denied": errno.EACCES}
+_LOW_SPACE_BYTES = 1 << 20
+
+
+def write_failure(path, exc: BaseException, writing: bool = True) -> WriteFailed | None:
+    """The one-line error for `exc` raised while writing `path`, if it is a failed write; else None.
+
+    Some writers (torch.save) lose the OS error, so where `exc` was raised by a write (`writing`),
+    a folder left with under 1 MiB free counts as full.
+    """
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code not in _WRITE_ERRNOS:
+        text = str(exc).lower()
+        code = next((c for words, c in _WRITE_WORDS.items() if words in text), None)
+    if code is None and writing and _free_bytes(Path(path).parent) < _LOW_SPACE_BYTES:
+        code = errno.ENOSPC
+    if code is None:
+        return None
+    return WriteFailed(f"cannot write {path}: {os.strerror(code)}; {_WRITE_ERRNOS[code]}")
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62  # cannot tell: not a full disk
 
 
 @contextlib.contextmanager
@@ -18,16 +65,25 @@ def atomic_write(path: Path):
     sees the old file or the new one, never a mix.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise (write_failure(path, exc) or exc) from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and some writers (safetensors) make their own file: give the result
+        # the permissions of any other file this process creates.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        # Tell a full disk before the temporary file's space is given back.
+        failure = write_failure(path, exc) if isinstance(exc, Exception) else None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if failure is not None and not isinstance(exc, WriteFailed):
+            raise failure from None
         raise
 
 
@@ -79,3 +135,57 @@ def _check_writable_folder(folder: Path, option: str, path: Path) -> None:
         tempfile.TemporaryFile(dir=probe).close()
     except OSError as exc:
         raise UserError(f"{option} {path}: cannot write in {probe} ({exc.strerror or exc}); choose a writable folder") from None
+
+
+# -- taking back what a failed command wrote --------------------------------------------------------
+
+class NewOutputs:
+    """What a command creates at its output path, so that a failed write leaves nothing partial behind.
+
+    `out` is the file or folder the command writes.  For a file, its companions are the new entries
+    of its folder that start with its stem (d.plan writes d.onnx and d.plan.json); for a folder,
+    every new entry in it.  Folders the command had to create are removed with what they hold.
+    """
+
+    def __init__(self, out, is_folder: bool):
+        self.out = Path(out)
+        self.folder = self.out if is_folder else self.out.parent
+        self.is_folder = is_folder
+        created = self.folder
+        while not created.parent.exists() and created.parent != created:
+            created = created.parent
+        self.created = None if created.exists() else created       # the topmost folder this run makes
+        self.before = set(os.listdir(self.folder)) if self.folder.is_dir() else set()
+
+    def new_entries(self) -> list[Path]:
+        if self.created is not None:
+            return [self.created] if self.created.exists() else []
+        if not self.folder.is_dir():
+            return []
+        names = set(os.listdir(self.folder)) - self.before
+        if not self.is_folder:
+            names = {n for n in names if n.startswith(self.out.stem)}
+        return [self.folder / n for n in sorted(names)]
+
+    def remove(self, keep_complete: bool = False) -> None:
+        """Remove what this command created; with `keep_complete`, only the empty files and folders
+        (a training run keeps the checkpoints it completed before the disk filled)."""
+        for entry in self.new_entries():
+            if keep_complete:
+                _remove_empty(entry)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def _remove_empty(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        for child in list(entry.iterdir()):
+            _remove_empty(child)
+        with contextlib.suppress(OSError):
+            entry.rmdir()  # only if now empty
+    elif entry.is_file() and entry.stat().st_size == 0:
+        with contextlib.suppress(OSError):
+            entry.unlink()

@@ -1,0 +1,38 @@
+"""The settings of a training run, apart from the trainer so that the command line can state their
+defaults without importing torch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    dataset: str = "digits"
+    model: str = "tiny"
+    out: str = "runs/digits"
+    iters: int = 10000
+    batch_size: int = 128             # per process
+    lr: float = 2e-4
+    warmup: int = 500                 # linear LR warm-up steps
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    image_size: int | None = None     # default: the dataset's own size
+    seed: int = 0
+    num_train_timesteps: int = 1000
+    schedule: str = "linear"          # linear | cosine
+    precision: str = "fp32"           # fp32 | fp16 | bf16 (autocast)
+    device: str = "auto"
+    save_every: int = 1000
+    save_minutes: float = 10.0        # also checkpoint this often by the clock (0: by step only)
+    sample_every: int = 2000          # 0: never (a grid is also written at the end)
+    log_every: int = 50
+    resume: bool = False
+    overwrite: bool = False           # a fresh run in a folder that holds one: remove it first
+    progress: bool = True
+
+
+# What a run is: a resumed run must keep these (the data, the network, the noise it draws).
+FIXED_ON_RESUME = ("dataset", "model", "image_size", "seed", "num_train_timesteps", "schedule")
+# What is not a setting of the run but of one command.
+NOT_SAVED = ("out", "resume", "overwrite", "progress")
