@@ -15,21 +15,27 @@ import numpy as np
 from ddpmrt.engine.errors import UserError
 
 
+def shown(value, limit: int = 60) -> str:
+    """`value` as an error message quotes it: its repr, cut to `limit` characters (a request may send megabytes)."""
+    text = repr(value) if not isinstance(value, numbers.Integral) or abs(value) < 10 ** limit else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_int(value, name: str, low: int, high: int) -> int:
     """An integer (Python or NumPy; not bool, not float) in [low, high]."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise UserError(f"{name} must be an integer, got {value!r}")
+        raise UserError(f"{name} must be an integer, got {shown(value)}")
     if not low <= int(value) <= high:
-        raise UserError(f"{name} must lie in [{low}, {high}], got {value}")
+        raise UserError(f"{name} must lie in [{low}, {high}], got {shown(value)}")
     return int(value)
 
 
 def check_real(value, name: str, low: float, high: float = math.inf) -> float:
     """A finite real number in [low, high]."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise UserError(f"{name} must be a number, got {value!r}")
+        raise UserError(f"{name} must be a number, got {shown(value)}")
     if not math.isfinite(float(value)) or not low <= float(value) <= high:
-        raise UserError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value}")
+        raise UserError(f"{name} must be a finite number in [{low:g}, {high:g}], got {shown(value)}")
     return float(value)
 
 

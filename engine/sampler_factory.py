@@ -10,6 +10,7 @@ not clip unless asked); the commands clip x̂₀ to ±1 by default, as images li
 
 from __future__ import annotations
 
+from ddpmrt.engine.checks import shown
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.samplers import DEFAULT_SPACING, DDIMSampler, DDPMSampler, Sampler
 from ddpmrt.engine.schedule import NoiseSchedule
@@ -32,7 +33,7 @@ ALL_OPTIONS = tuple(sorted({option for options in SAMPLER_OPTIONS.values() for o
 
 def sampler_options(name: str) -> tuple[str, ...]:
     if name not in SAMPLER_CLASSES:
-        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise UserError(f"unknown sampler {shown(name)}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLER_OPTIONS[name]
 
 

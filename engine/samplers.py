@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ddpmrt.engine import checks
-from ddpmrt.engine.checks import as_images, check_int, check_real
+from ddpmrt.engine.checks import as_images, check_int, check_real, shown
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.schedule import NoiseSchedule
@@ -79,7 +79,7 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
     """
     T = num_train_timesteps
     if isinstance(num_steps, (bool, np.bool_)) or not isinstance(num_steps, numbers.Integral) or not 1 <= num_steps <= T:
-        raise UserError(f"{STEPS_RULE} ({T}), got {num_steps!r}")
+        raise UserError(f"{STEPS_RULE} ({T}), got {shown(num_steps)}")
     S = int(num_steps)
     if spacing == "leading":
         ts = np.arange(S) * (T // S)
@@ -90,10 +90,10 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
     elif spacing == "quad":
         ts = np.floor(np.linspace(0, np.sqrt(T * 0.8), S) ** 2)
     else:
-        raise UserError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        raise UserError(f"unknown spacing {shown(spacing)}; choose one of {', '.join(SPACINGS)}")
     ts = np.unique(ts.astype(np.int64))[::-1]  # descending; drops repeats of tiny spacings
     if ts.size != S:
-        raise UserError(f"spacing {spacing!r} gives only {ts.size} distinct timesteps for {S} steps; "
+        raise UserError(f"spacing {shown(spacing)} gives only {ts.size} distinct timesteps for {S} steps; "
                         "use fewer steps or another spacing")
     return np.ascontiguousarray(ts)
 
@@ -265,7 +265,7 @@ class DDPMSampler(Sampler):
     def __init__(self, schedule: NoiseSchedule, num_steps: int | None = None, variance: str = "fixed_small",
                  clip_sample: float | None = 1.0, spacing: str = DEFAULT_SPACING):
         if variance not in self.VARIANCES:
-            raise UserError(f"unknown variance {variance!r}; choose one of {', '.join(self.VARIANCES)}")
+            raise UserError(f"unknown variance {shown(variance)}; choose one of {', '.join(self.VARIANCES)}")
         self.variance = variance
         super().__init__(schedule, schedule.num_train_timesteps if num_steps is None else num_steps, spacing, clip_sample)
 

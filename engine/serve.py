@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpmrt.engine.checks import check_int
+from ddpmrt.engine.checks import check_int, shown
 from ddpmrt.engine.errors import UserError, first_line
 
 FORMATS = ("png", "npz")
@@ -149,26 +149,26 @@ def parse_request(body, schedule, max_images: int = DEFAULT_MAX_IMAGES) -> Sampl
     fields = _fields()
     unknown = sorted(set(body) - set(fields))
     if unknown:
-        shown = ", ".join(repr(name[:40]) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise UserError(f"unknown fields {shown}; a request takes {', '.join(fields)}")
+        names = ", ".join(shown(name, 40) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise UserError(f"unknown fields {names}; a request takes {', '.join(fields)}")
     nested = sorted(key for key, value in body.items() if isinstance(value, (dict, list)))
     if nested:
         raise UserError(f"field {nested[0]!r} must be a number or a string, not an array or object")
     sampler = body.get("sampler", "ddim")
     if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        raise UserError(f"unknown sampler {shown(sampler)}; choose one of {', '.join(SAMPLERS)}")
     steps = body.get("steps")
     if steps is not None:
         try:
             steps = check_int(steps, "'steps'", 1, schedule.num_train_timesteps)
         except UserError:  # the limit in the words the command line and the samplers use
-            raise UserError(f"'steps': {STEPS_RULE} ({schedule.num_train_timesteps}), got {steps!r}") from None
+            raise UserError(f"'steps': {STEPS_RULE} ({schedule.num_train_timesteps}), got {shown(steps)}") from None
     options = {key: value for key, value in body.items() if key not in ("sampler", "steps", *REQUEST_FIELDS)}
     if options.get("clip_sample", 0.0) is None:
         options["clip_sample"] = 0.0  # JSON null: no clipping, as --clip-sample 0
     fmt = body.get("format", "png")
     if fmt not in FORMATS:
-        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown format {shown(fmt)}; choose one of {', '.join(FORMATS)}")
     request = SampleRequest(sampler=sampler, steps=steps, options=tuple(sorted(options.items())),
                             seed=check_int(body.get("seed", 0), "'seed'", 0, 2 ** 64 - 1),
                             n=check_int(body.get("n", 1), "'n'", 1, max_images), format=fmt)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpmrt.engine.checks import check_int
+from ddpmrt.engine.checks import check_int, shown
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.samplers import KEEP_CORRECTED, KEEP_X0, Sampler, coefficient_table
 from ddpmrt.engine.schedule import NoiseSchedule
@@ -50,10 +50,10 @@ def solver_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "l
     elif spacing == "trailing":
         ts = np.arange(T, 0, -T / S).round() - 1
     else:
-        raise UserError(f"unknown spacing {spacing!r} for a multistep solver; choose one of {', '.join(SOLVER_SPACINGS)}")
+        raise UserError(f"unknown spacing {shown(spacing)} for a multistep solver; choose one of {', '.join(SOLVER_SPACINGS)}")
     ts = ts.astype(np.int64)
     if len(np.unique(ts)) != S or ts.min() < 0:
-        raise UserError(f"spacing {spacing!r} gives only {len(np.unique(ts[ts >= 0]))} distinct timesteps for {S} steps; "
+        raise UserError(f"spacing {shown(spacing)} gives only {len(np.unique(ts[ts >= 0]))} distinct timesteps for {S} steps; "
                         "use fewer steps or another spacing")
     return np.ascontiguousarray(ts)
 

@@ -17,7 +17,10 @@ left behind.  The cases, generated from SEED:
 | PNG images of a folder data set | 20 | 5 truncations, 15 bit flips anywhere (every chunk carries a CRC) |
 | arrays passed to samplers and models | 59 | x_T, x and t of wrong shape, dtype, rank or value; sampler arguments; image indices; sample shapes |
 | CLI arguments | 78 | out-of-range and non-numeric values of every numeric option of sample, bench, report, export-onnx, export-engine and train |
-| total | 422 | |
+| a full disk | 11 | every command writing into a small tmpfs with 16 KiB free (`sample` .png and .npz, `export-engine` also with room for its ONNX but not the engine, `train` also with room for part of its checkpoint): one line naming the path, nothing partial or empty left |
+| a read-only folder | 7 | every command writing into a read-only tmpfs |
+| hostile request bodies for `POST /sample` | 84 | nesting to 10^5, bodies over the size limit (declared, chunked), bytes that are not UTF-8, JSON that is not an object, nested or non-finite values, and 30 byte-level mutations of good bodies: each 400 or 413 with one line (or 200 where a mutation is still a good body), never 500 |
+| total | 524 | |
 """
 
 import contextlib
@@ -322,8 +325,191 @@ def test_bad_cli_values(prefix, option, value, tmp_path, capsys):
 
 
 def test_case_count():
-    """The docstring's table is the suite: at least 300 cases."""
+    """The docstring's table is the suite: at least 500 cases."""
     files = sum(t + f for t, f, _ in FILE_CLASSES.values())
-    total = files + len(ARRAY_CASES) + len(cli_cases())
-    assert total >= 300, total
+    total = files + len(ARRAY_CASES) + len(cli_cases()) + len(FULL_DISK_CASES) + len(READ_ONLY_CASES) + len(BODY_CASES)
+    assert total >= 500, total
     assert f"| total | {total} |" in sys.modules[__name__].__doc__, total
+
+
+
+# -- write faults: a full disk, a read-only folder -----------------------------------------------------
+
+def _mount_tmpfs(folder, size: str, read_only: bool = False):
+    """A small tmpfs at `folder` (needs root or CAP_SYS_ADMIN, as the CI machine has); None where it cannot."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    return folder if result.returncode == 0 else None
+
+
+@contextlib.contextmanager
+def small_disk(tmp_path, free_bytes: int, size: str = "64m", read_only: bool = False):
+    """A tmpfs of `size` with `free_bytes` left free (a filler file takes the rest), or read-only."""
+    import subprocess
+
+    disk = _mount_tmpfs(tmp_path / "disk", size, read_only)
+    if disk is None:
+        pytest.skip("needs to mount a small tmpfs (root or CAP_SYS_ADMIN, as on the CI machine) to fill a disk")
+    try:
+        if not read_only:
+            free = shutil.disk_usage(disk).free
+            with open(disk / "filler", "wb") as f:
+                f.truncate(0)
+                f.write(b"\0" * max(0, free - free_bytes))
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+QUICK = {  # each command, cut to seconds of work (the fault is in the writing)
+    "train": ["train", "--dataset", "digits", "--iters", "3", "--batch-size", "4", "--sample-every", "0",
+              "--no-progress", "--out", "{disk}/run"],
+    "sample-png": ["sample", "digits", "--steps", "2", "--batch", "64", "--quiet", "--out", "{disk}/x.png"],
+    "sample-npz": ["sample", "digits", "--steps", "2", "--batch", "1024", "--quiet", "--out", "{disk}/new/x.npz"],
+    "sample-npz-existing": ["sample", "digits", "--steps", "2", "--batch", "1024", "--quiet", "--out", "{disk}/x.npz"],
+    "export-onnx": ["export-onnx", "digits", "--out", "{disk}/d.onnx"],
+    "export-engine": ["export-engine", "digits", "--flavour", "tensorrt-rtx", "--targets", "sm86", "--batch", "1:2:4",
+                      "--out", "{disk}/d.plan"],
+    "bench": ["bench", "digits", "--batch", "1", "--steps", "1", "--runs", "1", "--warmup", "0", "--no-diffusers",
+              "--backends", "onnxruntime-cpu", "--no-startup", "--quiet", "--out", "{disk}/b"],
+    "report": ["report", "digits", "--samplers", "ddim:2", "--samples", "8", "--quiet", "--out", "{disk}/r"],
+    "demo": ["demo", "--samples", "4", "--quiet", "--out", "{disk}/demo"],
+}
+NEEDS = {"export-engine": "tensorrt_rtx", "demo": "tensorrt_rtx"}
+# (case, command, bytes left free): 16 KiB stops every command at its first file; the larger rooms let the
+# first files through (the engine's fp16 ONNX, the training state) and stop a later one.
+FULL_DISK_CASES = [(name, name, 16 << 10) for name in QUICK if name != "sample-npz-existing"] + [
+    ("export-engine-onnx-fits", "export-engine", 3 << 20),
+    ("train-state-fits", "train", 20 << 20),
+    ("sample-npz-into-an-existing-folder", "sample-npz-existing", 16 << 10),
+]
+READ_ONLY_CASES = ["train", "sample-png", "export-onnx", "export-engine", "bench", "report", "demo"]
+
+
+def _run_fault_case(command: str, disk, capsys) -> list[str]:
+    pytest.importorskip(NEEDS.get(command, "numpy"), reason="needs TensorRT-RTX: pip install 'ddpmrt[tensorrt-rtx]'")
+    argv = [a.format(disk=disk) for a in QUICK[command]]
+    before = set(p.name for p in disk.iterdir())
+    with deadline(300):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2, (argv, err)
+    assert len(err) == 1 and err[0].startswith("ddpmrt: error:"), (argv, err)
+    return err[0], before
+
+
+def _files(folder):
+    return sorted(p for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("case,command,free", FULL_DISK_CASES, ids=[c[0] for c in FULL_DISK_CASES])
+def test_a_full_disk(case, command, free, tmp_path, capsys):
+    with small_disk(tmp_path, free) as disk:
+        line, before = _run_fault_case(command, disk, capsys)
+        assert "No space left on device" in line and str(disk) in line, line
+        left = [p for p in _files(disk) if p.name not in before]
+        assert not [p for p in left if p.is_file() and p.stat().st_size == 0], f"empty files left: {left}"
+        assert not [p for p in left if p.name.endswith(".tmp")], f"temporary files left: {left}"
+        if command == "train":
+            # A run keeps the checkpoint files it completed (a resumable training state), nothing else.
+            assert {p.name for p in left} <= {"run", "training_state.pt"}, left
+        else:
+            assert left == [], f"{command} left {left}"
+
+
+@pytest.mark.parametrize("command", READ_ONLY_CASES)
+def test_a_read_only_folder(command, tmp_path, capsys):
+    with small_disk(tmp_path, 0, size="1m", read_only=True) as disk:
+        line, _ = _run_fault_case(command, disk, capsys)
+        assert "cannot write" in line and "Read-only file system" in line, line
+        assert _files(disk) == []
+
+
+# -- hostile request bodies ------------------------------------------------------------------------
+
+def body_cases():
+    """(name, Content-Length header or None, the body as a list of chunks)."""
+    import json
+
+    def whole(raw):
+        return str(len(raw)), [raw]
+    cases = []
+    for depth in (2, 3, 10, 100, 1000, 3000, 100_000):
+        cases.append((f"arrays-{depth}", *whole(b"[" * depth + b"]" * depth)))
+        cases.append((f"objects-{depth}", *whole(b'{"a":' * depth + b"1" + b"}" * depth)))
+    cases.append(("nested-in-field", *whole(b'{"steps": [[[[50]]]]}')))
+    cases.append(("object-in-field", *whole(b'{"seed": {"a": 1}}')))
+    cases.append(("array-in-field", *whole(b'{"steps": [50]}')))
+    cases.append(("unclosed-deep", *whole(b'{"n": ' + b"[" * 5000)))
+    cases.append(("declared-200MB", str(200 << 20), [b"{}"]))          # refused on the header alone
+    cases.append(("declared-bad", "12abc", [b"{}"]))
+    cases.append(("over-limit", *whole(b'{"seed": 1' + b" " * 5000 + b"}")))
+    cases.append(("chunked-over-limit", None, [b'{"seed": '] + [b" " * 1024] * 8 + [b"1}"]))
+    cases.append(("chunked-10MB", None, [b"[" * (1 << 20)] * 10))
+    for name, raw in [("empty", b""), ("space", b"   "), ("null", b"null"), ("true", b"true"), ("number", b"42"),
+                      ("string", b'"steps"'), ("flat-array", b"[1, 2]"), ("not-utf8", b'{"seed": "\xff\xfe"}'),
+                      ("utf16", '{"n": 1}'.encode("utf-16")), ("nul", b'{"n": 1}\x00'), ("bom", b'\xef\xbb\xbf{"n": 1}'),
+                      ("nan", b'{"steps": NaN}'), ("infinity", b'{"eta": Infinity}'), ("1e999", b'{"steps": 1e999}'),
+                      ("huge-int", b'{"seed": ' + b"9" * 3000 + b"}"), ("negative-seed", b'{"seed": -1}'),
+                      ("float-n", b'{"n": 2.0}'), ("bool-n", b'{"n": true}'), ("string-n", b'{"n": "4"}'),
+                      ("null-steps", b'{"steps": null, "n": 0}'), ("dup-keys", b'{"n": 1, "n": 1000}'),
+                      ("long-key", b'{"' + b"k" * 3000 + b'": 1}'), ("many-keys", json.dumps({f"k{i}": i for i in range(300)}).encode()),
+                      ("brackets-in-string", b'{"format": "[[[[{{{{"}'), ("escaped-quote", b'{"format": "\\"[[["}'),
+                      ("unicode-field", '{"stéps": 5}'.encode()), ("control-chars", b'{"format": "png\\u0000"}'),
+                      ("trailing-garbage", b'{"n": 1} {"n": 2}'), ("single-quotes", b"{'n': 1}"),
+                      ("sampler-object", b'{"sampler": {"name": "ddim"}}'), ("format-number", b'{"format": 1}')]:
+        cases.append((name, *whole(raw)))
+    rng = np.random.default_rng(SEED + 40)
+    good = json.dumps({"sampler": "ddim", "steps": 2, "eta": 0.0, "seed": 3, "n": 1, "format": "npz"}).encode()
+    for i in range(30):
+        raw = bytearray(good)
+        if i % 3 == 0:
+            raw = raw[:int(rng.integers(0, len(raw)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                raw[int(rng.integers(0, len(raw)))] = int(rng.integers(0, 256))
+        cases.append((f"mutated-{i}", *whole(bytes(raw))))
+    return cases
+
+
+BODY_CASES = body_cases()
+
+
+@pytest.fixture(scope="module")
+def request_parser():
+    """The server's own request handling (answer_sample) around parse_request, with a stand-in for sampling."""
+    from ddpmrt.engine.schedule import NoiseSchedule
+    from ddpmrt.engine.serve import parse_request
+
+    schedule = NoiseSchedule.linear(1000)
+
+    async def run(request):
+        return np.zeros((request.n, 16, 16, 1), np.uint8), 1
+    return lambda body: parse_request(body, schedule), run
+
+
+@pytest.mark.parametrize("name,length,chunks", BODY_CASES, ids=[c[0] for c in BODY_CASES])
+def test_hostile_request_bodies(name, length, chunks, request_parser):
+    import asyncio
+    import json
+
+    from ddpmrt.engine.serve import answer_sample
+
+    async def stream():
+        for chunk in chunks:
+            yield chunk
+    parse, run = request_parser
+    with deadline(30):
+        status, content, media_type, _ = asyncio.run(answer_sample(length, stream(), parse, run))
+    assert status in (200, 400, 413), (name, status, content[:200])
+    if status != 200:
+        error = json.loads(content)["error"]
+        assert "\n" not in error and len(error) < 1000, error
+    else:
+        assert name.startswith("mutated-"), f"{name} was accepted"

@@ -165,13 +165,18 @@ def test_health_metadata_and_png(server):
     ({"stepz": 5}, "unknown fields"),
     ([1, 2], "must be a JSON object"),
     (b"{not json", "not JSON"),
+    (b"[" * 2000 + b"]" * 2000, "nests arrays or objects"),                 # deeper than json.loads can recurse
+    (b'{"steps": [[50]]}', "nests arrays or objects"),
+    (b'{"seed": 1' + b" " * 200_000 + b"}", "larger than 4096 bytes"),     # 413, before it is read
+    (b"\xff\xfe{}", "not UTF-8"),
 ])
-def test_bad_requests_get_400(server, body, fragment):
+def test_bad_requests_get_400_or_413(server, body, fragment):
     url, _ = server
     status, content, _ = post(url, body)
-    assert status == 400
+    assert status == (413 if b" " * 1000 in body else 400)
     error = json.loads(content)["error"]
     assert fragment in error and "\n" not in error
+    assert post(url, {"steps": 2, "n": 1})[0] == 200  # and the replica serves the next request
 
 
 def test_the_handle_serves_python_callers(server, onnx_model):

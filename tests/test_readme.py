@@ -1,0 +1,101 @@
+"""The README's commands, as a new user runs them after its install steps (#22).
+
+Every `ddpmrt` and `export-engine` command in the README's bash blocks is taken out of the README
+here: each one must parse, and each must name the extra it needs where it is shown.  The quick ones
+then run exactly as written, in order, in a fresh folder: the Quick start's single steps (sample,
+export-engine, sample the ONNX), the few-step solvers' samples, the export for serving, and the Python
+example.  The long ones (training 6000 steps, bench, full reports, demo, serve, diffusers folders
+that need a download) are parsed only; their code paths run in test_train, test_cli, test_reports
+and test_serve.
+"""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+RUN_AS_WRITTEN = (  # prefixes of the commands run exactly as the README writes them
+    "ddpmrt sample digits --steps 50",
+    "export-engine digits --out engines/digits.plan",
+    "ddpmrt sample engines/digits.onnx",
+    "ddpmrt sample digits --sampler unipc",
+    "ddpmrt sample digits --sampler dpmsolver",
+    "ddpmrt export-onnx digits --out digits.onnx",
+)
+# What each command needs beyond the Quick start's install (".[export,tensorrt-rtx]"), and the words in
+# its section of the README that tell a user so.
+NEEDS = {"serve": "ddpmrt[serve]", "bench": "pip install diffusers"}
+
+
+def sections() -> list[tuple[str, str]]:
+    """(heading, text) of every section of the README."""
+    parts = re.split(r"^(#+ .*)$", README.read_text(encoding="utf-8"), flags=re.M)
+    return [(parts[i].strip(), parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """(section heading, command) for every ddpmrt / export-engine command in a bash block."""
+    commands = []
+    for heading, text in sections():
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            for line in block.splitlines():
+                line = line.split("  #")[0].strip()
+                for part in line.split("&&"):
+                    part = part.strip()
+                    if part.startswith(("ddpmrt ", "export-engine ")) and "pytest" not in part:
+                        commands.append((heading, part))
+    return commands
+
+
+def install_line() -> str:
+    quick = dict(sections())["## Quick start"]
+    return re.search(r"pip install (torch==\S+ )?-e \"([^\"]+)\"", quick).group(2)
+
+
+def test_the_readme_has_its_commands():
+    commands = [c for _, c in readme_commands()]
+    assert len(commands) >= 20, commands
+    for prefix in RUN_AS_WRITTEN:
+        assert [c for c in commands if c.startswith(prefix)], f"the README no longer has {prefix!r}"
+
+
+@pytest.mark.parametrize("heading,command", readme_commands(), ids=[c[:60] for _, c in readme_commands()])
+def test_every_readme_command_parses_and_names_its_extras(heading, command):
+    from ddpmrt.export.cli import build_parser
+
+    argv = shlex.split(command)
+    if argv[0] == "export-engine":
+        argv = ["export-engine", *argv[1:]]
+    else:
+        argv = argv[1:]
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"the README's {command!r} does not parse (exit {exc.code})")
+    section = dict(sections())[heading]
+    need = NEEDS.get(argv[0])
+    if need and "--no-diffusers" not in argv:
+        assert need in section, f"{heading}: {command!r} needs {need!r}, and its section does not say so"
+    assert {"export", "tensorrt-rtx"} <= set(install_line().strip(".[]").split(","))
+
+
+def test_the_quick_readme_commands_run_as_written(tmp_path):
+    pytest.importorskip("torch", reason="the README's install has the torch side: pip install -e '.[export]'")
+    pytest.importorskip("tensorrt_rtx", reason="the README's install has TensorRT-RTX: pip install -e '.[tensorrt-rtx]'")
+    to_run = [c for _, c in readme_commands() if c.startswith(RUN_AS_WRITTEN)]
+    bin_dir = Path(sys.executable).parent
+    for command in to_run:
+        result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                                env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert (tmp_path / "digits.png").stat().st_size > 0 and (tmp_path / "engines" / "digits.plan").stat().st_size > 0
+    # The Python example, after the commands that wrote its model.
+    example = re.search(r"```python\n(from ddpmrt.engine import DDIMSampler.*?)```", README.read_text(), flags=re.S)
+    result = subprocess.run([sys.executable, "-c", example.group(1)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "grid.png").stat().st_size > 0
