@@ -1,4 +1,4 @@
-"""The `ddpmrt` command line: train, sample, export-onnx, export-engine, bench, report, demo.
+"""The `ddpmrt` command line: train, sample, export-onnx, export-engine, check, bench, report, demo, serve.
 
 torch is imported only by the subcommands that need it, so `ddpmrt sample` on an ONNX
 model works in an environment without PyTorch.  User mistakes (UserError) are printed as
@@ -191,15 +191,18 @@ def _export_engine(ns: argparse.Namespace) -> None:
     schedule, image_shape = _description(ns)
     export_engine(ns.model, ns.out, from_diffusers=ns.from_diffusers, precision=ns.precision or "fp16", batch=ns.batch,
                   targets=ns.targets, flavour=ns.flavour, optimization_level=ns.optimization_level, opset=ns.opset,
-                  force=ns.force, schedule=schedule, image_shape=image_shape)
+                  force=ns.force, schedule=schedule, image_shape=image_shape, sanitize=ns.sanitize, check=ns.check)
 
 
 def export_engine(model: str | None, out, from_diffusers: str | None = None, precision: str = "fp16",
                   batch: str = "1:8:64", targets: str = "auto", flavour: str = "auto", optimization_level: int | None = None,
-                  opset: int = 18, force: bool = False, schedule=None, image_shape=None) -> None:
+                  opset: int = 18, force: bool = False, schedule=None, image_shape=None, sanitize: bool = False,
+                  check: bool = False) -> None:
     """`export-engine`: the ONNX export (unless given an .onnx, or one that is up to date), then the engine build.
 
     `schedule` and `image_shape` describe an .onnx without ddpmrt metadata (or a bare diffusers UNet folder).
+    `sanitize` runs Polygraphy's constant folding first; `check` compares the ONNX and the engine
+    against PyTorch fp32 afterwards (`ddpmrt check`), into a folder beside the engine.
     """
     from ddpmrt.engine.artifacts.io import check_output_file
     from ddpmrt.engine.artifacts.sidecar import sidecar_path
@@ -215,6 +218,13 @@ def export_engine(model: str | None, out, from_diffusers: str | None = None, pre
     trt_flavour = import_flavour(flavour)          # fail early, before a long export
     target_list = parse_targets(targets, trt_flavour)
     profile = BatchProfile.parse(batch)
+    if sanitize or check:
+        from ddpmrt.export.polygraphy_tools import load_polygraphy
+
+        load_polygraphy(trt_flavour.is_rtx)
+    if check and (not model or model.lower().endswith(".onnx")) and not from_diffusers:
+        raise UserError("--check compares against the PyTorch model: give a checkpoint, shipped name or "
+                        "--from-diffusers, not an .onnx")
 
     if model and model.lower().endswith(".onnx") and not from_diffusers:
         onnx_path = Path(model)
@@ -234,7 +244,7 @@ def export_engine(model: str | None, out, from_diffusers: str | None = None, pre
             print(f"wrote {onnx_path} ({metadata.precision}) in {result.seconds:.1f} s")
 
     result = build_engine(onnx_path, plan, metadata, sha256_file(onnx_path), trt_flavour, profile, target_list,
-                          optimization_level, force=force)
+                          optimization_level, force=force, sanitize=sanitize)
     what = (f"{trt_flavour.name} {trt_flavour.version}, {metadata.precision}, batch {profile}, "
             f"targets {','.join(result.sidecar['targets'])}")
     size_mb = result.sidecar["engine_bytes"] / 1e6
@@ -242,6 +252,40 @@ def export_engine(model: str | None, out, from_diffusers: str | None = None, pre
         print(f"{plan} is up to date ({what}, {size_mb:.1f} MB); --force rebuilds")
     else:
         print(f"built {plan} ({what}) in {result.seconds:.1f} s, {size_mb:.1f} MB")
+    if check:
+        from ddpmrt.export.check import run_check, summary
+
+        report_dir = plan.with_name(plan.stem + "-check")
+        report = run_check(_export_source(model, from_diffusers, schedule, "fp32"), [onnx_path, plan], report_dir)
+        print(f"{summary(report)} (report: {report_dir / 'check.md'})")
+
+
+def _check(ns: argparse.Namespace) -> None:
+    """`ddpmrt check MODEL [ARTIFACT ...]`: artifacts against PyTorch fp32 (export/check.py)."""
+    from ddpmrt.engine.artifacts.io import check_output_dir
+    from ddpmrt.export.check import ARTIFACT_SUFFIXES, describe, run_check, summary
+    from ddpmrt.export.polygraphy_tools import load_polygraphy
+
+    out = check_output_dir(ns.out)
+    load_polygraphy()  # a missing Polygraphy is one line before any work
+    if ns.model and ns.model.lower().endswith(ARTIFACT_SUFFIXES) and not ns.from_diffusers:
+        raise UserError(f"check compares artifacts against the PyTorch model: give the checkpoint or shipped name "
+                        f"first, e.g. ddpmrt check digits {ns.model}")
+    for artifact in ns.artifacts:
+        describe(Path(artifact))  # damaged or foreign files: one line before the export
+    source = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], "fp32")
+    artifacts = [Path(a) for a in ns.artifacts]
+    if not ns.no_export:
+        from ddpmrt.export.onnx_export import export_onnx
+
+        for precision in ("fp32", "fp16"):
+            onnx_path = out / f"model-{precision}.onnx"
+            exported = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], precision)
+            export_onnx(exported.module, exported.metadata, onnx_path, check=False, unwrap=exported.unwrap)
+            artifacts.insert(len(artifacts) - len(ns.artifacts), onnx_path)
+    report = run_check(source, artifacts, out, seed=ns.seed)
+    print((out / "check.md").read_text(encoding="utf-8"))
+    print(summary(report))
 
 
 def _export_inductor_package(ns: argparse.Namespace) -> None:
@@ -345,7 +389,8 @@ def _report(ns: argparse.Namespace) -> None:
         raise UserError("--samples must be at least 2")
     seeds = _int_list(ns.seeds, "--seeds", low=0, high=2 ** 63 - 1)
     run_report(checkpoint, Path(ns.out), parse_samplers(ns.samplers), num_samples=ns.samples, spacings=spacings,
-               backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet, seeds=seeds)
+               backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet, seeds=seeds,
+               precision=ns.precision)
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))
 
 
@@ -439,7 +484,26 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="--flavour inductor: the device the package runs on (default: cuda if PyTorch sees one)")
     p.add_argument("--optimization-level", type=int_in(0, 5), help="builder optimization level 0-5 (default: the builder's, 3)")
     p.add_argument("--force", action="store_true", help="rebuild even if the engine is up to date")
+    p.add_argument("--sanitize", action="store_true",
+                   help="fold constants and infer shapes with Polygraphy before the build (off: it changes nothing "
+                        "measurable on ddpmrt's exports)")
+    p.add_argument("--check", action="store_true",
+                   help="then compare the ONNX and the engine against PyTorch fp32 (ddpmrt check); exit 1 if off")
     p.set_defaults(func=_export_engine)
+
+
+def _add_check_command(sub) -> None:
+    p = sub.add_parser("check", help="compare a model's ONNX, engine and .pt2 against PyTorch fp32 (Polygraphy)")
+    p.add_argument("model", nargs="?", help="the reference: checkpoint directory or shipped model name")
+    p.add_argument("artifacts", nargs="*", help=".onnx, .plan and .pt2 files to compare (default: none beyond the "
+                   "ONNX files check exports)")
+    p.add_argument("--from-diffusers", metavar="DIR", help="a diffusers pipeline folder as the reference instead")
+    p.add_argument("--schedule", help="for a bare diffusers UNet folder: linear[:T:start:end] or cosine[:T]")
+    p.add_argument("--no-export", action="store_true", help="compare only the artifacts given, not the fp32 and "
+                   "fp16 ONNX files check exports into --out")
+    p.add_argument("--seed", type=int_in(0, 2 ** 32 - 1), default=0, help="seed of the inputs (default 0)")
+    p.add_argument("--out", default="check", help="report folder: check.json, check.md (default ./check)")
+    p.set_defaults(func=_check)
 
 
 def _add_export_source_args(p: argparse.ArgumentParser) -> None:
@@ -611,6 +675,9 @@ def _add_report_command(sub) -> None:
     p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
                    help="onnxruntime (fp32 ONNX), torch, or tensorrt (an fp16 engine built here; needs a GPU) (default onnxruntime)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda (default cpu)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
+                   help="--backend torch: the precision of the U-Net and the Gaussian check, e.g. bf16 against fp32 "
+                        "(default fp32; auto = what sample would use here)")
     p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--out", default="report", help="report directory (default ./report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -664,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_command(sub)
     _add_export_onnx_command(sub)
     _add_export_engine_command(sub)
+    _add_check_command(sub)
     _add_bench_command(sub)
     _add_report_command(sub)
     _add_serve_command(sub)
@@ -674,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Where each command writes: a file, or a folder.  A write that fails (a full disk, a read-only folder)
 # takes back what the command wrote there; training keeps the checkpoints it completed.
 FILE_OUTPUTS = ("sample", "export-onnx", "export-engine")
-FOLDER_OUTPUTS = ("train", "bench", "report", "demo")
+FOLDER_OUTPUTS = ("train", "bench", "report", "demo", "check")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -696,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, WriteFailed) and outputs is not None:
             outputs.remove(keep_complete=ns.command == "train")
         print(f"ddpmrt: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)
     except KeyboardInterrupt:
         print("ddpmrt: interrupted", file=sys.stderr)
         return 130

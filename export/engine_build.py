@@ -8,12 +8,17 @@ sha256) and the cache key.  A build whose key matches an existing engine is skip
 
 Precision is the ONNX model's: an fp16 engine is built from the fp16 ONNX in a strongly typed
 network (TensorRT 11 and TensorRT-RTX have no FP16 builder flag).
+
+`sanitize` first runs Polygraphy's constant folding and shape inference on the ONNX (off by
+default: on ddpmrt's exports it folds nothing, benchmarks/sanitize_onnx.py).  Where a GPU can
+deserialize the engine, the sidecar also lists what Polygraphy's loader reads back from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +84,12 @@ def parse_targets(text: str, flavour: Flavour) -> list[str]:
     return targets
 
 
-def cache_key(onnx_sha256: str, flavour: Flavour, profile: BatchProfile, targets: list[str], optimization_level) -> str:
+def cache_key(onnx_sha256: str, flavour: Flavour, profile: BatchProfile, targets: list[str], optimization_level,
+              sanitize: bool = False) -> str:
     fields = {"onnx": onnx_sha256, "flavour": flavour.name, "version": flavour.version, "profile": str(profile),
               "targets": targets, "optimization_level": optimization_level, "ddpmrt": __version__}
+    if sanitize:  # (absent when off, so engines built before the option keep their key)
+        fields["sanitize"] = True
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -103,17 +111,69 @@ def _parse_onnx(flavour: Flavour, builder, network, logger, onnx_path: Path) -> 
 
 def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha256: str, flavour: Flavour,
                  profile: BatchProfile, targets: list[str], optimization_level: int | None = None,
-                 force: bool = False) -> BuildResult:
+                 force: bool = False, sanitize: bool = False) -> BuildResult:
     plan = Path(plan)
-    key = cache_key(onnx_sha256, flavour, profile, targets, optimization_level)
+    key = cache_key(onnx_sha256, flavour, profile, targets, optimization_level, sanitize)
     # A cache hit only for an intact pair: same key, sidecar and engine matching their checksums.
     existing = None if force else cached_sidecar(plan, ENGINE, key)
     if existing is not None:
         return BuildResult(plan, existing, 0.0, cached=True)
     read_onnx_metadata(onnx_path, metadata.schedule, metadata.image_shape)  # never build from a damaged file
 
+    with tempfile.TemporaryDirectory(prefix="ddpmrt-sanitized-") as work:
+        sanitized = {"applied": []}
+        start = time.perf_counter()
+        if sanitize:
+            from ddpmrt.export.polygraphy_tools import sanitize_onnx
+
+            sanitized = sanitize_onnx(onnx_path, Path(work) / onnx_path.name)
+            onnx_path = Path(work) / onnx_path.name
+        serialized, config, network_layers = _build(flavour, onnx_path, metadata, profile, targets,
+                                                    optimization_level, plan)
+    seconds = time.perf_counter() - start
+    timing_cache_file = plan.with_name(plan.name + ".timing-cache")
+    with atomic_write(plan) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    if flavour.has_timing_cache:
+        with atomic_write(timing_cache_file) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    sidecar = write_sidecar(plan, ENGINE, {
+        "metadata": metadata.to_strings(),
+        "tensors": {"x": metadata.precision, "t": "int64", "eps": metadata.precision},
+        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max, "static": profile.static},
+        "flavour": flavour.name,
+        "flavour_version": flavour.version,
+        "targets": targets or ["default"],
+        "optimization_level": optimization_level,
+        "onnx": Path(onnx_path).name,
+        "onnx_sha256": onnx_sha256,
+        "sanitize": sanitized,
+        "network_layers": network_layers,
+        "inspection": _inspection(plan, flavour),
+        "build_seconds": round(seconds, 2),
+        "built_with_gpu": list(device_compute_capability() or []),
+        "cache_key": key,
+    })
+    return BuildResult(plan, sidecar, seconds, cached=False)
+
+
+def _inspection(plan: Path, flavour: Flavour) -> dict:
+    """Polygraphy's reading of the built engine, or why there is none (no GPU here, no Polygraphy)."""
+    if device_compute_capability() is None:
+        return {"skipped": "no GPU here: deserializing an engine needs one (TensorRT-RTX too)"}
+    try:
+        from ddpmrt.export.polygraphy_tools import inspect_engine
+
+        return inspect_engine(plan, flavour.is_rtx)
+    except UserError as exc:
+        return {"skipped": str(exc)}
+
+
+def _build(flavour: Flavour, onnx_path: Path, metadata: ModelMetadata, profile: BatchProfile, targets: list[str],
+           optimization_level, plan: Path):
+    """The serialized engine, its builder config (for the timing cache) and the parsed network's layer count."""
     trt = flavour.trt
-    start = time.perf_counter()
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags())
@@ -140,28 +200,7 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
     if serialized is None:
         raise UserError(f"{flavour.name} could not build an engine from {onnx_path.name}; "
                         "run with a lower --optimization-level or check the ONNX with `ddpmrt export-onnx`")
-    seconds = time.perf_counter() - start
-    with atomic_write(plan) as tmp:
-        tmp.write_bytes(bytes(serialized))
-    if flavour.has_timing_cache:
-        with atomic_write(timing_cache_file) as tmp:
-            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-
-    sidecar = write_sidecar(plan, ENGINE, {
-        "metadata": metadata.to_strings(),
-        "tensors": {"x": metadata.precision, "t": "int64", "eps": metadata.precision},
-        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max, "static": profile.static},
-        "flavour": flavour.name,
-        "flavour_version": flavour.version,
-        "targets": targets or ["default"],
-        "optimization_level": optimization_level,
-        "onnx": onnx_path.name,
-        "onnx_sha256": onnx_sha256,
-        "build_seconds": round(seconds, 2),
-        "built_with_gpu": list(device_compute_capability() or []),
-        "cache_key": key,
-    })
-    return BuildResult(plan, sidecar, seconds, cached=False)
+    return serialized, config, int(network.num_layers)
 
 
 def read_onnx_metadata(onnx_path: Path, schedule=None, image_shape=None) -> ModelMetadata:

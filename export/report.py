@@ -77,9 +77,12 @@ class ReportModels:
     """The U-Net and the Gaussian's exact ε* on one backend, built (exported) into the report folder."""
 
     def __init__(self, checkpoint: Path, out: Path, backend: str, device: str, threads: int | None,
-                 max_batch: int, gaussian_batch: int):
+                 max_batch: int, gaussian_batch: int, precision: str = "fp32"):
         if backend not in REPORT_BACKENDS:
             raise UserError(f"unknown report backend {backend!r}; choose one of {', '.join(REPORT_BACKENDS)}")
+        if precision != "fp32" and backend != "torch":
+            raise UserError(f"report --precision {precision} runs on --backend torch (onnxruntime computes fp32, "
+                            "tensorrt the engine's fp16)")
         self.out, self.backend, self.device, self.threads = out, backend, device, threads
         source = from_checkpoint(checkpoint, "fp32")
         self.schedule = source.metadata.schedule
@@ -97,15 +100,18 @@ class ReportModels:
         elif backend == "torch":
             from ddpmrt.engine.backends.torch_backend import TorchModel
 
+            # Both the U-Net and the Gaussian's ε* in the precision asked for: the Gaussian then measures
+            # what that precision costs the sampler, exactly.
             graph = device == "cuda"
-            self.unet = load_model(checkpoint, backend="torch", device=device, cuda_graph=graph)
+            self.unet = load_model(checkpoint, backend="torch", device=device, cuda_graph=graph, precision=precision)
             gaussian = self._gaussian_source("fp32")
             self.gaussian = TorchModel(gaussian.module, self.schedule, self.data.image_shape, device,
-                                       precision="fp32", cuda_graph=graph)
+                                       precision=self.unet.precision, cuda_graph=graph)
         else:
             self.unet = self._onnx(source, "model-fp32")
             self.gaussian = self._onnx(self._gaussian_source("fp32"), "gaussian-optimal-eps")
-        self.description = {"onnxruntime": f"onnxruntime ({device})", "torch": f"torch ({device})",
+        self.description = {"onnxruntime": f"onnxruntime ({device})",
+                            "torch": f"torch ({device}, {getattr(self.unet, 'precision', precision)})",
                             "tensorrt": "tensorrt (fp16 engine)"}[backend]
 
     def _gaussian_source(self, precision: str):
@@ -161,7 +167,8 @@ def best_spacing(rows: list[dict], key: str) -> str | None:
 
 def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 500, gaussian_samples: int = 4096,
                spacings=(DEFAULT_SPACING,), backend: str = "onnxruntime", device: str = "cpu",
-               threads: int | None = None, seed: int = 0, progress: bool = True, seeds=None) -> dict:
+               threads: int | None = None, seed: int = 0, progress: bool = True, seeds=None,
+               precision: str = "fp32") -> dict:
     """Every sampler of `samplers` at every spacing and seed (`seeds`, default just `seed`): its latency,
     its quality on the model's data set, and its exact quality on Gaussian data."""
     from tqdm.auto import tqdm
@@ -176,7 +183,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
     dataset = config.get("data", {}).get("name")
     if dataset in JUDGED_DATASETS:
         judge = ClassifierJudge.train(dataset, image_size=config["image_shape"][-1])
-    models = ReportModels(checkpoint, out, backend, device, threads, num_samples, gaussian_samples)
+    models = ReportModels(checkpoint, out, backend, device, threads, num_samples, gaussian_samples, precision)
     model, gaussian, data = models.unet, models.gaussian, models.data
     data_moments = (data.mean, data.cov)
     T = model.schedule.num_train_timesteps

@@ -32,3 +32,15 @@ def test_unet_levers_refuses_a_cuda_only_variant_on_the_cpu():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
                              "tiny", "--variants", "lookup+cudnn-search"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "needs --device cuda" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sanitize_onnx_builds_both_variants(tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX to build: pip install 'ddpmrt[tensorrt-rtx]'")
+    pytest.importorskip("polygraphy", reason="needs Polygraphy: pip install polygraphy onnx-graphsurgeon")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/sanitize_onnx.py"), "--configs", "digits",
+                             "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads((tmp_path / "sanitize_onnx.json").read_text())["results"][0]
+    plain, sanitized = row["variants"]["plain"], row["variants"]["sanitized"]
+    assert plain["sanitize"] == {"applied": []} and sanitized["sanitize"]["applied"] == ["fold_constants", "infer_shapes"]
+    assert plain["network_layers"] > 100 and sanitized["network_layers"] > 100 and row["onnx_nodes"]["before"] > 100

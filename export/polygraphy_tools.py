@@ -1,0 +1,85 @@
+"""Polygraphy, where TensorRT users reach for it: sanitizing an ONNX before a build, and inspecting
+an engine.  (Comparing artifacts against PyTorch is `ddpmrt check`: export/check.py.)
+
+    sanitize_onnx(src, dst)        -> what was applied (constant folding, shape inference), node counts
+    inspect_engine(plan, flavour)  -> inputs, outputs, profiles and layer count of a built engine
+
+Polygraphy picks TensorRT or TensorRT-RTX when it is first imported (POLYGRAPHY_USE_TENSORRT_RTX),
+so `load_polygraphy(flavour)` sets that before the import.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ddpmrt.engine.errors import UserError, first_line
+
+INSTALL = "pip install polygraphy onnx-graphsurgeon (both come with ddpmrt[tensorrt-rtx], [tensorrt], [gpu] and [dev])"
+
+
+def load_polygraphy(rtx: bool = False):
+    """The polygraphy package, quiet, for TensorRT-RTX where `rtx`; a UserError naming the install if missing."""
+    os.environ.setdefault("POLYGRAPHY_USE_TENSORRT_RTX", "1" if rtx else "0")
+    try:
+        import polygraphy
+        from polygraphy.logger import G_LOGGER
+    except ImportError:
+        raise UserError(f"this needs Polygraphy: {INSTALL}") from None
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # its progress lines are not ours to print
+    return polygraphy
+
+
+def sanitize_onnx(src: Path, dst: Path) -> dict:
+    """`polygraphy surgeon sanitize --fold-constants`, as a function: constant folding (until nothing
+    more folds) and shape inference.  Writes `dst`; returns what was applied and what it changed."""
+    load_polygraphy()
+    import onnx
+    from polygraphy.backend.onnx import fold_constants, infer_shapes
+
+    model = onnx.load(str(src))
+    nodes_before = len(model.graph.node)
+    start = time.perf_counter()
+    try:
+        model = fold_constants(model, num_passes=None, do_shape_inference=True, error_ok=False)
+        model = infer_shapes(model, error_ok=False)
+    except ImportError as exc:  # fold_constants needs onnx-graphsurgeon and onnxruntime
+        raise UserError(f"sanitizing the ONNX needs {exc.name}: {INSTALL}") from None
+    except Exception as exc:  # Polygraphy raises its own PolygraphyException and what ONNX Runtime raised
+        raise UserError(f"Polygraphy could not sanitize {Path(src).name}: {first_line(exc)}") from None
+    onnx.save(model, str(dst))
+    return {"applied": ["fold_constants", "infer_shapes"], "nodes_before": nodes_before,
+            "nodes_after": len(model.graph.node), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def inspect_engine(plan: Path, rtx: bool) -> dict:
+    """What a built engine holds, read back through Polygraphy's loader: its I/O tensors (name,
+    mode, dtype, shape), its optimization profiles (min/opt/max of each input) and its layer count.
+
+    Deserializing needs a GPU and its driver (TensorRT-RTX too): a UserError says so where there is none.
+    """
+    load_polygraphy(rtx)
+    from polygraphy.backend.trt import EngineFromBytes
+    from polygraphy.mod.trt_importer import lazy_import_trt
+
+    trt = lazy_import_trt()
+    try:
+        engine = EngineFromBytes(Path(plan).read_bytes())()
+    except Exception as exc:
+        raise UserError(f"cannot deserialize {Path(plan).name} here ({first_line(exc, 160)}); engine inspection "
+                        "needs a GPU with its driver") from None
+    if engine is None:
+        raise UserError(f"cannot deserialize {Path(plan).name} here; engine inspection needs a GPU with its driver")
+    tensors, inputs = [], []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        mode = engine.get_tensor_mode(name)
+        tensors.append({"name": name, "mode": "input" if mode == trt.TensorIOMode.INPUT else "output",
+                        "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1],
+                        "shape": list(engine.get_tensor_shape(name))})
+        if mode == trt.TensorIOMode.INPUT:
+            inputs.append(name)
+    profiles = [{name: [list(s) for s in engine.get_tensor_profile_shape(name, p)] for name in inputs}
+                for p in range(engine.num_optimization_profiles)]
+    return {"tensors": tensors, "profiles": profiles, "layers": int(engine.num_layers)}
