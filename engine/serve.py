@@ -153,7 +153,7 @@ def parse_request(body, schedule, max_images: int = DEFAULT_MAX_IMAGES) -> Sampl
         raise UserError(f"unknown fields {names}; a request takes {', '.join(fields)}")
     nested = sorted(key for key, value in body.items() if isinstance(value, (dict, list)))
     if nested:
-        raise UserError(f"field {nested[0]!r} must be a number or a string, not an array or object")
+        raise UserError(f"field {shown(nested[0], 40)} must be a number or a string, not an array or object")
     sampler = body.get("sampler", "ddim")
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {shown(sampler)}; choose one of {', '.join(SAMPLERS)}")
@@ -270,7 +270,8 @@ def build_app(model: str, backend: str = "auto", device: str = "cpu", replicas: 
 
         @http.get("/metadata")
         def metadata(self):
-            return {**self.service.metadata(), "max_batch": max_batch, "batching": batching}
+            return {**self.service.metadata(), "max_batch": max_batch, "batching": batching,
+                    "max_body_bytes": max_body_bytes}
 
         @http.post("/sample")
         async def sample_http(self, request: Request):

@@ -95,6 +95,7 @@ class Artifact:
     runner: object = None
     skipped: str | None = None
     errors: dict = field(default_factory=dict)  # bucket -> (max, mean, count of NaN/Inf outputs)
+    inspection: dict | None = None              # an engine's, as Polygraphy reads it back (or why not)
 
 
 def describe(path: Path) -> Artifact:
@@ -154,6 +155,18 @@ def _runner(artifact: Artifact):
     return model_runner(load_aot_package(artifact.path), artifact.path.name)
 
 
+def _engine_inspection(plan: Path) -> dict:
+    from ddpmrt.engine.artifacts.sidecar import ENGINE, read_sidecar
+    from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
+    from ddpmrt.export.engine_build import engine_inspection
+
+    try:
+        flavour = import_flavour(read_sidecar(plan, ENGINE)["flavour"])
+    except UserError as exc:
+        return {"skipped": str(exc)}
+    return engine_inspection(plan, flavour)
+
+
 def run_check(source, artifacts: list[Path], out: Path, seed: int = 0) -> dict:
     """Compare `artifacts` against `source` (a Source: the PyTorch fp32 module and its metadata); write
     out/check.json and out/check.md.  CheckFailed where a tolerance is exceeded or an output is not finite."""
@@ -180,6 +193,8 @@ def run_check(source, artifacts: list[Path], out: Path, seed: int = 0) -> dict:
                              "pytorch-fp32")
     for artifact in described:
         artifact.runner = _runner(artifact)
+        if artifact.kind == "engine":
+            artifact.inspection = _engine_inspection(artifact.path)
     runners = [reference] + [a.runner for a in described if a.runner is not None]
 
     start = time.perf_counter()
@@ -221,6 +236,7 @@ def _report(source, described: list[Artifact], batches: list[int], finite: bool,
                                  "excess": 1e300 * nonfinite + worst / max_tol})
         artifacts.append({"file": str(a.path), "kind": a.kind, "precision": a.precision,
                           "tolerance": {"max": max_tol, "mean": mean_tol}, "skipped": a.skipped, "buckets": rows,
+                          **({"inspection": a.inspection} if a.inspection is not None else {}),
                           "ok": a.skipped is None and all(r["ok"] for r in rows)})
     failures.sort(key=lambda f: -f["excess"])
     import polygraphy
@@ -256,6 +272,14 @@ def _write(report: dict, out: Path) -> None:
         for row in a["buckets"]:
             lines.append(f"| {name} | {a['precision']} | {row['timesteps']} | {row['max_abs_error']:.2e} | "
                          f"{row['mean_abs_error']:.2e} | {row['nonfinite_outputs']} | {'yes' if row['ok'] else '**no**'} |")
+    for a in report["artifacts"]:
+        inspection = a.get("inspection")
+        if inspection and "skipped" in inspection:
+            lines += ["", f"Engine {Path(a['file']).name}: not inspected ({inspection['skipped']})."]
+        elif inspection:
+            tensors = ", ".join(f"{t['name']} ({t['mode']}, {t['dtype']}, {t['shape']})" for t in inspection["tensors"])
+            lines += ["", f"Engine {Path(a['file']).name}: {inspection['layers']} layers; {tensors}; profiles "
+                      f"{inspection['profiles']}."]
     lines += ["", "Tolerances (max, mean) by precision: "
               + ", ".join(f"{p} {m:g} / {n:g}" for p, (m, n) in TOLERANCES.items()) + "."]
     with atomic_write(out / "check.md") as tmp:

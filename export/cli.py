@@ -274,16 +274,16 @@ def _check(ns: argparse.Namespace) -> None:
     for artifact in ns.artifacts:
         describe(Path(artifact))  # damaged or foreign files: one line before the export
     source = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], "fp32")
-    artifacts = [Path(a) for a in ns.artifacts]
-    if not ns.no_export:
+    exported = []
+    if not ns.no_export:  # every artifact that can be made here: the fp32 and the fp16 ONNX
         from ddpmrt.export.onnx_export import export_onnx
 
         for precision in ("fp32", "fp16"):
             onnx_path = out / f"model-{precision}.onnx"
-            exported = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], precision)
-            export_onnx(exported.module, exported.metadata, onnx_path, check=False, unwrap=exported.unwrap)
-            artifacts.insert(len(artifacts) - len(ns.artifacts), onnx_path)
-    report = run_check(source, artifacts, out, seed=ns.seed)
+            at_precision = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], precision)
+            export_onnx(at_precision.module, at_precision.metadata, onnx_path, check=False, unwrap=at_precision.unwrap)
+            exported.append(onnx_path)
+    report = run_check(source, exported + [Path(a) for a in ns.artifacts], out, seed=ns.seed)
     print((out / "check.md").read_text(encoding="utf-8"))
     print(summary(report))
 
@@ -488,7 +488,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="fold constants and infer shapes with Polygraphy before the build (off: it changes nothing "
                         "measurable on ddpmrt's exports)")
     p.add_argument("--check", action="store_true",
-                   help="then compare the ONNX and the engine against PyTorch fp32 (ddpmrt check); exit 1 if off")
+                   help="then compare the ONNX and the engine against PyTorch fp32 (ddpmrt check) into OUT-check/; "
+                        "exit status 1 if one is off its tolerance")
     p.set_defaults(func=_export_engine)
 
 

@@ -150,7 +150,7 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
         "onnx_sha256": onnx_sha256,
         "sanitize": sanitized,
         "network_layers": network_layers,
-        "inspection": _inspection(plan, flavour),
+        "inspection": engine_inspection(plan, flavour),
         "build_seconds": round(seconds, 2),
         "built_with_gpu": list(device_compute_capability() or []),
         "cache_key": key,
@@ -158,7 +158,7 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
     return BuildResult(plan, sidecar, seconds, cached=False)
 
 
-def _inspection(plan: Path, flavour: Flavour) -> dict:
+def engine_inspection(plan: Path, flavour: Flavour) -> dict:
     """Polygraphy's reading of the built engine, or why there is none (no GPU here, no Polygraphy)."""
     if device_compute_capability() is None:
         return {"skipped": "no GPU here: deserializing an engine needs one (TensorRT-RTX too)"}

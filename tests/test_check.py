@@ -113,6 +113,8 @@ def test_export_engine_sanitizes_checks_and_records_it(tmp_path):
     if device_compute_capability() is None:
         assert by_kind["engine"]["skipped"].startswith("no GPU here") and "skipped d.plan" in result.stdout
         assert sidecar["inspection"]["skipped"].startswith("no GPU here")
+        assert by_kind["engine"]["inspection"]["skipped"].startswith("no GPU here")
+        assert "Engine d.plan: not inspected (no GPU here" in (tmp_path / "d-check" / "check.md").read_text()
     # The build with sanitize is its own cache entry; without it, the earlier key.
     again = run_cli("export-engine", "digits", "--flavour", "tensorrt-rtx", "--targets", "sm86", "--batch", "1:2:4",
                     "--sanitize", "--out", str(plan))
@@ -135,3 +137,8 @@ def test_engine_inspection_on_a_gpu(tmp_path):
     inspection = json.loads(plan.with_suffix(".plan.json").read_text())["inspection"]
     assert {t["name"] for t in inspection["tensors"]} == {"x", "t", "eps"} and inspection["layers"] > 0
     assert inspection["profiles"][0]["x"][0][0] == 1 and inspection["profiles"][0]["x"][2][0] == 4
+    # ddpmrt check lists the same, and runs the engine with TrtRunner.
+    result = run_cli("check", "digits", str(plan), "--no-export", "--out", str(tmp_path / "check"))
+    assert result.returncode == 0, result.stderr
+    artifact = json.loads((tmp_path / "check" / "check.json").read_text())["artifacts"][0]
+    assert artifact["ok"] and artifact["inspection"]["layers"] == inspection["layers"]

@@ -26,8 +26,9 @@ _WRITE_ERRNOS = {
     errno.EACCES: "choose a folder you can write in",
     errno.EPERM: "choose a folder you can write in",
 }
-# Libraries that report a failed write without an errno, in their own words: safetensors ("os error 28"),
-# torch.save ("unexpected pos": its zip writer noticed a short write).
+# Libraries that report a failed write without an errno, in their own words (safetensors: "os error 28").
+# torch.save loses the cause altogether ("unexpected pos": its zip writer saw a short write): the
+# free-space test in write_failure tells that one.
 _WRITE_WORDS = {"no space left": errno.ENOSPC, "os error 28": errno.ENOSPC, "disk quota": errno.EDQUOT,
                 "read-only file system": errno.EROFS, "permission denied": errno.EACCES}
 _LOW_SPACE_BYTES = 1 << 20
@@ -37,9 +38,12 @@ def write_failure(path, exc: BaseException, writing: bool = True) -> WriteFailed
     """The one-line error for `exc` raised while writing `path`, if it is a failed write; else None.
 
     Some writers (torch.save) lose the OS error, so where `exc` was raised by a write (`writing`),
-    a folder left with under 1 MiB free counts as full.
+    a folder left with under 1 MiB free counts as full.  Where it is not known to be a write, a
+    permission error may be a read, and is not taken for a failed write.
     """
     code = exc.errno if isinstance(exc, OSError) else None
+    if not writing and code in (errno.EACCES, errno.EPERM):
+        return None
     if code not in _WRITE_ERRNOS:
         text = str(exc).lower()
         code = next((c for words, c in _WRITE_WORDS.items() if words in text), None)
