@@ -19,14 +19,17 @@ left behind.  The cases, generated from SEED:
 | CLI arguments | 78 | out-of-range and non-numeric values of every numeric option of sample, bench, report, export-onnx, export-engine and train |
 | a full disk | 11 | every command writing into a small tmpfs with 16 KiB free (`sample` .png and .npz, `export-engine` also with room for its ONNX but not the engine, `train` also with room for part of its checkpoint): one line naming the path, nothing partial or empty left |
 | a read-only folder | 7 | every command writing into a read-only tmpfs |
+| permission denied | 7 | every command run as user `nobody`, writing into a folder it may not write in |
 | hostile request bodies for `POST /sample` | 84 | nesting to 10^5, bodies over the size limit (declared, chunked), bytes that are not UTF-8, JSON that is not an object, nested or non-finite values, and 30 byte-level mutations of good bodies: each 400 or 413 with one line (or 200 where a mutation is still a good body), never 500 |
-| total | 524 | |
+| total | 531 | |
 """
 
 import contextlib
+import os
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,7 +330,8 @@ def test_bad_cli_values(prefix, option, value, tmp_path, capsys):
 def test_case_count():
     """The docstring's table is the suite: at least 500 cases."""
     files = sum(t + f for t, f, _ in FILE_CLASSES.values())
-    total = files + len(ARRAY_CASES) + len(cli_cases()) + len(FULL_DISK_CASES) + len(READ_ONLY_CASES) + len(BODY_CASES)
+    total = (files + len(ARRAY_CASES) + len(cli_cases()) + len(FULL_DISK_CASES) + len(READ_ONLY_CASES)
+             + len(PERMISSION_CASES) + len(BODY_CASES))
     assert total >= 500, total
     assert f"| total | {total} |" in sys.modules[__name__].__doc__, total
 
@@ -429,6 +433,37 @@ def test_a_read_only_folder(command, tmp_path, capsys):
         line, _ = _run_fault_case(command, disk, capsys)
         assert "cannot write" in line and "Read-only file system" in line, line
         assert _files(disk) == []
+
+
+PERMISSION_CASES = READ_ONLY_CASES
+
+
+@pytest.mark.parametrize("command", PERMISSION_CASES)
+def test_permission_denied(command):
+    import subprocess
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (as on the CI machine) to run a command as another user")
+    pytest.importorskip(NEEDS.get(command, "numpy"), reason="needs TensorRT-RTX: pip install 'ddpmrt[tensorrt-rtx]'")
+    import tempfile
+
+    # pytest's own temporary folders are root's alone (0700): nobody could not even reach them.
+    base = Path(tempfile.mkdtemp(prefix="ddpmrt-permission-"))
+    try:
+        os.chmod(base, 0o755)
+        locked = base / "locked"
+        locked.mkdir(mode=0o555)  # root's folder: nobody may not write in it
+        argv = [a.format(disk=locked) for a in QUICK[command]]
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                                 "import sys; from ddpmrt.export.cli import main; sys.exit(main())", *argv],
+                                capture_output=True, text=True, timeout=CASE_SECONDS, cwd=base,
+                                env={**os.environ, "HOME": str(locked)})
+        err = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2, (argv, result.stderr[-2000:])
+        assert len(err) == 1 and err[0].startswith("ddpmrt: error:") and "Permission denied" in err[0], err
+        assert list(locked.iterdir()) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- hostile request bodies ------------------------------------------------------------------------

@@ -4,9 +4,9 @@ Every `ddpmrt` and `export-engine` command in the README's bash blocks is taken 
 here: each one must parse, and each must name the extra it needs where it is shown.  The quick ones
 then run exactly as written, in order, in a fresh folder: the Quick start's single steps (sample,
 export-engine, sample the ONNX), the few-step solvers' samples, the export for serving, and the Python
-example.  The long ones (training 6000 steps, bench, full reports, demo, serve, diffusers folders
-that need a download) are parsed only; their code paths run in test_train, test_cli, test_reports
-and test_serve.
+example, `ddpmrt check` and the demo.  The long ones (training 6000 steps, bench, full reports,
+serve, diffusers folders that need a download) are parsed only; their code paths run in test_train,
+test_cli, test_reports and test_serve.
 """
 
 import re
@@ -25,6 +25,8 @@ RUN_AS_WRITTEN = (  # prefixes of the commands run exactly as the README writes 
     "ddpmrt sample digits --sampler unipc",
     "ddpmrt sample digits --sampler dpmsolver",
     "ddpmrt export-onnx digits --out digits.onnx",
+    "ddpmrt check digits --out check/",
+    "ddpmrt demo",
 )
 # What each command needs beyond the Quick start's install (".[export,tensorrt-rtx]"), and the words in
 # its section of the README that tell a user so.
