@@ -185,6 +185,11 @@ def test_inductor_package_builds_loads_and_samples(tmp_path):
         shape = (n, *eager.image_shape)
         np.testing.assert_allclose(sampler.sample(model, shape, seed=2, progress=False),
                                    sampler.sample(eager, shape, seed=2, progress=False), atol=1e-4)
+    # ddpmrt check runs the package through our Polygraphy runner, against PyTorch fp32 (#23).
+    check = run_cli("check", "digits", str(package), "--no-export", "--out", str(tmp_path / "check"))
+    if "needs Polygraphy" not in check.stderr:
+        assert check.returncode == 0, check.stderr
+        assert "| digits.pt2 | fp32 | 900-999 |" in (tmp_path / "check" / "check.md").read_text()
     # A damaged package or sidecar is one line, not a crash inside the loader.
     data = package.read_bytes()
     package.write_bytes(data[:-10] + bytes(10))
