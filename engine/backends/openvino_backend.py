@@ -3,7 +3,8 @@
 OpenVINO reads the ONNX file directly (no conversion step, no torch) and computes in the
 precision of its `INFERENCE_PRECISION_HINT`: ddpmrt sets it from `precision` (auto: bf16 on a CPU
 with AMX-BF16 or AVX512-BF16, fp32 elsewhere, engine/cpu.py), so `fp32` means fp32 whatever
-OpenVINO's own default is.  The file's bytes are verified against their seal before OpenVINO
+OpenVINO's own default is.  Where OpenVINO has no bf16 kernels for the CPU it computes f32 whatever
+the hint; `precision` is then read back as fp32, with a note.  The file's bytes are verified against their seal before OpenVINO
 sees them, and the ddpmrt metadata comes from the model OpenVINO read (its rt_info keeps the ONNX
 metadata_props), so a damaged or foreign file is one line, as with ONNX Runtime.
 """
@@ -11,6 +12,7 @@ metadata_props), so a damaged or foreign file is one line, as with ONNX Runtime.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,13 @@ class OpenVinoModel(LoadedModel):
                 raise out_of_memory(f"OpenVINO compiled {self.path.name}") from None
             raise UserError(f"OpenVINO cannot compile {self.path.name} for the CPU ({first_line(exc, 200)}); "
                             "re-export it, or use --backend onnxruntime") from None
+        # What OpenVINO computes in, read back: on a CPU its bf16 kernels cannot run on, it keeps f32
+        # whatever the hint, and the model says so rather than claim bf16.
+        computed = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        if self.precision == "bf16" and computed != "bf16":
+            warnings.warn("OpenVINO computes in f32 on this CPU (it has no bf16 kernels for it); precision is fp32",
+                          stacklevel=2)
+            self.precision = "fp32"
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one call at a time (callers may use threads)
 
