@@ -13,6 +13,16 @@ Every variant runs the cifar10 U-Net (random weights) on the inductor backend, a
             Off by default: the search picks by timing, so two processes may pick differently
             and round differently (CUDA only).
 
+On the CPU (issue 20: bf16 on AMX and AVX512-BF16 units) the levers of the compiled network:
+
+- unfrozen:       Inductor's freezing off (the default freezes the weights into the graph, so
+                  oneDNN lays them out once; it costs start-up);
+- channels-last:  the weights in NHWC, the layout oneDNN's AMX convolutions prefer;
+- max-autotune:   Inductor's autotuning with its C++ GEMM templates beside ATen's
+                  (`max_autotune_gemm_backends="CPP,ATEN"`): benchmarked kernels, longer compiles.
+
+`--precision bf16` measures them where it counts (auto is bf16 on a CPU with bf16 units).
+
 On CUDA each variant samples DDIM-50 through the device loop, captured as one CUDA graph
 (`profile_device_loop`: ms per image, device ms per step, medians after warm-up); on the CPU it
 times one network call (host path).  Every variant's ε at one input is compared with the first
@@ -26,6 +36,7 @@ import contextlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +48,38 @@ from ddpmrt.engine.backends.torch_backend import TorchModel
 from ddpmrt.engine.profiling import environment, profile_device_loop, summarize
 from ddpmrt.export.unet import UNet, get_config
 
-# name: (time shifts looked up, cuDNN algorithm search)
+
+@dataclass(frozen=True)
+class Variant:
+    lookup: bool = True              # time shifts looked up in the table (the default) or computed
+    cudnn_search: bool = False       # CUDA only
+    channels_last: bool = False      # CPU: NHWC weights
+    inductor: tuple = ()             # CPU: Inductor config entries over the backend's (freezing on)
+    needs: str = "any"               # "cuda", "cpu", "compiled": where the variant means something
+
+
 VARIANTS = {
-    "lookup": (True, False),
-    "computed": (False, False),
-    "lookup+cudnn-search": (True, True),
+    "lookup": Variant(),
+    "computed": Variant(lookup=False),
+    "lookup+cudnn-search": Variant(cudnn_search=True, needs="cuda"),
+    "unfrozen": Variant(inductor=(("freezing", False),), needs="compiled"),
+    "channels-last": Variant(channels_last=True, needs="cpu"),
+    "max-autotune": Variant(inductor=(("max_autotune", True), ("max_autotune_gemm_backends", "CPP,ATEN")),
+                            needs="compiled"),
 }
 
 
-def make_model(config: str, device: str, lookup: bool, compile: bool, precision: str = "auto") -> TorchModel:
+def make_model(config: str, device: str, variant: Variant, compile: bool, precision: str = "auto") -> TorchModel:
     torch.manual_seed(0)  # the same random weights for every variant
     cfg = get_config(config)
     schedule = NoiseSchedule.linear(1000)
     model = TorchModel(UNet(cfg), schedule, (cfg.image_channels, cfg.image_size, cfg.image_size), device,
-                       compile=compile, cuda_graph=device == "cuda", precision=precision)
-    if not lookup:
+                       compile=compile, cuda_graph=device == "cuda", precision=precision,
+                       inductor_options=dict(variant.inductor))
+    if not variant.lookup:
         model.module.precompute_time_table(None)
+    if variant.channels_last:
+        model.module.to(memory_format=torch.channels_last)
     return model
 
 
@@ -91,19 +118,26 @@ def run(args) -> dict:
     for name in names:
         if name not in VARIANTS:
             sys.exit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-        if VARIANTS[name][1] and not on_cuda:
+        needs = VARIANTS[name].needs
+        if needs == "cuda" and not on_cuda:
             sys.exit(f"variant {name} searches cuDNN algorithms and needs --device cuda; drop it on the CPU")
+        if needs == "cpu" and on_cuda:
+            sys.exit(f"variant {name} is a CPU lever (on CUDA the weights are already channels_last); use --device cpu")
+        if needs == "compiled" and (on_cuda or args.eager):
+            sys.exit(f"variant {name} sets Inductor options of the CPU backend: use --device cpu without --eager")
     rows = []
     for batch in args.batches:
         first_eps = None
         for name in names:
-            lookup, search = VARIANTS[name]
-            with cudnn_search(search):
+            variant = VARIANTS[name]
+            with cudnn_search(variant.cudnn_search):
                 start = time.perf_counter()
-                model = make_model(args.config, args.device, lookup, compile=not args.eager, precision=args.precision)
+                model = make_model(args.config, args.device, variant, compile=not args.eager, precision=args.precision)
                 eps = reference_eps(model, batch)
-                row = {"variant": name, "batch": batch, "time_shifts": "looked up" if lookup else "computed",
-                       "cudnn_benchmark": search, "first_call_s": time.perf_counter() - start}
+                row = {"variant": name, "batch": batch, "time_shifts": "looked up" if variant.lookup else "computed",
+                       "cudnn_benchmark": variant.cudnn_search, "channels_last": variant.channels_last,
+                       "inductor_options": dict(variant.inductor), "precision": model.precision,
+                       "first_call_s": time.perf_counter() - start}
                 if on_cuda:
                     sampler = DDIMSampler(model.schedule, args.steps)
                     result = profile_device_loop(model, sampler, batch, runs=args.runs, warmup=args.warmup)
@@ -145,7 +179,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--batch", default="1,64,256", help="comma-separated batch sizes")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per loop (CUDA)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, the first is the baseline")
+    p.add_argument("--variants", help="comma-separated, the first is the baseline (default: every variant that "
+                   "means something on the device)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--eager", action="store_true", help="do not compile (the torch backend's eager module)")
@@ -157,6 +192,9 @@ def main() -> None:
         args.batches = [int(b) for b in args.batch.split(",")]
     except ValueError:
         sys.exit(f"--batch {args.batch!r}: give comma-separated integers such as 1,64,256")
+    if args.variants is None:
+        usable = ("any", "cuda") if args.device == "cuda" else ("any", "cpu") + (() if args.eager else ("compiled",))
+        args.variants = ",".join(name for name, v in VARIANTS.items() if v.needs in usable)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: PyTorch sees no CUDA GPU; run on the GPU machine or pass --device cpu")
     report = run(args)

@@ -28,6 +28,22 @@ def test_unet_levers_compares_variants_on_the_same_weights(tmp_path):
     assert report["rows"][0]["ms_per_call"]["n"] == 2 and report["environment"]["torch"]
 
 
+def test_unet_levers_cpu_variants(tmp_path):
+    # The CPU levers of #20 (channels_last weights; Inductor's freezing and max-autotune, compiled only).
+    out = tmp_path / "levers.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
+                             "tiny", "--batch", "2", "--variants", "lookup,channels-last", "--runs", "2", "--warmup", "1",
+                             "--eager", "--precision", "fp32", "--out", str(out)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["channels_last"] for r in rows] == [False, True] and rows[1]["max_abs_eps_difference_to_first"] < 1e-4
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
+                              "tiny", "--variants", "lookup,max-autotune", "--eager"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "without --eager" in refused.stderr
+
+
 def test_unet_levers_refuses_a_cuda_only_variant_on_the_cpu():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
                              "tiny", "--variants", "lookup+cudnn-search"], capture_output=True, text=True, timeout=120)

@@ -109,6 +109,8 @@ class TorchModel(LoadedModel):
     compile:   run the network through TorchInductor (torch.compile, static shapes: one compiled
                graph per batch size); on CUDA the whole sampling loop is then captured as one CUDA
                graph per (batch, steps) unless the fused kernel cannot be loaded.
+    inductor_options: Inductor config entries for a compiled CPU network, over the defaults (freezing
+               on): the levers benchmarks/unet_levers.py measures (max_autotune, the CPU GEMM templates).
     A module with `set_execution_form` (ddpmrt's U-Net) runs in its "native" form: PyTorch's own
     fp16 GroupNorm and scaled_dot_product_attention kernels, with its time shifts precomputed for
     every training timestep (`precompute_time_table`).
@@ -117,10 +119,12 @@ class TorchModel(LoadedModel):
     backend = "torch"
 
     def __init__(self, module, schedule: NoiseSchedule, image_shape, device: str = "cpu", source: str = "",
-                 precision: str = "auto", cuda_graph: bool = False, compile: bool = False):
+                 precision: str = "auto", cuda_graph: bool = False, compile: bool = False,
+                 inductor_options: dict | None = None):
         import torch
 
         self._torch = torch
+        self._inductor_options = {"freezing": True, **(inductor_options or {})}
         self.device = torch.device(device)
         on_cuda = self.device.type == "cuda"
         self.precision = resolve_precision(precision, self.device.type)
@@ -178,7 +182,7 @@ class TorchModel(LoadedModel):
         if self.device.type == "cuda":
             settings.enter_context(fp32_math(self._torch, allow_tf32=self.precision == "tf32"))
         elif self.compiled:
-            settings.enter_context(self._torch._inductor.config.patch(freezing=True))
+            settings.enter_context(self._torch._inductor.config.patch(**self._inductor_options))
         return settings
 
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
