@@ -54,13 +54,15 @@ def sanitize_onnx(src: Path, dst: Path) -> dict:
 
 
 def inspect_engine(plan: Path, rtx: bool) -> dict:
-    """What a built engine holds, read back through Polygraphy's loader: its I/O tensors (name,
-    mode, dtype, shape), its optimization profiles (min/opt/max of each input) and its layer count.
+    """What a built engine holds, as Polygraphy reads it back: its I/O tensors (name, mode, dtype,
+    shape: `get_metadata_from_engine`), its optimization profiles (min/opt/max of each input), its
+    layer count, and the summary `polygraphy inspect model` prints (`str_from_engine`).
 
     Deserializing needs a GPU and its driver (TensorRT-RTX too): a UserError says so where there is none.
     """
     load_polygraphy(rtx)
     from polygraphy.backend.trt import EngineFromBytes
+    from polygraphy.backend.trt import util as trt_util
     from polygraphy.mod.trt_importer import lazy_import_trt
 
     trt = lazy_import_trt()
@@ -71,15 +73,13 @@ def inspect_engine(plan: Path, rtx: bool) -> dict:
                         "needs a GPU with its driver") from None
     if engine is None:
         raise UserError(f"cannot deserialize {Path(plan).name} here; engine inspection needs a GPU with its driver")
-    tensors, inputs = [], []
-    for index in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(index)
-        mode = engine.get_tensor_mode(name)
-        tensors.append({"name": name, "mode": "input" if mode == trt.TensorIOMode.INPUT else "output",
-                        "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1],
-                        "shape": list(engine.get_tensor_shape(name))})
-        if mode == trt.TensorIOMode.INPUT:
-            inputs.append(name)
+    context = engine.create_execution_context()
+    tensors = []
+    for mode, label in ((trt.TensorIOMode.INPUT, "input"), (trt.TensorIOMode.OUTPUT, "output")):
+        for name, meta in trt_util.get_metadata_from_engine(engine, context, mode).items():
+            tensors.append({"name": name, "mode": label, "dtype": str(meta.dtype), "shape": list(meta.shape)})
+    inputs = [t["name"] for t in tensors if t["mode"] == "input"]
     profiles = [{name: [list(s) for s in engine.get_tensor_profile_shape(name, p)] for name in inputs}
                 for p in range(engine.num_optimization_profiles)]
-    return {"tensors": tensors, "profiles": profiles, "layers": int(engine.num_layers)}
+    return {"tensors": tensors, "profiles": profiles, "layers": int(engine.num_layers),
+            "summary": trt_util.str_from_engine(engine, context)}
