@@ -38,14 +38,18 @@ from ddpmrt.export.train_args import FIXED_ON_RESUME, NOT_SAVED, TrainArgs
 from ddpmrt.export.unet import UNet, UNetConfig, count_parameters, get_config
 
 # What a training run leaves in its folder; a fresh run refuses a folder holding any of them.
-RUN_FILES = (STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, "log.jsonl", "samples")
 LOG_FILE = "log.jsonl"
+RUN_FILES = (STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, LOG_FILE, "samples")
 
 
 def saved_settings(state_path: Path) -> dict:
-    """The settings a run was started with, as saved in its training state."""
+    """The settings a run was started with, as saved in its training state (or, for a run saved
+    before the state held them, in its config.json)."""
     state = torch.load(state_path, map_location="cpu", weights_only=True)
-    return dict(state.get("train_args", {}))
+    if "train_args" in state:
+        return dict(state["train_args"])
+    config = state_path.parent / CONFIG_FILE
+    return dict(json.loads(config.read_text(encoding="utf-8")).get("training", {})) if config.is_file() else {}
 
 
 def resume_args(out, given: dict) -> tuple[TrainArgs, list[str]]:
