@@ -94,7 +94,7 @@ class Artifact:
     batch_range: tuple[int, int]
     runner: object = None
     skipped: str | None = None
-    errors: dict = field(default_factory=dict)  # bucket -> (max, mean, count of NaN/Inf outputs)
+    errors: dict = field(default_factory=dict)  # bucket -> [max, sum, count of finite errors, count of NaN/Inf]
     inspection: dict | None = None              # an engine's, as Polygraphy reads it back (or why not)
 
 
@@ -206,11 +206,13 @@ def run_check(source, artifacts: list[Path], out: Path, seed: int = 0) -> dict:
             continue
         for (bucket, _), ref, got in zip(feeds, outputs["pytorch-fp32"], outputs[artifact.path.name]):
             error = np.abs(np.asarray(got["eps"], np.float64) - np.asarray(ref["eps"], np.float64))
-            counted = np.isfinite(error)
-            worst, mean, nonfinite = artifact.errors.get(bucket, (0.0, 0.0, 0))
-            if counted.any():  # the error of the finite outputs; the others are counted
-                worst, mean = max(worst, float(error[counted].max())), max(mean, float(error[counted].mean()))
-            artifact.errors[bucket] = (worst, mean, nonfinite + int((~counted).sum()))
+            counted = np.isfinite(error)  # the error of the finite outputs; the others are counted
+            tally = artifact.errors.setdefault(bucket, [0.0, 0.0, 0, 0])
+            if counted.any():
+                tally[0] = max(tally[0], float(error[counted].max()))
+            tally[1] += float(error[counted].sum())
+            tally[2] += int(counted.sum())
+            tally[3] += int((~counted).sum())
     report = _report(source, described, batches, bool(finite), time.perf_counter() - start)
     _write(report, Path(out))
     if report["failures"]:
@@ -225,7 +227,8 @@ def _report(source, described: list[Artifact], batches: list[int], finite: bool,
     for a in described:
         max_tol, mean_tol = TOLERANCES.get(a.precision, TOLERANCES["fp32"])
         rows = []
-        for (lo, hi), (worst, mean, nonfinite) in sorted(a.errors.items()):
+        for (lo, hi), (worst, total, count, nonfinite) in sorted(a.errors.items()):
+            mean = total / count if count else 0.0
             ok = nonfinite == 0 and worst <= max_tol and mean <= mean_tol
             rows.append({"timesteps": f"{lo}-{hi - 1}", "max_abs_error": worst, "mean_abs_error": mean,
                          "nonfinite_outputs": nonfinite, "ok": bool(ok)})
