@@ -358,6 +358,26 @@ def check_model(model: str, backend: str = "auto", device: str = "cpu", threads:
     getattr(loaded, "close", lambda: None)()
 
 
+def check_model_apart(model: str, backend: str = "auto", device: str = "cpu", threads: int | None = None,
+                      timeout_s: float = 300) -> None:
+    """check_model in a process of its own, as `ddpmrt serve` runs it before Ray starts: the runtime
+    it loads (OpenVINO's thread pool above all) leaves with that process instead of competing on the
+    CPU with Ray's proxy and replicas, which must be ready within seconds."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom ddpmrt.engine.errors import UserError\nfrom ddpmrt.engine.serve import check_model\n"
+              "try:\n    check_model(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) or None)\n"
+              "except UserError as exc:\n    print(exc, file=sys.stderr)\n    sys.exit(2)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(model), backend, device, str(threads or 0)],
+                            capture_output=True, text=True, timeout=timeout_s)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        if result.returncode == 2 and lines:
+            raise UserError(lines[-1])
+        raise RuntimeError(f"checking {model} failed (exit status {result.returncode}):\n{result.stderr[-2000:]}")
+
+
 def _gpu_count() -> int:
     import ray
 

@@ -442,7 +442,7 @@ def _demo(ns: argparse.Namespace) -> None:
 def _serve(ns: argparse.Namespace) -> None:
     """`ddpmrt serve`: Ray Serve on this machine, or on the Ray cluster named by --address."""
     from ddpmrt.engine.backends import resolve_model_path
-    from ddpmrt.engine.serve import build_app, check_model
+    from ddpmrt.engine.serve import build_app, check_model_apart
 
     model = str(resolve_model_path(ns.model))
     try:
@@ -450,7 +450,7 @@ def _serve(ns: argparse.Namespace) -> None:
         from ray import serve
     except ImportError:
         raise UserError("serving needs Ray Serve: pip install 'ddpmrt[serve]'") from None
-    check_model(model, ns.backend, ns.device, ns.threads)  # one line in seconds, not Serve's retries
+    check_model_apart(model, ns.backend, ns.device, ns.threads)  # one line in seconds, not Serve's retries
     ray.init(address=ns.address, include_dashboard=False, logging_level="ERROR")
     try:
         serve.start(http_options={"host": ns.host, "port": ns.port, "request_timeout_s": ns.request_timeout_s})
