@@ -12,12 +12,16 @@ pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_levers(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """benchmarks/unet_levers.py on the CPU with the tiny config, as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config", "tiny",
+                           *args], capture_output=True, text=True, timeout=timeout)
+
+
 def test_unet_levers_compares_variants_on_the_same_weights(tmp_path):
     out = tmp_path / "levers.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
-                             "tiny", "--batch", "1,3", "--variants", "lookup,computed", "--runs", "2", "--warmup", "1",
-                             "--eager", "--precision", "fp32", "--out", str(out)], capture_output=True, text=True,
-                            timeout=300)
+    result = run_levers("--batch", "1,3", "--variants", "lookup,computed", "--runs", "2", "--warmup", "1", "--eager",
+                        "--precision", "fp32", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert [(r["batch"], r["variant"]) for r in report["rows"]] == [(1, "lookup"), (1, "computed"), (3, "lookup"),
@@ -31,22 +35,17 @@ def test_unet_levers_compares_variants_on_the_same_weights(tmp_path):
 def test_unet_levers_cpu_variants(tmp_path):
     # The CPU levers of #20 (channels_last weights; Inductor's freezing and max-autotune, compiled only).
     out = tmp_path / "levers.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
-                             "tiny", "--batch", "2", "--variants", "lookup,channels-last", "--runs", "2", "--warmup", "1",
-                             "--eager", "--precision", "fp32", "--out", str(out)], capture_output=True, text=True,
-                            timeout=300)
+    result = run_levers("--batch", "2", "--variants", "lookup,channels-last", "--runs", "2", "--warmup", "1", "--eager",
+                        "--precision", "fp32", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["channels_last"] for r in rows] == [False, True] and rows[1]["max_abs_eps_difference_to_first"] < 1e-4
-    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
-                              "tiny", "--variants", "lookup,max-autotune", "--eager"], capture_output=True, text=True,
-                             timeout=300)
+    refused = run_levers("--variants", "lookup,max-autotune", "--eager")
     assert refused.returncode != 0 and "without --eager" in refused.stderr
 
 
 def test_unet_levers_refuses_a_cuda_only_variant_on_the_cpu():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/unet_levers.py"), "--device", "cpu", "--config",
-                             "tiny", "--variants", "lookup+cudnn-search"], capture_output=True, text=True, timeout=120)
+    result = run_levers("--variants", "lookup+cudnn-search", timeout=120)
     assert result.returncode != 0 and "needs --device cuda" in result.stderr and "Traceback" not in result.stderr
 
 
