@@ -280,7 +280,8 @@ def _check(ns: argparse.Namespace) -> None:
 
         for precision in ("fp32", "fp16"):
             onnx_path = out / f"model-{precision}.onnx"
-            at_precision = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], precision)
+            at_precision = source if precision == "fp32" else _export_source(ns.model, ns.from_diffusers,
+                                                                              _description(ns)[0], precision)
             export_onnx(at_precision.module, at_precision.metadata, onnx_path, check=False, unwrap=at_precision.unwrap)
             exported.append(onnx_path)
     report = run_check(source, exported + [Path(a) for a in ns.artifacts], out, seed=ns.seed)
