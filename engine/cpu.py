@@ -1,13 +1,23 @@
 """What the CPU's matrix units can do: what precision `auto` means on the CPU, and what a benchmark reports.
 
-On a CPU with bf16 matrix instructions (Intel AMX-BF16, or AVX512-BF16 on recent Xeons and EPYCs)
-a bf16 network runs 2-3x faster than fp32, and sample quality does not move measurably
-(benchmarks/results/cpu-*-bf16/); OpenVINO computes in bf16 there by default.  So `auto` means
-bf16 where the CPU has those instructions and fp32 elsewhere, for every CPU backend; `fp32` always
-means IEEE fp32.
+Sample quality does not move measurably in bf16 (benchmarks/results/cpu-bf16-quality/), so bf16 is
+worth it wherever it is faster, and that depends on the CPU's bf16 instructions:
+
+- AMX-BF16 (Xeon Sapphire Rapids and later): tile units with 16x the FLOP per cycle of fp32 FMA;
+  the cifar10 U-Net ran 2.2-3.3x faster in bf16 (OpenVINO and inductor, 2 cores).
+- AVX512-BF16 alone (Cooper Lake, Zen 4/5, or a Xeon whose hypervisor hides AMX): dot products at
+  about fp32's rate, plus conversions.  Measured on an Intel Xeon with AVX512-BF16 and no AMX
+  (benchmarks/results/cpu-precision-xeon-avx512bf16/): bf16 was *slower* than fp32 on
+  PyTorch eager, Inductor and OpenVINO alike (1.2-1.4x at batch 1 and 8), with oneDNN running its
+  avx512_core_bf16 convolutions.  Zen 4/5 are not measured yet; fp32 is the safe default there.
+
+So `auto` means bf16 where the CPU has AMX-BF16 and fp32 elsewhere, for every CPU backend (OpenVINO's
+own default picks bf16 on AVX512-BF16 too, and is slower than its f32 there); `fp32` always means
+IEEE fp32; `bf16` runs anywhere, with a note where it is expected to be slower than fp32.
 
 The instructions come from /proc/cpuinfo on Linux and from NumPy's table of the CPU features it
-dispatches on elsewhere (which lists AVX512-BF16 but not AMX).
+dispatches on elsewhere (which lists AVX512-BF16 but not AMX, so `auto` is fp32 there: the slower
+choice on an AMX CPU, never a slowdown against fp32).
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ from ddpmrt.engine.errors import UserError
 # The flags, by their Linux names, that say what the CPU's matrix and vector units compute.
 MATRIX_FLAGS = ("amx_bf16", "amx_int8", "amx_fp16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni",
                 "avx512f", "avx_vnni", "avx2", "fma")
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")   # bf16 computed natively (not emulated)
+FAST_BF16_FLAGS = ("amx_bf16",)              # bf16 measured faster than fp32 (the module docstring)
 CPU_PRECISIONS = ("auto", "fp32", "bf16")
 _NUMPY_NAMES = {"AVX512_BF16": "avx512_bf16", "AVX512BF16": "avx512_bf16", "AVX512FP16": "avx512_fp16",
                 "AVX512VNNI": "avx512_vnni", "AVX512F": "avx512f", "AVX2": "avx2", "FMA3": "fma", "AVXVNNI": "avx_vnni"}
@@ -55,18 +66,27 @@ def matrix_instructions() -> list[str]:
 
 
 def has_bf16_units() -> bool:
+    """Whether the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16)."""
     return any(flag in cpu_flags() for flag in BF16_FLAGS)
 
 
+def bf16_is_faster() -> bool:
+    """Whether bf16 beats fp32 here: the CPU has AMX-BF16 tiles (see the module docstring)."""
+    return any(flag in cpu_flags() for flag in FAST_BF16_FLAGS)
+
+
 def resolve_cpu_precision(precision: str) -> str:
-    """auto -> bf16 on a CPU with bf16 matrix instructions, fp32 elsewhere; bf16 without them runs, with a note."""
+    """auto -> bf16 on a CPU with AMX-BF16, fp32 elsewhere; bf16 runs anywhere, with a note where it is slower."""
     if precision not in CPU_PRECISIONS:
         raise UserError(f"unknown CPU precision {precision!r}; choose one of {', '.join(CPU_PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if has_bf16_units() else "fp32"
+        return "bf16" if bf16_is_faster() else "fp32"
     if precision == "bf16" and not has_bf16_units():
         warnings.warn("bf16 on this CPU (no AMX-BF16 or AVX512-BF16) is emulated and will be slower than fp32",
                       stacklevel=3)
+    elif precision == "bf16" and not bf16_is_faster():
+        warnings.warn("bf16 on this CPU (AVX512-BF16 without AMX) measured slower than fp32; --precision auto "
+                      "picks fp32 here", stacklevel=3)
     return precision
 
 

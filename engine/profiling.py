@@ -25,7 +25,7 @@ from importlib import metadata
 
 import numpy as np
 
-from ddpmrt.engine.cpu import has_bf16_units, matrix_instructions
+from ddpmrt.engine.cpu import bf16_is_faster, has_bf16_units, matrix_instructions
 
 try:  # optional: NVTX ranges for Nsight Systems
     import nvtx as _nvtx
@@ -200,6 +200,7 @@ def environment(threads: int | None = None) -> dict:
             pass
     env["cpu_matrix_instructions"] = matrix_instructions()
     env["cpu_bf16_units"] = has_bf16_units()
+    env["cpu_auto_precision"] = "bf16" if bf16_is_faster() else "fp32"  # what --precision auto computes in here
     env["gpu"] = _gpu()
     return env
 

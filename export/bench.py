@@ -141,7 +141,7 @@ class OpenVinoDefault:
     """OpenVINO as a user calls it: `openvino.compile_model(onnx, "CPU")` with its default properties.
 
     A peer row, not ddpmrt's backend: whatever precision and threads OpenVINO picks by itself (it
-    reports bf16 on CPUs with bf16 units), driven by the same sampler loop."""
+    reports bf16 on CPUs with AMX-BF16 or AVX512-BF16), driven by the same sampler loop."""
 
     backend = "openvino-default"
     device = "cpu"
@@ -195,9 +195,11 @@ def _package_models(checkpoint, wanted, packages: Path, batches, models, missing
             missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
             continue
         # A source of its own: the build moves and casts the module it is given.  The precision is
-        # the device's default (fp16 on CUDA, fp32 on the CPU); batches from 1 (the start-up's) to the bench's largest.
+        # the device's default (fp16 on CUDA; on the CPU auto's: bf16 with AMX-BF16, else fp32); batches from 1
+        # (the start-up's) to the bench's largest.
         package = packages / f"model-{device}.pt2"
-        build_aot_package(_source(checkpoint, "fp32"), package, device, "fp16" if device == "cuda" else "fp32",
+        precision = "fp16" if device == "cuda" else cpu.resolve_cpu_precision("auto")
+        build_aot_package(_source(checkpoint, "fp32"), package, device, precision,
                           BatchProfile(1, max(batches), max(batches)))
         models[name] = load_model(package, device=device)
 

@@ -293,6 +293,7 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
     """export-engine --flavour inductor: an AOTInductor .pt2 and its sidecar (export/aot_package.py)."""
     import torch
 
+    from ddpmrt.engine import cpu
     from ddpmrt.engine.artifacts.io import check_output_file
     from ddpmrt.engine.artifacts.sidecar import sidecar_path
     from ddpmrt.export.aot_package import build_aot_package
@@ -301,7 +302,8 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
     out = check_output_file(ns.out, (".pt2",), option="--out (with --flavour inductor)")
     check_output_file(sidecar_path(out), (".json",), option=f"--out {out} writes")
     device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = ns.precision or ("fp16" if device == "cuda" else "fp32")
+    # The device's default: fp16 on CUDA; on the CPU what --precision auto means there (bf16 with AMX-BF16).
+    precision = ns.precision or ("fp16" if device == "cuda" else cpu.resolve_cpu_precision("auto"))
     if ns.model and ns.model.lower().endswith(".onnx"):
         raise UserError("--flavour inductor compiles the PyTorch model: give a checkpoint, shipped name or "
                         "--from-diffusers, not an .onnx")
@@ -474,7 +476,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
     p.add_argument("--out", required=True, help="output engine (.plan); its ONNX and sidecar .plan.json go beside it")
     p.add_argument("--precision", choices=["fp16", "fp32", "bf16"],
-                   help="engine precision (default fp16; bf16 for inductor packages, whose default on the CPU is fp32)")
+                   help="engine precision (default fp16; for an inductor package on the CPU, bf16 on a CPU with AMX-BF16, else fp32)")
     p.add_argument("--batch", default="1:8:64", help="N (static shape) or MIN:OPT:MAX (default 1:8:64)")
     p.add_argument("--targets", default="auto",
                    help="auto (this GPU, else the flavour's defaults), current, or e.g. sm86,sm89 (TensorRT-RTX)")

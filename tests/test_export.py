@@ -175,7 +175,7 @@ def test_export_from_diffusers(diffusers_dir, tmp_path):
     result = run_cli("export-onnx", "--from-diffusers", str(diffusers_dir), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert _errors(result.stdout)[0] <= 1e-4
-    model = load_model(out, precision="fp32")  # fp32's numerics (auto is bf16 on CPUs with bf16 units)
+    model = load_model(out, precision="fp32")  # fp32's numerics (auto is bf16 on CPUs with AMX-BF16)
     assert model.image_shape == (1, 16, 16) and model.schedule.kind == "linear"
     # Same x_T, same DDIM steps: ddpmrt on ONNX Runtime reproduces diffusers' DDIMPipeline.
     unet = diffusers.UNet2DModel.from_pretrained(str(diffusers_dir)).eval()

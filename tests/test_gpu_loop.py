@@ -34,7 +34,7 @@ def test_torch_cuda_loop_matches_the_cpu(backend, precision, tolerance):
     # fp32 is IEEE fp32 (TF32 off), so the GPU agrees with the CPU to the fp32 network's rounding.
     from ddpmrt.engine import DDIMSampler, DDPMSampler, load_model
 
-    cpu = load_model("digits", precision="fp32")  # the reference: fp32 (auto is bf16 on CPUs with bf16 units)
+    cpu = load_model("digits", precision="fp32")  # the reference: fp32 (auto is bf16 on CPUs with AMX-BF16)
     eager = load_model("digits", backend=backend, device="cuda", precision=precision)
     graphed = load_model("digits", backend=backend, device="cuda", precision=precision, cuda_graph=True)
     assert eager.device_loop is not None and cpu.device_loop is None
@@ -88,7 +88,7 @@ def test_inductor_package_on_cuda(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "fp16 on cuda" in result.stdout  # fp16 by default on a GPU
     model = load_model(package)
-    cpu = load_model("digits", precision="fp32")  # the reference: fp32 (auto is bf16 on CPUs with bf16 units)
+    cpu = load_model("digits", precision="fp32")  # the reference: fp32 (auto is bf16 on CPUs with AMX-BF16)
     assert model.device_loop is not None and model.device_loop.cuda_graph
     sampler = DDIMSampler(cpu.schedule, 10)
     for n in (1, 3):  # one package, any batch in its range

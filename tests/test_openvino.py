@@ -49,8 +49,8 @@ def test_onnx_on_the_cpu_runs_on_openvino_and_fp32_matches_onnx_runtime(onnx_fil
                                sampler.sample(reference, (2, 1, 16, 16), seed=1, progress=False), atol=1e-4)
 
 
-def test_auto_is_bf16_where_the_cpu_has_bf16_units(onnx_file, cpu_flags):
-    cpu_flags("avx512f", "avx512_bf16")
+def test_auto_is_bf16_where_the_cpu_has_amx(onnx_file, cpu_flags):
+    cpu_flags("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
     assert cpu.resolve_cpu_precision("auto") == "bf16"
     if not OPENVINO_HAS_BF16:
         # The flags are faked and this CPU's OpenVINO has no bf16 kernels: it computes f32, and says so.
@@ -66,6 +66,18 @@ def test_auto_is_bf16_where_the_cpu_has_bf16_units(onnx_file, cpu_flags):
     error = np.abs(model(x, t) - reference).max() / np.abs(reference).max()
     assert error < 5e-2  # bf16's 8-bit mantissa through the network
     assert load_model(onnx_file, precision="fp32").compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+
+
+def test_auto_is_fp32_with_avx512_bf16_alone(onnx_file, cpu_flags):
+    # bf16 dot products without AMX tiles measured slower than fp32 (engine/cpu.py): auto keeps fp32,
+    # even though OpenVINO's own default would pick bf16 on such a CPU.
+    cpu_flags("avx512f", "avx512_bf16")
+    assert cpu.has_bf16_units() and not cpu.bf16_is_faster()
+    model = load_model(onnx_file)
+    assert model.precision == "fp32"
+    assert model.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    with pytest.warns(UserWarning, match=r"AVX512-BF16 without AMX\) measured slower than fp32"):
+        assert cpu.resolve_cpu_precision("bf16") == "bf16"
 
 
 def test_bf16_without_bf16_units_runs_with_a_note(onnx_file, cpu_flags):

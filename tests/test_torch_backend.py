@@ -46,7 +46,9 @@ def test_precision_defaults(monkeypatch):
 
     assert resolve_precision("auto", "cuda") == "fp16"
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
-    assert resolve_precision("auto", "cpu") == "bf16"  # a CPU with bf16 matrix units
+    assert resolve_precision("auto", "cpu") == "bf16"  # a CPU with AMX-BF16 tiles
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert resolve_precision("auto", "cpu") == "fp32"  # AVX512-BF16 alone: bf16 measured slower than fp32
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("tf32", "cuda:1") == "tf32"
@@ -171,8 +173,9 @@ def test_inductor_package_builds_loads_and_samples(tmp_path):
     from conftest import assert_user_error, run_cli
 
     package = tmp_path / "digits.pt2"
-    args = ("export-engine", "digits", "--flavour", "inductor", "--device", "cpu", "--batch", "1:4:8",
-            "--out", str(package))
+    # fp32 asked for: the default on the CPU is auto's precision, bf16 on a CPU with AMX-BF16.
+    args = ("export-engine", "digits", "--flavour", "inductor", "--device", "cpu", "--precision", "fp32",
+            "--batch", "1:4:8", "--out", str(package))
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "AOTInductor, fp32 on cpu" in result.stdout and (tmp_path / "digits.pt2.json").is_file()

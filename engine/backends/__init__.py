@@ -7,7 +7,7 @@ block) frees what it holds on the device.
     checkpoint directory / shipped name,
     diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop),
                                             torch on the CPU (PyTorch eager); loaded by the torch side
-    .onnx                                -> openvino     (CPU, where installed: bf16 on CPUs with bf16 units)
+    .onnx                                -> openvino     (CPU, where installed: bf16 on CPUs with AMX-BF16)
                                             onnxruntime  (CPU otherwise, fp32; CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
     .pt2                                 -> inductor     (an AOTInductor package, on the device it was built for)
@@ -105,7 +105,7 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
     (a file with metadata ignores them); `schedule` also stands in for a bare diffusers UNet
     folder's missing scheduler config.  On a GPU backend (TensorRT, torch on CUDA) sampling
     runs the device loop, and `cuda_graph` replays the whole loop as one CUDA graph.
-    `precision`: auto (fp16 on CUDA; on the CPU bf16 where it has bf16 matrix units, else fp32), fp32
+    `precision`: auto (fp16 on CUDA; on the CPU bf16 where it has AMX-BF16, else fp32), fp32
     (always IEEE fp32), tf32, fp16 (CUDA) or bf16; ONNX Runtime computes in fp32 only.  An .onnx on the
     CPU runs on the first installed of ONNX_CPU_BACKENDS unless `backend` names one.
     A checkpoint on CUDA runs on the inductor backend unless `backend="torch"` asks for eager PyTorch.

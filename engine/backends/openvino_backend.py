@@ -1,9 +1,9 @@
-"""The OpenVINO backend: ddpmrt's ONNX files on Intel's CPU runtime, in bf16 where the CPU has bf16 units.
+"""The OpenVINO backend: ddpmrt's ONNX files on Intel's CPU runtime, in bf16 where the CPU has AMX-BF16.
 
 OpenVINO reads the ONNX file directly (no conversion step, no torch) and computes in the
 precision of its `INFERENCE_PRECISION_HINT`: ddpmrt sets it from `precision` (auto: bf16 on a CPU
-with AMX-BF16 or AVX512-BF16, fp32 elsewhere, engine/cpu.py), so `fp32` means fp32 whatever
-OpenVINO's own default is.  Where OpenVINO has no bf16 kernels for the CPU it computes f32 whatever
+with AMX-BF16, fp32 elsewhere, engine/cpu.py), so `fp32` means fp32 whatever OpenVINO's own
+default is (it picks bf16 on AVX512-BF16 without AMX too, where bf16 measured slower than f32).  Where OpenVINO has no bf16 kernels for the CPU it computes f32 whatever
 the hint; `precision` is then read back as fp32, with a note.  The file's bytes are verified against their seal before OpenVINO
 sees them, and the ddpmrt metadata comes from the model OpenVINO read (its rt_info keeps the ONNX
 metadata_props), so a damaged or foreign file is one line, as with ONNX Runtime.

@@ -32,7 +32,7 @@ PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """auto -> fp16 on CUDA; on the CPU bf16 where it has bf16 matrix units, else fp32 (engine/cpu.py).
+    """auto -> fp16 on CUDA; on the CPU bf16 where it has AMX-BF16, else fp32 (engine/cpu.py).
 
     A precision the device cannot run is a UserError; bf16 on a CPU without bf16 units runs, with a note.
     """
@@ -105,7 +105,8 @@ class TorchModel(LoadedModel):
     """eps = model(x_t, t) on NumPy arrays, around a torch nn.Module.
 
     precision: fp32 (IEEE), tf32 (CUDA), fp16 (CUDA) or bf16; auto = fp16 on CUDA, and on the CPU bf16 where
-               it has AMX-BF16 or AVX512-BF16 (2-3x faster than fp32 there, quality unchanged), fp32 elsewhere.
+               it has AMX-BF16 (2-3x faster than fp32 there, quality unchanged), fp32 elsewhere (AVX512-BF16
+               alone measured slower than fp32: engine/cpu.py).
     compile:   run the network through TorchInductor (torch.compile, static shapes: one compiled
                graph per batch size); on CUDA the whole sampling loop is then captured as one CUDA
                graph per (batch, steps) unless the fused kernel cannot be loaded.
