@@ -94,7 +94,9 @@ def resolve_cpu_precision(precision: str) -> str:
 # two): AMX-BF16 tiles 1,024; AVX512-BF16 dot products 2 × 16 × 2 pairs × 2 = 128; AVX-512 fp32 FMA
 # 2 × 16 × 2 = 64; AVX2 fp32 FMA 2 × 8 × 2 = 32.
 FLOP_PER_CYCLE = (("bf16", "amx_bf16", 1024), ("bf16", "avx512_bf16", 128), ("bf16", "avx512f", 64),
-                  ("fp32", "avx512f", 64), ("fp32", "avx2", 32))
+                  ("fp32", "avx512f", 64), ("fp32", "avx2", 32),
+                  # int8 multiply-adds (counted as 2 ops): AMX-INT8 2,048; AVX512-VNNI 2 × 64 × 2 = 256.
+                  ("int8", "amx_int8", 2048), ("int8", "avx512_vnni", 256))
 
 
 def clock_ghz() -> float | None:

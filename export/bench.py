@@ -39,8 +39,11 @@ from ddpmrt.export.sources import from_checkpoint, from_diffusers
 
 BENCH_BACKENDS = ("torch-cpu", "inductor-cpu", "onnxruntime-cpu", "openvino-cpu", "openvino-default", "torch-cuda", "torch-cuda-graph", "inductor-cuda",
                   "onnxruntime-cuda", "tensorrt")
-# AOTInductor packages: an ahead-of-time build each (minutes for cifar10), so never part of "all".
+# AOTInductor packages: an ahead-of-time build each (minutes for cifar10), so never part of "all"; nor is the
+# int8 ONNX file on OpenVINO (export-onnx --precision int8: a calibration run first, about a minute for cifar10).
 PACKAGE_BACKENDS = ("inductor-package-cpu", "inductor-package-cuda")
+CALIBRATED_BACKENDS = ("openvino-int8-cpu",)
+BY_NAME_BACKENDS = PACKAGE_BACKENDS + CALIBRATED_BACKENDS
 DIFFUSERS_COMPILED = ("auto", "always", "never")
 # Dense fp16/bf16 tensor-core peak by GPU name (datasheets; shared/reference/anchors.md), for % of peak.
 # The first name that occurs in the device name wins; --peak-tflops overrides.
@@ -115,10 +118,18 @@ def _onnx_models(checkpoint, source, work, threads, wanted, models, missing) -> 
     from ddpmrt.engine.backends import openvino_backend
     from ddpmrt.engine.backends.onnxruntime_backend import cuda_available as ort_cuda
 
-    if not {"onnxruntime-cpu", "onnxruntime-cuda", "openvino-cpu", "openvino-default"} & set(wanted):
+    if not {"onnxruntime-cpu", "onnxruntime-cuda", "openvino-cpu", "openvino-default", *CALIBRATED_BACKENDS} & set(wanted):
         return
     onnx_path = work / "model-fp32.onnx"
     export_onnx(source.module, source.metadata, onnx_path, unwrap=source.unwrap)
+    if "openvino-int8-cpu" in wanted:
+        from ddpmrt.export.quantize import quantize_onnx
+
+        if not openvino_backend.available():
+            missing["openvino-int8-cpu"] = "needs OpenVINO: pip install 'ddpmrt[openvino]'"
+        else:  # what `export-onnx --precision int8` writes, with its default calibration
+            quantize_onnx(onnx_path, work / "model-int8.onnx")
+            models["openvino-int8-cpu"] = load_model(work / "model-int8.onnx", backend="openvino", threads=threads)
     if "onnxruntime-cpu" in wanted:
         models["onnxruntime-cpu"] = load_model(onnx_path, backend="onnxruntime", threads=threads)
     for name in ("openvino-cpu", "openvino-default"):

@@ -161,11 +161,33 @@ def _export_onnx(ns: argparse.Namespace) -> None:
     from ddpmrt.export.onnx_export import export_onnx
 
     out = check_output_file(ns.out, (".onnx",))
+    if ns.precision == "int8":
+        return _export_int8(ns, out)
     source = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], ns.precision)
     result = export_onnx(source.module, source.metadata, out, opset=ns.opset, batch=_batch_arg(ns.batch),
                          unwrap=source.unwrap)
     size_mb = out.stat().st_size / 1e6
     print(f"wrote {out} ({ns.precision}, {size_mb:.1f} MB) in {result.seconds:.1f} s")
+
+
+def _export_int8(ns: argparse.Namespace, out: Path) -> None:
+    """The fp32 export, then its int8 copy calibrated on its own trajectories (export/quantize.py)."""
+    import tempfile
+
+    from ddpmrt.export.onnx_export import export_onnx
+    from ddpmrt.export.quantize import Calibration, quantize_onnx
+
+    calibration = Calibration(images=ns.calibration_images, steps=ns.calibration_steps)
+    source = _export_source(ns.model, ns.from_diffusers, _description(ns)[0], "fp32")
+    calibration.check(source.metadata.schedule.num_train_timesteps)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model-fp32.onnx"
+        export_onnx(source.module, source.metadata, fp32, opset=ns.opset, batch=_batch_arg(ns.batch),
+                    unwrap=source.unwrap)
+        result = quantize_onnx(fp32, out, calibration)
+    size_mb = out.stat().st_size / 1e6
+    print(f"wrote {out} (int8, calibrated on {result.calibration_inputs} inputs of DDIM-{calibration.steps} "
+          f"trajectories; ε within {result.relative_error:.1%} of fp32's range; {size_mb:.1f} MB) in {result.seconds:.1f} s")
 
 
 def _onnx_is_current(path: Path, metadata, opset: int) -> bool:
@@ -332,7 +354,7 @@ def _bench(ns: argparse.Namespace) -> None:
 
     from ddpmrt.engine.artifacts.io import check_output_dir
     from ddpmrt.engine.backends import resolve_model_path
-    from ddpmrt.export.bench import BENCH_BACKENDS, PACKAGE_BACKENDS, run_bench
+    from ddpmrt.export.bench import BENCH_BACKENDS, BY_NAME_BACKENDS, run_bench
     from ddpmrt.export.checkpoint import write_random_checkpoint
     from ddpmrt.export.sources import find_diffusers_unet
     from ddpmrt.export.unet import CONFIGS
@@ -340,9 +362,9 @@ def _bench(ns: argparse.Namespace) -> None:
     check_output_dir(ns.out)
     batches = _int_list(ns.batch, "--batch")
     backends = BENCH_BACKENDS if ns.backends == "all" else [b.strip() for b in ns.backends.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BENCH_BACKENDS + PACKAGE_BACKENDS]
+    unknown = [b for b in backends if b not in BENCH_BACKENDS + BY_NAME_BACKENDS]
     if unknown or not backends:
-        raise UserError(f"--backends {ns.backends!r}: choose all or some of {', '.join(BENCH_BACKENDS + PACKAGE_BACKENDS)}")
+        raise UserError(f"--backends {ns.backends!r}: choose all or some of {', '.join(BENCH_BACKENDS + BY_NAME_BACKENDS)}")
     if ns.runs < 1 or ns.warmup < 0 or ns.steps < 1:
         raise UserError("--runs and --steps must be positive and --warmup non-negative")
     if not ns.no_diffusers:
@@ -605,9 +627,10 @@ def _add_sample_command(sub) -> None:
     p.add_argument("--threads", type=THREADS, help="CPU threads for ONNX Runtime (default: all cores)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
-    p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default="auto",
-                   help="auto (default) = fp16 on CUDA; on the CPU bf16 where it has AMX-BF16 or AVX512-BF16 (openvino), "
-                        "else fp32; fp32 is IEEE fp32 (tf32 asks for TF32 convolutions on CUDA); onnxruntime computes fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16", "int8"], default="auto",
+                   help="auto (default) = fp16 on CUDA; on the CPU bf16 where it has AMX-BF16, else fp32, and int8 for "
+                        "an int8 .onnx; fp32 is IEEE fp32 (tf32 asks for TF32 convolutions on CUDA); onnxruntime "
+                        "computes fp32; int8 needs a model from export-onnx --precision int8")
     p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata or a bare diffusers UNet folder: "
                    "linear[:T:start:end] or cosine[:T]")
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
@@ -620,8 +643,14 @@ def _add_export_onnx_command(sub) -> None:
     p = sub.add_parser("export-onnx", help="export a model to self-describing ONNX (fp32 or fp16), validated")
     _add_export_source_args(p)
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="the ONNX file's precision (default fp32)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="the ONNX file's precision (default fp32); int8: static quantization calibrated on the model's "
+                        "own DDIM trajectories, for OpenVINO and ONNX Runtime on the CPU")
     p.add_argument("--batch", default="dynamic", help="dynamic (default) or a fixed batch size")
+    p.add_argument("--calibration-images", type=int_in(1, 4096), default=64,
+                   help="--precision int8: DDIM trajectories the activation ranges come from, 1-4096 (default 64)")
+    p.add_argument("--calibration-steps", type=steps_arg, default=10,
+                   help="--precision int8: steps of each calibration trajectory (default 10)")
     p.set_defaults(func=_export_onnx)
 
 
@@ -638,9 +667,11 @@ def _add_bench_command(sub) -> None:
     p.add_argument("--batch", default="1,8,64", help="batch sizes (default 1,8,64)")
     p.add_argument("--backends", default="all",
                    help="all (default: every one that runs here) or a list of torch-cpu, inductor-cpu, onnxruntime-cpu, "
-                        "torch-cuda, torch-cuda-graph, inductor-cuda, onnxruntime-cuda, tensorrt; and, only by name "
-                        "(each is built in the run), inductor-package-cpu and inductor-package-cuda: an AOTInductor "
-                        ".pt2 as export-engine --flavour inductor writes it, with its build and start-up")
+                        "openvino-cpu, openvino-default (OpenVINO with its own defaults, the peer), torch-cuda, "
+                        "torch-cuda-graph, inductor-cuda, onnxruntime-cuda, tensorrt; and, only by name (each is built "
+                        "in the run), inductor-package-cpu and inductor-package-cuda (an AOTInductor .pt2 as "
+                        "export-engine --flavour inductor writes it, with its build and start-up) and openvino-int8-cpu "
+                        "(the int8 file of export-onnx --precision int8)")
     p.add_argument("--sampler", choices=["ddim", "ddpm", "dpmsolver", "unipc"], default="ddim",
                    help="ddim (η=0, against DDIMPipeline; default), ddpm (against DDPMPipeline), or dpmsolver / unipc "
                         "(order 2, against DPMSolverMultistepScheduler / UniPCMultistepScheduler in the pipelines' loop)")

@@ -8,6 +8,11 @@ import sys
 
 import pytest
 
+# On a CPU with AMX-BF16 a checkpoint's default backend is inductor (engine/backends: compiles_by_default),
+# which would compile the U-Net in every test process (15-30 s each).  The tests check behaviour, not that
+# default's speed, so they run eager; tests/test_torch_backend.py checks the default itself.
+os.environ.setdefault("DDPMRT_CPU_COMPILE", "0")
+
 
 def run_cli(*args: str, cwd=None, timeout: int = 600, env=None) -> subprocess.CompletedProcess:
     """`ddpmrt ARGS...` via `python -m`, capturing output (the installed console script runs the same main)."""

@@ -16,12 +16,12 @@ left behind.  The cases, generated from SEED:
 | `.npy` data set | 20 | 5 truncations, 15 bit flips in the header (dtype, shape, order); a flipped pixel is a different valid image, so the payload is not flipped |
 | PNG images of a folder data set | 20 | 5 truncations, 15 bit flips anywhere (every chunk carries a CRC) |
 | arrays passed to samplers and models | 59 | x_T, x and t of wrong shape, dtype, rank or value; sampler arguments; image indices; sample shapes |
-| CLI arguments | 78 | out-of-range and non-numeric values of every numeric option of sample, bench, report, export-onnx, export-engine and train |
+| CLI arguments | 84 | out-of-range and non-numeric values of every numeric option of sample, bench, report, export-onnx, export-engine and train |
 | a full disk | 11 | every command writing into a small tmpfs with 16 KiB free (`sample` .png and .npz, `export-engine` also with room for its ONNX but not the engine, `train` also with room for part of its checkpoint): one line naming the path, nothing partial or empty left |
 | a read-only folder | 7 | every command writing into a read-only tmpfs |
 | permission denied | 7 | every command run as user `nobody`, writing into a folder it may not write in |
 | hostile request bodies for `POST /sample` | 84 | nesting to 10^5, bodies over the size limit (declared, chunked), bytes that are not UTF-8, JSON that is not an object, nested or non-finite values, and 30 byte-level mutations of good bodies: each 400 or 413 with one line (or 200 where a mutation is still a good body), never 500 |
-| total | 531 | |
+| total | 537 | |
 """
 
 import contextlib
@@ -286,7 +286,7 @@ NUMERIC_OPTIONS = {  # command prefix: options and the values that must be refus
     ("bench", "digits", "--no-diffusers", "--quiet"): ["--batch", "--steps", "--runs", "--warmup", "--threads",
                                                        "--peak-tflops"],
     ("report", "digits", "--quiet"): ["--samples", "--threads"],
-    ("export-onnx", "digits"): ["--opset", "--batch"],
+    ("export-onnx", "digits"): ["--opset", "--batch", "--calibration-images", "--calibration-steps"],
     ("export-engine", "digits", "--flavour", "tensorrt-rtx", "--targets", "sm86"): ["--batch", "--optimization-level",
                                                                                      "--opset"],
     ("train", "--dataset", "digits", "--no-progress"): ["--iters", "--batch-size", "--image-size", "--lr", "--ema-decay",

@@ -32,7 +32,8 @@ def test_a_module_without_parameters_runs():
 @pytest.mark.parametrize("precision,device,fragment", [
     ("fp16", "cpu", "needs --device cuda"),
     ("tf32", "cpu", "needs --device cuda"),
-    ("int8", "cpu", "unknown precision"),
+    ("int8", "cpu", "int8 runs on a calibrated ONNX model"),
+    ("int4", "cpu", "unknown precision"),
 ])
 def test_precisions_a_device_cannot_run_are_user_errors(precision, device, fragment):
     with pytest.raises(UserError, match=fragment):
@@ -52,6 +53,21 @@ def test_precision_defaults(monkeypatch):
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("tf32", "cuda:1") == "tf32"
+
+
+def test_checkpoints_compile_by_default_where_bf16_runs_on_amx(monkeypatch):
+    from ddpmrt.engine import cpu
+    from ddpmrt.engine.backends import compiles_by_default
+
+    monkeypatch.delenv("DDPMRT_CPU_COMPILE", raising=False)
+    assert compiles_by_default("cuda")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
+    assert compiles_by_default("cpu") and compiles_by_default("cpu", "bf16") and not compiles_by_default("cpu", "fp32")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # auto is fp32 here
+    assert not compiles_by_default("cpu") and not compiles_by_default("cpu", "bf16")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    monkeypatch.setenv("DDPMRT_CPU_COMPILE", "0")  # eager asked for
+    assert not compiles_by_default("cpu") and compiles_by_default("cuda")
 
 
 def test_bf16_on_the_cpu_stays_close_to_fp32():

@@ -28,6 +28,7 @@ class ModelMetadata:
     source: str = ""                           # what it was exported from
     source_sha256: str = ""                    # hash of the source weights
     ddpmrt_version: str = ""
+    quantization: dict = dataclasses.field(default_factory=dict)  # how an int8 file was calibrated; {} = float
 
     def __post_init__(self):
         self.image_shape = tuple(int(v) for v in self.image_shape)
@@ -52,7 +53,23 @@ class ModelMetadata:
             PREFIX + "source": self.source,
             PREFIX + "source_sha256": self.source_sha256,
             PREFIX + "version": self.ddpmrt_version,
-        }
+        } | ({PREFIX + "quantization": json.dumps(self.quantization)} if self.quantization else {})
+
+    def compute_precision(self, asked: str, origin: str) -> str | None:
+        """"int8" for an int8 file (asked auto or int8), None for a float file (asked anything but int8).
+
+        A precision the file cannot give is a UserError naming the fix: int8 comes from a calibrated
+        export, and an int8 file computes nothing else.
+        """
+        if self.quantization:
+            if asked not in ("auto", "int8"):
+                raise UserError(f"{origin} is an int8 model; sample it with --precision auto or int8, or sample "
+                                f"its fp32 export for {asked}")
+            return "int8"
+        if asked == "int8":
+            raise UserError(f"{origin} is not calibrated for int8: export an int8 model with `ddpmrt export-onnx "
+                            "MODEL --precision int8 --out model-int8.onnx` and sample that")
+        return None
 
     @classmethod
     def from_strings(cls, props: dict[str, str], origin: str) -> "ModelMetadata":
@@ -68,7 +85,8 @@ class ModelMetadata:
                        model_config=json.loads(props.get(PREFIX + "model_config", "{}")),
                        source=props.get(PREFIX + "source", ""),
                        source_sha256=props.get(PREFIX + "source_sha256", ""),
-                       ddpmrt_version=props.get(PREFIX + "version", ""))
+                       ddpmrt_version=props.get(PREFIX + "version", ""),
+                       quantization=json.loads(props.get(PREFIX + "quantization", "{}")))
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{origin} has damaged ddpmrt metadata ({exc}); re-export the model") from None
 

@@ -5,8 +5,9 @@ read from the model file itself, so a sampler needs nothing else; `close()` (or 
 block) frees what it holds on the device.
 
     checkpoint directory / shipped name,
-    diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop),
-                                            torch on the CPU (PyTorch eager); loaded by the torch side
+    diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop) and
+                                            in bf16 on AMX-BF16 CPUs (frozen weights), else torch
+                                            (PyTorch eager); loaded by the torch side
     .onnx                                -> openvino     (CPU, where installed: bf16 on CPUs with AMX-BF16)
                                             onnxruntime  (CPU otherwise, fp32; CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
@@ -21,6 +22,7 @@ there the first time a checkpoint is loaded.  `register_model_loader` adds one i
 from __future__ import annotations
 
 import json
+import os
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
@@ -39,6 +41,7 @@ ENGINE_SUFFIXES = (".plan", ".engine")
 PACKAGE_SUFFIX = ".pt2"  # an AOTInductor package from `export-engine --flavour inductor`
 LOADER_GROUP = "ddpmrt.model_loaders"
 FOLDER_KINDS = ("checkpoint", "diffusers")
+CPU_COMPILE_VARIABLE = "DDPMRT_CPU_COMPILE"  # 0: a checkpoint on the CPU stays eager under backend="auto"
 
 _loaders: dict[str, Callable] = {}
 
@@ -108,7 +111,8 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
     `precision`: auto (fp16 on CUDA; on the CPU bf16 where it has AMX-BF16, else fp32), fp32
     (always IEEE fp32), tf32, fp16 (CUDA) or bf16; ONNX Runtime computes in fp32 only.  An .onnx on the
     CPU runs on the first installed of ONNX_CPU_BACKENDS unless `backend` names one.
-    A checkpoint on CUDA runs on the inductor backend unless `backend="torch"` asks for eager PyTorch.
+    A checkpoint on CUDA, or in bf16 on a CPU with AMX-BF16, runs on the inductor backend
+    (`compiles_by_default`) unless `backend="torch"` asks for eager PyTorch.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -122,7 +126,7 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
             raise UserError(f"{path.name} is a checkpoint, which runs on the torch or inductor backend; for {backend}, "
                             "export it first (ddpmrt export-onnx / export-engine)")
         device = device or "cpu"
-        compile = backend == "inductor" or (backend == "auto" and device == "cuda")
+        compile = backend == "inductor" or (backend == "auto" and compiles_by_default(device, precision))
         loader = model_loader("diffusers" if is_diffusers_folder(path) else "checkpoint")
         return loader(path, device=device, precision=precision, cuda_graph=cuda_graph, compile=compile,
                       schedule=schedule)
@@ -151,6 +155,26 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
     raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx, .plan or .pt2")
 
 
+def compiles_by_default(device: str, precision: str = "auto") -> bool:
+    """Whether a checkpoint on `backend="auto"` runs on inductor rather than eager torch.
+
+    On CUDA always (the loop becomes one CUDA graph).  On the CPU only where it computes in bf16 on
+    AMX-BF16: there inductor with frozen weights ran the cifar10 U-Net 3.1x / 3.6x faster than eager
+    (26.0 / 108.3 ms per call at batch 1 / 8 against 79.6 / 389.1, shared/measurements/cpu-amx-2026-12-01.md),
+    which repays its compile (30-60 s in a new process) within a few images.  In fp32 eager is as fast
+    (78.9 / 553.8 ms against inductor's 84.3 / 514.1 on a Xeon without AMX,
+    benchmarks/results/cpu-precision-xeon-avx512bf16/) and starts at once.  `DDPMRT_CPU_COMPILE=0`
+    keeps eager on the CPU for short runs where the compile would not pay (the test suite sets it).
+    """
+    if device == "cuda":
+        return True
+    from ddpmrt.engine import cpu
+
+    if os.environ.get(CPU_COMPILE_VARIABLE, "1") == "0":
+        return False
+    return cpu.bf16_is_faster() and precision in ("auto", "bf16")
+
+
 def _load_onnx(path: Path, backend: str, device: str, threads, schedule, image_shape, precision: str):
     """An .onnx on OpenVINO (CPU) or ONNX Runtime (CPU or CUDA)."""
     from ddpmrt.engine.backends import openvino_backend
@@ -167,9 +191,9 @@ def _load_onnx(path: Path, backend: str, device: str, threads, schedule, image_s
         if device != "cpu":
             raise UserError("the openvino backend runs on the CPU; use --device cpu, or --backend onnxruntime on cuda")
         return openvino_backend.OpenVinoModel(path, threads=threads, precision=precision, fallback_metadata=described)
-    if precision not in ("auto", "fp32"):
+    if precision not in ("auto", "fp32", "int8"):
         raise UserError(f"ONNX Runtime computes {path.name} in fp32 (its file's precision on CUDA), not {precision}; "
                         "use --precision fp32, or --backend openvino for bf16 on the CPU")
     from ddpmrt.engine.backends.onnxruntime_backend import OnnxRuntimeModel
 
-    return OnnxRuntimeModel(path, device=device, threads=threads, fallback_metadata=described)
+    return OnnxRuntimeModel(path, device=device, threads=threads, fallback_metadata=described, precision=precision)

@@ -1,5 +1,8 @@
 """The ONNX Runtime backend: the embedded default on a CPU, CUDA with onnxruntime-gpu.
 
+It computes in the file's precision: fp32, fp16, or int8 for a file that `export-onnx --precision int8`
+calibrated (its Q/DQ pairs run as ONNX Runtime's int8 kernels).
+
 Runs with I/O binding: the output buffer of each batch size is allocated once and reused
 every step, so a sampling loop does no per-step allocation inside ONNX Runtime.
 """
@@ -63,7 +66,7 @@ class OnnxRuntimeModel(LoadedModel):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None,
-                 fallback_metadata: ModelMetadata | None = None):
+                 fallback_metadata: ModelMetadata | None = None, precision: str = "auto"):
         ort = _import_ort()
         self.path = Path(path)
         options = ort.SessionOptions()
@@ -89,6 +92,8 @@ class OnnxRuntimeModel(LoadedModel):
         self.image_shape = self.metadata.image_shape
         self.device = device
         self._check_signature()
+        # What it computes in: int8 for a calibrated file (export-onnx --precision int8), else the file's own type.
+        self.precision = self.metadata.compute_precision(precision, self.path.name) or self.metadata.precision
         self._binding = self.session.io_binding()
         self._outputs: dict[int, object] = {}  # batch size -> OrtValue reused every call
         # The binding and output buffers are shared state: one call at a time (callers may use threads).

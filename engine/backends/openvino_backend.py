@@ -61,7 +61,8 @@ class OpenVinoModel(LoadedModel):
                  fallback_metadata: ModelMetadata | None = None):
         ov = import_openvino()
         self.path = Path(path)
-        self.precision = resolve_cpu_precision(precision)
+        if precision != "int8":
+            self.precision = resolve_cpu_precision(precision)  # a bad precision fails before the file is read
         self.device = "cpu"
         data, sealed = read_onnx_bytes(self.path)  # a damaged ddpmrt file is an error, not wrong samples
         core = ov.Core()
@@ -78,6 +79,11 @@ class OpenVinoModel(LoadedModel):
         self.metadata = (ModelMetadata.from_strings(props, self.path.name) if has_metadata or fallback_metadata is None
                          else fallback_metadata)
         self._check_signature(model)
+        # An int8 file (export-onnx --precision int8): its Q/DQ pairs become OpenVINO's int8 kernels, and the
+        # layers kept in float run in f32.
+        int8 = self.metadata.compute_precision(precision, self.path.name)
+        if int8:
+            self.precision = "fp32"
         self.schedule = self.metadata.schedule
         self.image_shape = self.metadata.image_shape
         config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
@@ -97,6 +103,7 @@ class OpenVinoModel(LoadedModel):
             warnings.warn("OpenVINO computes in f32 on this CPU (it has no bf16 kernels for it); precision is fp32",
                           stacklevel=2)
             self.precision = "fp32"
+        self.precision = int8 or self.precision
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one call at a time (callers may use threads)
 

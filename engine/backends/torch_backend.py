@@ -36,6 +36,9 @@ def resolve_precision(precision: str, device: str) -> str:
 
     A precision the device cannot run is a UserError; bf16 on a CPU without bf16 units runs, with a note.
     """
+    if precision == "int8":
+        raise UserError("int8 runs on a calibrated ONNX model, not on PyTorch: export one with `ddpmrt export-onnx "
+                        "MODEL --precision int8 --out model-int8.onnx` and sample that")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     on_cuda = device.startswith("cuda")
