@@ -59,3 +59,40 @@ def test_sanitize_onnx_builds_both_variants(tmp_path):
     plain, sanitized = row["variants"]["plain"], row["variants"]["sanitized"]
     assert plain["sanitize"] == {"applied": []} and sanitized["sanitize"]["applied"] == ["fold_constants", "infer_shapes"]
     assert plain["network_layers"] > 100 and sanitized["network_layers"] > 100 and row["onnx_nodes"]["before"] > 100
+
+
+def run_script(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_cpu_precision_times_fp32_and_bf16_on_the_same_weights(tmp_path):
+    # The measurement behind what --precision auto means on a CPU (engine/cpu.py).
+    out = tmp_path / "precision.json"
+    result = run_script("cpu_precision.py", "--config", "tiny", "--batch", "1", "--backends", "torch,onnxruntime",
+                        "--runs", "2", "--warmup", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(r["backend"], r["asked"]) for r in report["rows"]] == [("torch", "fp32"), ("torch", "bf16"),
+                                                                    ("onnxruntime", "fp32")]
+    torch_fp32, torch_bf16, ort = report["rows"]
+    # The same weights everywhere: fp32 paths agree with the reference, bf16 within its 8-bit mantissa.
+    assert torch_fp32["error_vs_fp32"] == 0 and ort["error_vs_fp32"] < 1e-4 and 1e-4 < torch_bf16["error_vs_fp32"] < 0.1
+    assert report["bf16_over_fp32"]["torch"]["1"] > 0 and report["environment"]["cpu_auto_precision"] in ("fp32", "bf16")
+
+
+def test_cpu_int8_judges_quality_and_speed(tmp_path):
+    pytest.importorskip("onnxruntime.quantization", reason="needs ONNX Runtime's quantizer")
+    pytest.importorskip("sklearn", reason="the judge is an sklearn classifier")
+    result = run_script("cpu_int8.py", "--models", "digits", "--samples", "32", "--calibration-images", "8",
+                        "--speed-config", "tiny", "--batch", "1", "--runs", "2", "--warmup", "1", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "int8.json").read_text())
+    digits = report["quality"][0]
+    assert digits["quantization"]["calibration_inputs"] == 80  # 8 trajectories of DDIM-10
+    fid = {(r["backend"], r["precision"]): r["fid"] for r in digits["rows"]}
+    assert ("onnxruntime", "int8") in fid and all(value > 0 for value in fid.values())
+    assert digits["int8_fid_over_fp32"]["onnxruntime"] == fid[("onnxruntime", "int8")] / fid[("onnxruntime", "fp32")]
+    assert report["int8_within_tolerance"] == all(ratio <= 1.1 for ratio in digits["int8_fid_over_fp32"].values())
+    speed = {(r["backend"], r["precision"]): r for r in report["speed"]["rows"]}
+    assert speed[("onnxruntime", "int8")]["error_vs_fp32"] > 0 and speed[("onnxruntime", "fp32")]["error_vs_fp32"] == 0
