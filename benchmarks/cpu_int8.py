@@ -27,16 +27,14 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ddpmrt.engine import DDIMSampler, load_model
-from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.backends import openvino_backend, resolve_model_path
-from ddpmrt.engine.profiling import environment, summarize
-from ddpmrt.export.checkpoint import read_config, write_random_checkpoint
+from ddpmrt.engine.profiling import environment, time_calls
+from ddpmrt.export.checkpoint import read_config, write_json, write_random_checkpoint
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.quality import ClassifierJudge
 from ddpmrt.export.quantize import Calibration, quantize_onnx
@@ -99,13 +97,8 @@ def speed(work: Path, args) -> dict:
                 model = load_model(path, backend=backend, precision=precision, threads=args.threads)
                 eps = model(x, t)
                 reference = eps if reference is None else reference
-                times = []
-                for i in range(args.warmup + args.runs):
-                    start = time.perf_counter()
-                    model(x, t)
-                    if i >= args.warmup:
-                        times.append(1e3 * (time.perf_counter() - start))
-                row = {"backend": backend, "batch": batch, "precision": precision, "ms_per_call": summarize(times),
+                row = {"backend": backend, "batch": batch, "precision": precision,
+                       "ms_per_call": time_calls(lambda: model(x, t), args.runs, args.warmup),
                        "error_vs_fp32": float(np.abs(eps - reference).max() / np.abs(reference).max())}
                 rows.append(row)
                 print(json.dumps({**row, "ms_per_call": row["ms_per_call"]["median"]}), flush=True)
@@ -137,9 +130,7 @@ def main() -> None:
     verdict = all(ratio <= 1 + FID_TOLERANCE for m in models for ratio in m["int8_fid_over_fp32"].values())
     report = {"what": "cpu_int8", "fid_tolerance": FID_TOLERANCE, "quality": models, "speed": timing,
               "int8_within_tolerance": verdict, "environment": environment(args.threads)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(args.out / "int8.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out / "int8.json", report)
     print(json.dumps({"int8_fid_over_fp32": {m["model"]: m["int8_fid_over_fp32"] for m in models},
                       "int8_within_tolerance": verdict}))
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.profiling import environment
 from ddpmrt.export.aot_package import build_aot_package
 from ddpmrt.export.bench import measure_startup
-from ddpmrt.export.checkpoint import write_random_checkpoint
+from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
 from ddpmrt.export.engine_build import BatchProfile
 from ddpmrt.export.sources import from_checkpoint
 
@@ -47,9 +46,7 @@ def main() -> None:
                   "steps": args.steps, "batch": 1, "build_s": built.sidecar["build_seconds"],
                   "package_mb": built.sidecar["package_bytes"] / 1e6, **times,
                   "target_warm_start_s": 10.0, "environment": environment(args.threads)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(args.out) as target:
-        target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, report)
     print(json.dumps({key: report[key] for key in ("precision", "build_s", "cold_start_s", "warm_start_s")}))
 
 

@@ -24,6 +24,7 @@ bf16's time over fp32's per backend and batch (below 1: bf16 is faster).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -35,10 +36,9 @@ import numpy as np
 import torch
 
 from ddpmrt.engine import load_model
-from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.backends import openvino_backend
-from ddpmrt.engine.profiling import environment, summarize
-from ddpmrt.export.checkpoint import write_random_checkpoint
+from ddpmrt.engine.profiling import environment, time_calls
+from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.sources import from_checkpoint
 
@@ -62,16 +62,6 @@ def load(backend: str, precision: str, checkpoint: Path, onnx_path: Path, thread
 
             return OpenVinoDefault(onnx_path, load_model(onnx_path, backend="onnxruntime"))
         return load_model(onnx_path, backend=backend, precision=precision, threads=threads)
-
-
-def time_calls(model, x, t, runs: int, warmup: int) -> dict:
-    times = []
-    for i in range(warmup + runs):
-        start = time.perf_counter()
-        model(x, t)
-        if i >= warmup:
-            times.append(1e3 * (time.perf_counter() - start))
-    return summarize(times)
 
 
 def run(args) -> dict:
@@ -103,7 +93,7 @@ def run(args) -> dict:
                     row = {"backend": backend, "batch": batch, "asked": precision if backend != "openvino-default"
                            else "OpenVINO's default", "computed": getattr(model, "precision", "fp32"),
                            "first_call_s": time.perf_counter() - start,
-                           "ms_per_call": time_calls(model, x, t, args.runs, args.warmup),
+                           "ms_per_call": time_calls(functools.partial(model, x, t), args.runs, args.warmup),
                            "error_vs_fp32": float(np.abs(eps - expected).max() / np.abs(expected).max())}
                     rows.append(row)
                     print(json.dumps({**row, "ms_per_call": row["ms_per_call"]["median"]}), flush=True)
@@ -141,9 +131,7 @@ def main() -> None:
         sys.exit(f"--batch {args.batch!r}: give comma-separated integers such as 1,8")
     report = run(args)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(args.out) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, report)
     print(json.dumps(report["bf16_over_fp32"]))
 
 

@@ -45,7 +45,7 @@ import torch
 from ddpmrt.engine import DDIMSampler, NoiseSchedule
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.backends.torch_backend import TorchModel
-from ddpmrt.engine.profiling import environment, profile_device_loop, summarize
+from ddpmrt.engine.profiling import environment, profile_device_loop, time_calls
 from ddpmrt.export.unet import UNet, get_config
 
 
@@ -103,13 +103,7 @@ def reference_eps(model: TorchModel, batch: int) -> np.ndarray:
 def time_host_calls(model: TorchModel, batch: int, runs: int, warmup: int) -> dict:
     x = np.random.default_rng(2).standard_normal((batch, *model.image_shape)).astype(np.float32)
     t = np.full(batch, 500)
-    times = []
-    for i in range(warmup + runs):
-        start = time.perf_counter()
-        model(x, t)
-        if i >= warmup:
-            times.append(1e3 * (time.perf_counter() - start))
-    return {"ms_per_call": summarize(times)}
+    return {"ms_per_call": time_calls(lambda: model(x, t), runs, warmup)}
 
 
 def run(args) -> dict:

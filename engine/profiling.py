@@ -66,6 +66,17 @@ def summarize(values) -> dict:
             "min": values[0], "max": values[-1], "n": len(values)}
 
 
+def time_calls(call, runs: int, warmup: int) -> dict:
+    """Wall-clock ms of `call()`, `warmup` untimed calls first, summarized over `runs` timed ones."""
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        call()
+        if i >= warmup:
+            times.append(1e3 * (time.perf_counter() - start))
+    return summarize(times)
+
+
 def peak_rss_mb() -> float | None:
     """Peak resident memory of this process so far (None where the platform does not say)."""
     try:
