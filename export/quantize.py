@@ -79,9 +79,9 @@ class _Recorder:
         return self.model(x, t)
 
 
-def trajectory_inputs(fp32_path: Path, calibration: Calibration) -> list[dict]:
+def trajectory_inputs(fp32_model, calibration: Calibration) -> list[dict]:
     """(x_t, t) at every step of DDIM trajectories of the fp32 model, one dict per network call."""
-    recorder = _Recorder(load_model(fp32_path, backend="onnxruntime"))
+    recorder = _Recorder(fp32_model)
     sampler = DDIMSampler(recorder.schedule, calibration.steps, clip_sample=1.0)
     for start in range(0, calibration.images, calibration.batch):
         n = min(calibration.batch, calibration.images - start)
@@ -109,7 +109,7 @@ def quantize_onnx(fp32_path: Path, out: Path, calibration: Calibration = Calibra
     if metadata.precision != "fp32":
         raise UserError(f"{Path(fp32_path).name} is {metadata.precision}; int8 is calibrated from the fp32 export")
     calibration.check(metadata.schedule.num_train_timesteps)
-    inputs = trajectory_inputs(fp32_path, calibration)
+    inputs = trajectory_inputs(fp32_model, calibration)
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -3,9 +3,11 @@
 OpenVINO reads the ONNX file directly (no conversion step, no torch) and computes in the
 precision of its `INFERENCE_PRECISION_HINT`: ddpmrt sets it from `precision` (auto: bf16 on a CPU
 with AMX-BF16, fp32 elsewhere, engine/cpu.py), so `fp32` means fp32 whatever OpenVINO's own
-default is (it picks bf16 on AVX512-BF16 without AMX too, where bf16 measured slower than f32).  Where OpenVINO has no bf16 kernels for the CPU it computes f32 whatever
-the hint; `precision` is then read back as fp32, with a note.  The file's bytes are verified against their seal before OpenVINO
-sees them, and the ddpmrt metadata comes from the model OpenVINO read (its rt_info keeps the ONNX
+default is (it picks bf16 on AVX512-BF16 without AMX too, where bf16 measured slower than f32).
+Where OpenVINO has no bf16 kernels for the CPU it computes f32 whatever the hint; `precision` is
+then read back as fp32, with a note.  An int8 file (`export-onnx --precision int8`) runs its
+quantized layers in int8 and the rest in f32.  The file's bytes are verified against their seal
+before OpenVINO sees them, and the ddpmrt metadata comes from the model OpenVINO read (its rt_info keeps the ONNX
 metadata_props), so a damaged or foreign file is one line, as with ONNX Runtime.
 """
 
@@ -61,8 +63,8 @@ class OpenVinoModel(LoadedModel):
                  fallback_metadata: ModelMetadata | None = None):
         ov = import_openvino()
         self.path = Path(path)
-        if precision != "int8":
-            self.precision = resolve_cpu_precision(precision)  # a bad precision fails before the file is read
+        # The precision of the layers computed in float; a bad precision fails before the file is read.
+        float_precision = "fp32" if precision == "int8" else resolve_cpu_precision(precision)
         self.device = "cpu"
         data, sealed = read_onnx_bytes(self.path)  # a damaged ddpmrt file is an error, not wrong samples
         core = ov.Core()
@@ -83,10 +85,10 @@ class OpenVinoModel(LoadedModel):
         # layers kept in float run in f32.
         int8 = self.metadata.compute_precision(precision, self.path.name)
         if int8:
-            self.precision = "fp32"
+            float_precision = "fp32"
         self.schedule = self.metadata.schedule
         self.image_shape = self.metadata.image_shape
-        config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": HINTS[float_precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
@@ -99,11 +101,11 @@ class OpenVinoModel(LoadedModel):
         # What OpenVINO computes in, read back: on a CPU its bf16 kernels cannot run on, it keeps f32
         # whatever the hint, and the model says so rather than claim bf16.
         computed = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-        if self.precision == "bf16" and computed != "bf16":
+        if float_precision == "bf16" and computed != "bf16":
             warnings.warn("OpenVINO computes in f32 on this CPU (it has no bf16 kernels for it); precision is fp32",
                           stacklevel=2)
-            self.precision = "fp32"
-        self.precision = int8 or self.precision
+            float_precision = "fp32"
+        self.precision = int8 or float_precision
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one call at a time (callers may use threads)
 
