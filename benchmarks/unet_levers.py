@@ -19,7 +19,9 @@ On the CPU (issue 20: bf16 on AMX and AVX512-BF16 units) the levers of the compi
                   oneDNN lays them out once; it costs start-up);
 - channels-last:  the weights in NHWC, the layout oneDNN's AMX convolutions prefer;
 - max-autotune:   Inductor's autotuning with its C++ GEMM templates beside ATen's
-                  (`max_autotune_gemm_backends="CPP,ATEN"`): benchmarked kernels, longer compiles.
+                  (`max_autotune_gemm_backends="CPP,ATEN"`): benchmarked kernels, longer compiles;
+- cpp-wrapper:    Inductor's C++ wrapper instead of its Python one, which launches the kernels
+                  with less host time per call (it counts at batch 1, where a call is short).
 
 `--precision bf16` measures them where it counts (auto is bf16 on a CPU with bf16 units).
 
@@ -66,6 +68,7 @@ VARIANTS = {
     "channels-last": Variant(channels_last=True, needs="cpu"),
     "max-autotune": Variant(inductor=(("max_autotune", True), ("max_autotune_gemm_backends", "CPP,ATEN")),
                             needs="compiled"),
+    "cpp-wrapper": Variant(inductor=(("cpp_wrapper", True),), needs="compiled"),
 }
 
 
@@ -148,6 +151,7 @@ def run(args) -> dict:
                               if k != "graph"}),
                   flush=True)
             del model
+            torch._dynamo.reset()  # each variant compiles afresh, and its graphs do not count as recompiles
             if on_cuda:
                 torch.cuda.empty_cache()
     return {"what": "unet_levers", "config": args.config, "device": args.device, "steps": args.steps,

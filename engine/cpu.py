@@ -5,24 +5,32 @@ worth it wherever it is faster, and that depends on the CPU's bf16 instructions:
 
 - AMX-BF16 (Xeon Sapphire Rapids and later): tile units with 16x the FLOP per cycle of fp32 FMA;
   the cifar10 U-Net ran 2.2-3.3x faster in bf16 (OpenVINO and inductor, 2 cores).
-- AVX512-BF16 alone (Cooper Lake, Zen 4/5, or a Xeon whose hypervisor hides AMX): dot products at
-  about fp32's rate, plus conversions.  Measured on an Intel Xeon with AVX512-BF16 and no AMX
-  (benchmarks/results/cpu-precision-xeon-avx512bf16/): bf16 was *slower* than fp32 on
-  PyTorch eager, Inductor and OpenVINO alike (1.2-1.4x at batch 1 and 8), with oneDNN running its
-  avx512_core_bf16 convolutions.  Zen 4/5 are not measured yet; fp32 is the safe default there.
+- AVX512-BF16 on AMD (Zen 4 and 5): dot products that do twice the FLOP of an fp32 FMA per
+  instruction.  Measured on an AMD EPYC Zen 5 (benchmarks/results/cpu-precision-epyc-zen5/): bf16 was
+  1.7-1.9x faster than fp32 on PyTorch eager, Inductor and OpenVINO alike, at batch 1 and 8.
+  Zen 4 is not measured yet; it has the same instructions on half-width units, and OpenVINO's own
+  default picks bf16 there too.
+- AVX512-BF16 on Intel without AMX (Cooper Lake, or a Xeon whose hypervisor hides AMX): measured
+  (benchmarks/results/cpu-precision-xeon-avx512bf16/), bf16 was *slower* than fp32 on PyTorch eager,
+  Inductor and OpenVINO alike (1.2-1.4x at batch 1 and 8), with oneDNN running its avx512_core_bf16
+  convolutions: without AMX tiles its bf16 dot products did not outrun fp32 FMA, and the conversions
+  cost the rest.
 
-So `auto` means bf16 where the CPU has AMX-BF16 and fp32 elsewhere, for every CPU backend (OpenVINO's
-own default picks bf16 on AVX512-BF16 too, and is slower than its f32 there); `fp32` always means
-IEEE fp32; `bf16` runs anywhere, with a note where it is expected to be slower than fp32.
+So `auto` means bf16 where the CPU has AMX-BF16, or AVX512-BF16 on an AMD CPU, and fp32 elsewhere,
+for every CPU backend (OpenVINO's own default picks bf16 on an Intel CPU with AVX512-BF16 alone too,
+and is slower than its f32 there); `fp32` always means IEEE fp32; `bf16` runs anywhere, with a note
+where it is expected to be slower than fp32.
 
 The instructions come from /proc/cpuinfo on Linux and from NumPy's table of the CPU features it
-dispatches on elsewhere (which lists AVX512-BF16 but not AMX, so `auto` is fp32 there: the slower
-choice on an AMX CPU, never a slowdown against fp32).
+dispatches on elsewhere (which lists AVX512-BF16 but not AMX, so `auto` on an Intel CPU is fp32
+there: the slower choice on an AMX CPU, never a slowdown against fp32); the vendor from
+/proc/cpuinfo or `platform.processor()`.
 """
 
 from __future__ import annotations
 
 import functools
+import platform
 import sys
 import warnings
 
@@ -32,7 +40,8 @@ from ddpmrt.engine.errors import UserError
 MATRIX_FLAGS = ("amx_bf16", "amx_int8", "amx_fp16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni",
                 "avx512f", "avx_vnni", "avx2", "fma")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")   # bf16 computed natively (not emulated)
-FAST_BF16_FLAGS = ("amx_bf16",)              # bf16 measured faster than fp32 (the module docstring)
+FAST_BF16_FLAGS = ("amx_bf16",)              # bf16 faster than fp32 on any vendor's CPU (the module docstring)
+FAST_BF16_VENDOR_FLAGS = {"AMD": ("avx512_bf16",)}  # and on this vendor's CPUs with these
 CPU_PRECISIONS = ("auto", "fp32", "bf16")
 _NUMPY_NAMES = {"AVX512_BF16": "avx512_bf16", "AVX512BF16": "avx512_bf16", "AVX512FP16": "avx512_fp16",
                 "AVX512VNNI": "avx512_vnni", "AVX512F": "avx512f", "AVX2": "avx2", "FMA3": "fma", "AVXVNNI": "avx_vnni"}
@@ -59,6 +68,23 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(name for key, name in _NUMPY_NAMES.items() if features.get(key))
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """"AMD", "Intel", or "" where the vendor is not reported."""
+    text = ""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                text = next((line for line in f if line.startswith("vendor_id")), "")
+        except OSError:
+            pass
+    text = text or platform.processor()  # Windows: "AMD64 Family 26 Model 2 Stepping 0, AuthenticAMD"
+    for marker, vendor in (("AuthenticAMD", "AMD"), ("GenuineIntel", "Intel")):
+        if marker in text:
+            return vendor
+    return ""
+
+
 def matrix_instructions() -> list[str]:
     """The matrix and vector instructions of this CPU that decide a network's speed, for reports."""
     flags = cpu_flags()
@@ -71,12 +97,13 @@ def has_bf16_units() -> bool:
 
 
 def bf16_is_faster() -> bool:
-    """Whether bf16 beats fp32 here: the CPU has AMX-BF16 tiles (see the module docstring)."""
-    return any(flag in cpu_flags() for flag in FAST_BF16_FLAGS)
+    """Whether bf16 beats fp32 here: AMX-BF16 tiles, or AVX512-BF16 on AMD (see the module docstring)."""
+    fast = FAST_BF16_FLAGS + FAST_BF16_VENDOR_FLAGS.get(cpu_vendor(), ())
+    return any(flag in cpu_flags() for flag in fast)
 
 
 def resolve_cpu_precision(precision: str) -> str:
-    """auto -> bf16 on a CPU with AMX-BF16, fp32 elsewhere; bf16 runs anywhere, with a note where it is slower."""
+    """auto -> bf16 where bf16_is_faster(), fp32 elsewhere; bf16 runs anywhere, with a note where it is slower."""
     if precision not in CPU_PRECISIONS:
         raise UserError(f"unknown CPU precision {precision!r}; choose one of {', '.join(CPU_PRECISIONS)}")
     if precision == "auto":
@@ -85,8 +112,8 @@ def resolve_cpu_precision(precision: str) -> str:
         warnings.warn("bf16 on this CPU (no AMX-BF16 or AVX512-BF16) is emulated and will be slower than fp32",
                       stacklevel=3)
     elif precision == "bf16" and not bf16_is_faster():
-        warnings.warn("bf16 on this CPU (AVX512-BF16 without AMX) measured slower than fp32; --precision auto "
-                      "picks fp32 here", stacklevel=3)
+        warnings.warn("bf16 on this CPU (Intel AVX512-BF16 without AMX) measured slower than fp32; --precision "
+                      "auto picks fp32 here", stacklevel=3)
     return precision
 
 

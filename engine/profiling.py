@@ -25,7 +25,7 @@ from importlib import metadata
 
 import numpy as np
 
-from ddpmrt.engine.cpu import bf16_is_faster, has_bf16_units, matrix_instructions
+from ddpmrt.engine.cpu import bf16_is_faster, cpu_vendor, has_bf16_units, matrix_instructions
 
 try:  # optional: NVTX ranges for Nsight Systems
     import nvtx as _nvtx
@@ -209,6 +209,7 @@ def environment(threads: int | None = None) -> dict:
             env[distribution.replace("-", "_")] = metadata.version(distribution)
         except metadata.PackageNotFoundError:
             pass
+    env["cpu_vendor"] = cpu_vendor()  # with the flags, what decides bf16's speed (engine/cpu.py)
     env["cpu_matrix_instructions"] = matrix_instructions()
     env["cpu_bf16_units"] = has_bf16_units()
     env["cpu_auto_precision"] = "bf16" if bf16_is_faster() else "fp32"  # what --precision auto computes in here

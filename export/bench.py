@@ -206,7 +206,7 @@ def _package_models(checkpoint, wanted, packages: Path, batches, models, missing
             missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
             continue
         # A source of its own: the build moves and casts the module it is given.  The precision is
-        # the device's default (fp16 on CUDA; on the CPU auto's: bf16 with AMX-BF16, else fp32); batches from 1
+        # the device's default (fp16 on CUDA; on the CPU auto's: bf16 where it is faster, else fp32); batches from 1
         # (the start-up's) to the bench's largest.
         package = packages / f"model-{device}.pt2"
         precision = "fp16" if device == "cuda" else cpu.resolve_cpu_precision("auto")

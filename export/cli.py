@@ -324,7 +324,7 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
     out = check_output_file(ns.out, (".pt2",), option="--out (with --flavour inductor)")
     check_output_file(sidecar_path(out), (".json",), option=f"--out {out} writes")
     device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # The device's default: fp16 on CUDA; on the CPU what --precision auto means there (bf16 with AMX-BF16).
+    # The device's default: fp16 on CUDA; on the CPU what --precision auto means there (bf16 where it is faster).
     precision = ns.precision or ("fp16" if device == "cuda" else cpu.resolve_cpu_precision("auto"))
     if ns.model and ns.model.lower().endswith(".onnx"):
         raise UserError("--flavour inductor compiles the PyTorch model: give a checkpoint, shipped name or "
@@ -498,7 +498,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-shape", help="for an .onnx without ddpmrt metadata: C,H,W")
     p.add_argument("--out", required=True, help="output engine (.plan); its ONNX and sidecar .plan.json go beside it")
     p.add_argument("--precision", choices=["fp16", "fp32", "bf16"],
-                   help="engine precision (default fp16; for an inductor package on the CPU, bf16 on a CPU with AMX-BF16, else fp32)")
+                   help="engine precision (default fp16; for an inductor package on the CPU, bf16 where it is faster, else fp32)")
     p.add_argument("--batch", default="1:8:64", help="N (static shape) or MIN:OPT:MAX (default 1:8:64)")
     p.add_argument("--targets", default="auto",
                    help="auto (this GPU, else the flavour's defaults), current, or e.g. sm86,sm89 (TensorRT-RTX)")
@@ -628,8 +628,8 @@ def _add_sample_command(sub) -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16", "int8"], default="auto",
-                   help="auto (default) = fp16 on CUDA; on the CPU bf16 where it has AMX-BF16, else fp32, and int8 for "
-                        "an int8 .onnx; fp32 is IEEE fp32 (tf32 asks for TF32 convolutions on CUDA); onnxruntime "
+                   help="auto (default) = fp16 on CUDA; on the CPU bf16 where it is faster (AMX-BF16, AVX512-BF16 "
+                        "on AMD), else fp32, and int8 for an int8 .onnx; fp32 is IEEE fp32 (tf32 asks for TF32 convolutions on CUDA); onnxruntime "
                         "computes fp32; int8 needs a model from export-onnx --precision int8")
     p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata or a bare diffusers UNet folder: "
                    "linear[:T:start:end] or cosine[:T]")

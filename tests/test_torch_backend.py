@@ -46,10 +46,13 @@ def test_precision_defaults(monkeypatch):
     from ddpmrt.engine import cpu
 
     assert resolve_precision("auto", "cuda") == "fp16"
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "Intel")
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
     assert resolve_precision("auto", "cpu") == "bf16"  # a CPU with AMX-BF16 tiles
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert resolve_precision("auto", "cpu") == "fp32"  # AVX512-BF16 alone: bf16 measured slower than fp32
+    assert resolve_precision("auto", "cpu") == "fp32"  # Intel AVX512-BF16 alone: bf16 measured slower than fp32
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "AMD")
+    assert resolve_precision("auto", "cpu") == "bf16"  # AMD AVX512-BF16 (Zen 5): measured faster
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("tf32", "cuda:1") == "tf32"
@@ -60,11 +63,15 @@ def test_checkpoints_compile_by_default_where_bf16_runs_on_amx(monkeypatch):
     from ddpmrt.engine.backends import compiles_by_default
 
     monkeypatch.delenv("DDPMRT_CPU_COMPILE", raising=False)
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "Intel")
     assert compiles_by_default("cuda")
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
     assert compiles_by_default("cpu") and compiles_by_default("cpu", "bf16") and not compiles_by_default("cpu", "fp32")
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # auto is fp32 here
     assert not compiles_by_default("cpu") and not compiles_by_default("cpu", "bf16")
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "AMD")  # AVX512-BF16 on Zen: bf16 is faster, so compiled
+    assert compiles_by_default("cpu") and not compiles_by_default("cpu", "fp32")
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "Intel")
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
     monkeypatch.setenv("DDPMRT_CPU_COMPILE", "0")  # eager asked for
     assert not compiles_by_default("cpu") and compiles_by_default("cuda")
@@ -135,6 +142,27 @@ def test_a_checkpoint_on_cuda_runs_on_inductor_by_default(monkeypatch):
     load_model("digits", device="cuda", backend="torch")
     load_model("digits")
     assert [kw["compile"] for _, kw in calls] == [True, False, False]
+
+
+@pytest.mark.slow
+def test_a_compiled_network_takes_more_batch_sizes_than_dynamos_default_limit():
+    # Each batch size compiles one more graph of the same forward code; Dynamo's default limit (8) made
+    # the ninth a hard failure under fullgraph=True, in a process serving many batch sizes.
+    import torch._dynamo
+
+    from ddpmrt.engine.gaussian import GaussianData
+    from ddpmrt.export.quality import GaussianEpsModule
+
+    assert torch._dynamo.config.recompile_limit < 10
+    schedule = NoiseSchedule.linear(1000)
+    data = GaussianData.random((1, 2, 2), schedule, seed=3)
+    model = TorchModel(GaussianEpsModule(data), schedule, data.image_shape, "cpu", precision="fp32", compile=True)
+    eager = TorchModel(GaussianEpsModule(data), schedule, data.image_shape, "cpu", precision="fp32")
+    rng = np.random.default_rng(0)
+    for n in range(1, 11):
+        x, t = rng.standard_normal((n, 1, 2, 2)).astype(np.float32), np.full(n, 400)
+        np.testing.assert_allclose(model(x, t), eager(x, t), atol=1e-5)
+    torch._dynamo.reset()
 
 
 @pytest.mark.slow

@@ -6,9 +6,9 @@ block) frees what it holds on the device.
 
     checkpoint directory / shipped name,
     diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop) and
-                                            in bf16 on AMX-BF16 CPUs (frozen weights), else torch
+                                            in bf16 where bf16 is faster on the CPU (frozen weights), else torch
                                             (PyTorch eager); loaded by the torch side
-    .onnx                                -> openvino     (CPU, where installed: bf16 on CPUs with AMX-BF16)
+    .onnx                                -> openvino     (CPU, where installed: bf16 where it is faster)
                                             onnxruntime  (CPU otherwise, fp32; CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
     .pt2                                 -> inductor     (an AOTInductor package, on the device it was built for)
@@ -108,10 +108,11 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
     (a file with metadata ignores them); `schedule` also stands in for a bare diffusers UNet
     folder's missing scheduler config.  On a GPU backend (TensorRT, torch on CUDA) sampling
     runs the device loop, and `cuda_graph` replays the whole loop as one CUDA graph.
-    `precision`: auto (fp16 on CUDA; on the CPU bf16 where it has AMX-BF16, else fp32), fp32
+    `precision`: auto (fp16 on CUDA; on the CPU bf16 where it is faster: AMX-BF16, or AVX512-BF16 on AMD,
+    engine/cpu.py; else fp32), fp32
     (always IEEE fp32), tf32, fp16 (CUDA) or bf16; ONNX Runtime computes in fp32 only.  An .onnx on the
     CPU runs on the first installed of ONNX_CPU_BACKENDS unless `backend` names one.
-    A checkpoint on CUDA, or in bf16 on a CPU with AMX-BF16, runs on the inductor backend
+    A checkpoint on CUDA, or in bf16 on a CPU where bf16 is faster, runs on the inductor backend
     (`compiles_by_default`) unless `backend="torch"` asks for eager PyTorch.
     """
     if backend not in BACKENDS:
@@ -159,9 +160,11 @@ def compiles_by_default(device: str, precision: str = "auto") -> bool:
     """Whether a checkpoint on `backend="auto"` runs on inductor rather than eager torch.
 
     On CUDA always (the loop becomes one CUDA graph).  On the CPU only where it computes in bf16 on
-    AMX-BF16: there inductor with frozen weights ran the cifar10 U-Net 3.1x / 3.6x faster than eager
-    (26.0 / 108.3 ms per call at batch 1 / 8 against 79.6 / 389.1, shared/measurements/cpu-amx-2026-12-01.md),
-    which repays its compile (30-60 s in a new process) within a few images.  In fp32 eager is as fast
+    units that make bf16 faster (`cpu.bf16_is_faster`): on AMX-BF16 inductor with frozen weights ran
+    the cifar10 U-Net 3.1x / 3.6x faster than eager (26.0 / 108.3 ms per call at batch 1 / 8 against
+    79.6 / 389.1, shared/measurements/cpu-amx-2026-12-01.md), on an AMD Zen 5 1.6x / 1.1x (28.1 / 167.9
+    against 44.5 / 183.0, benchmarks/results/cpu-precision-epyc-zen5/), which repays its compile
+    (30-60 s in a new process) within a few images.  In fp32 eager is as fast
     (78.9 / 553.8 ms against inductor's 84.3 / 514.1 on a Xeon without AMX,
     benchmarks/results/cpu-precision-xeon-avx512bf16/) and starts at once.  `DDPMRT_CPU_COMPILE=0`
     keeps eager on the CPU for short runs where the compile would not pay (the test suite sets it).

@@ -1,9 +1,10 @@
-"""The OpenVINO backend: ddpmrt's ONNX files on Intel's CPU runtime, in bf16 where the CPU has AMX-BF16.
+"""The OpenVINO backend: ddpmrt's ONNX files on Intel's CPU runtime, in bf16 where bf16 is faster.
 
 OpenVINO reads the ONNX file directly (no conversion step, no torch) and computes in the
 precision of its `INFERENCE_PRECISION_HINT`: ddpmrt sets it from `precision` (auto: bf16 on a CPU
-with AMX-BF16, fp32 elsewhere, engine/cpu.py), so `fp32` means fp32 whatever OpenVINO's own
-default is (it picks bf16 on AVX512-BF16 without AMX too, where bf16 measured slower than f32).
+with AMX-BF16 or AMD's AVX512-BF16, fp32 elsewhere, engine/cpu.py), so `fp32` means fp32 whatever
+OpenVINO's own default is (it picks bf16 on Intel's AVX512-BF16 without AMX too, where bf16 measured
+slower than f32).  Each batch size runs a model compiled for that static shape (`_compiled_for`).
 Where OpenVINO has no bf16 kernels for the CPU it computes f32 whatever the hint; `precision` is
 then read back as fp32, with a note.  An int8 file (`export-onnx --precision int8`) runs its
 quantized layers in int8 and the rest in f32.  The file's bytes are verified against their seal
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from ddpmrt.engine.cpu import resolve_cpu_precision
 from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}
+STATIC_BATCHES_KEPT = 4  # batch sizes kept compiled at once (OpenVinoModel._compiled_for)
 
 
 def import_openvino():
@@ -52,6 +55,19 @@ def _metadata_props(model) -> dict[str, str]:
     if "framework" not in info:
         return {}
     return {key: value.astype(str) for key, value in info["framework"].items()}
+
+
+def _with_batch(model, n: int):
+    """A copy of `model` with the leading (batch) dimension of every input fixed to n."""
+    shapes = {}
+    for port in model.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.is_static and shape.rank.get_length() > 0:
+            shape[0] = n
+        shapes[port.get_any_name()] = shape
+    model = model.clone()
+    model.reshape(shapes)
+    return model
 
 
 class OpenVinoModel(LoadedModel):
@@ -88,16 +104,15 @@ class OpenVinoModel(LoadedModel):
             float_precision = "fp32"
         self.schedule = self.metadata.schedule
         self.image_shape = self.metadata.image_shape
-        config = {"INFERENCE_PRECISION_HINT": HINTS[float_precision], "PERFORMANCE_HINT": "LATENCY"}
+        self._core, self._model = core, model
+        self._config = {"INFERENCE_PRECISION_HINT": HINTS[float_precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = core.compile_model(model, "CPU", config)
-        except RuntimeError as exc:
-            if is_out_of_memory(exc):
-                raise out_of_memory(f"OpenVINO compiled {self.path.name}") from None
-            raise UserError(f"OpenVINO cannot compile {self.path.name} for the CPU ({first_line(exc, 200)}); "
-                            "re-export it, or use --backend onnxruntime") from None
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._lock = threading.Lock()  # one infer request per batch size: one call at a time (callers may use threads)
+        self._by_batch: OrderedDict[int, tuple] = OrderedDict()  # batch -> (compiled model, infer request)
+        # Compiled for batch 1 (or the file's own batch) now, so that a bad file fails at load and the
+        # precision is known; other batch sizes compile on their first call.
+        self.compiled = self._compiled_for(self.static_batch or 1)[0]
         # What OpenVINO computes in, read back: on a CPU its bf16 kernels cannot run on, it keeps f32
         # whatever the hint, and the model says so rather than claim bf16.
         computed = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
@@ -106,8 +121,30 @@ class OpenVinoModel(LoadedModel):
                           stacklevel=2)
             float_precision = "fp32"
         self.precision = int8 or float_precision
-        self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # one infer request: one call at a time (callers may use threads)
+
+    def _compiled_for(self, n: int) -> tuple:
+        """The compiled model and infer request for batch n, compiled for that static shape on first use.
+
+        ddpmrt's files have a dynamic batch, and OpenVINO's static-shape kernels are faster than its
+        dynamic-shape ones: the cifar10 U-Net in bf16 on 2 Zen 5 cores ran 18.5 against 23.6 ms per
+        call at batch 1 and 136 against 154 at batch 8 (benchmarks/results/cpu-cifar10-ddim20-epyc-zen5/).
+        A compile takes 1-2 s, and each compiled batch holds its own copy of the weights, so the last
+        STATIC_BATCHES_KEPT are kept (a sampler uses one, two with a remainder batch)."""
+        if n in self._by_batch:
+            self._by_batch.move_to_end(n)
+            return self._by_batch[n]
+        try:
+            model = self._model if self.static_batch is not None else _with_batch(self._model, n)
+            compiled = self._core.compile_model(model, "CPU", self._config)
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(f"OpenVINO compiled {self.path.name} for batch {n}") from None
+            raise UserError(f"OpenVINO cannot compile {self.path.name} for the CPU ({first_line(exc, 200)}); "
+                            "re-export it, or use --backend onnxruntime") from None
+        self._by_batch[n] = (compiled, compiled.create_infer_request())
+        while len(self._by_batch) > STATIC_BATCHES_KEPT:
+            self._by_batch.popitem(last=False)
+        return self._by_batch[n]
 
     def _check_signature(self, model) -> None:
         inputs = {port.get_any_name(): port for port in model.inputs}
@@ -130,5 +167,6 @@ class OpenVinoModel(LoadedModel):
         self.check_batch(len(x))
         x = np.ascontiguousarray(x, dtype=self.metadata.input_dtype)
         with self._lock:
-            result = self._request.infer({"x": x, "t": t})
-            return np.array(result[self.compiled.output("eps")], dtype=np.float32)
+            compiled, request = self._compiled_for(len(x))
+            result = request.infer({"x": x, "t": t})
+            return np.array(result[compiled.output("eps")], dtype=np.float32)

@@ -76,6 +76,9 @@ def fp32_math(torch, allow_tf32: bool):
     return scoped()
 
 
+COMPILED_GRAPHS_LIMIT = 128  # graphs per process of the compiled network (batch sizes x models), see _math
+
+
 def _network(torch, module, compute_dtype, io_dtype):
     """The module between the device loop's buffers: input cast to the compute dtype, ε to the I/O dtype."""
 
@@ -169,7 +172,8 @@ class TorchModel(LoadedModel):
 
     def _math(self):
         """The settings every call runs under: TF32 on or off for fp32 work (CUDA), as the precision
-        says; and for a network compiled for the CPU, Inductor's freezing (Inductor compiles on the
+        says; for any compiled network, room for more graphs than Dynamo's default allows (below);
+        and for a network compiled for the CPU, Inductor's freezing (Inductor compiles on the
         first call of each batch size, inside this context; torch.compile(options={"freezing": True})
         does not take effect).
 
@@ -183,6 +187,11 @@ class TorchModel(LoadedModel):
         import contextlib
 
         settings = contextlib.ExitStack()
+        if self.compiled:
+            # Every batch size, and every model loaded in this process, is one more graph of the same
+            # forward code to Dynamo; past its default limit of 8 a fullgraph compile is a hard failure,
+            # so a ninth batch size (or a ninth model) would crash a long-lived process.
+            settings.enter_context(self._torch._dynamo.config.patch(recompile_limit=COMPILED_GRAPHS_LIMIT))
         if self.device.type == "cuda":
             settings.enter_context(fp32_math(self._torch, allow_tf32=self.precision == "tf32"))
         elif self.compiled:
