@@ -13,6 +13,8 @@ Every backend runs the same cifar10 U-Net (a random-weights checkpoint, seed 0) 
 - torch:       PyTorch eager (the checkpoint's default CPU path);
 - inductor:    TorchInductor with frozen weights (the checkpoint with --backend inductor);
 - openvino:    ddpmrt's OpenVINO backend on the fp32 ONNX export, INFERENCE_PRECISION_HINT f32 or bf16;
+- openvino-dynamic: the same with one dynamic-batch compile (`static_shapes = False`, as the server
+                   runs it) instead of one compile per batch size;
 - openvino-default: OpenVINO as a user calls it (`compile_model(onnx, "CPU")`), whatever it picks;
 - onnxruntime: fp32 only (ONNX Runtime has no bf16 CPU kernels for these layers).
 
@@ -42,7 +44,7 @@ from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.sources import from_checkpoint
 
-BACKENDS = ("torch", "inductor", "openvino", "openvino-default", "onnxruntime")
+BACKENDS = ("torch", "inductor", "openvino", "openvino-dynamic", "openvino-default", "onnxruntime")
 
 
 def export(checkpoint: Path, folder: Path) -> Path:
@@ -61,7 +63,10 @@ def load(backend: str, precision: str, checkpoint: Path, onnx_path: Path, thread
             from ddpmrt.export.bench import OpenVinoDefault
 
             return OpenVinoDefault(onnx_path, load_model(onnx_path, backend="onnxruntime"))
-        return load_model(onnx_path, backend=backend, precision=precision, threads=threads)
+        model = load_model(onnx_path, backend=backend.split("-")[0], precision=precision, threads=threads)
+        if backend == "openvino-dynamic":
+            model.static_shapes = False
+        return model
 
 
 def run(args) -> dict:

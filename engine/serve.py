@@ -185,6 +185,9 @@ class SamplingService:
 
         self.model_name = str(model)
         self.model = load_model(model, backend=backend, device=device, threads=threads)
+        if hasattr(self.model, "static_shapes"):
+            # OpenVINO: batch sizes vary with the traffic, and a compile per new size would stall requests.
+            self.model.static_shapes = False
         self.backend, self.device, self.max_images = self.model.backend, device, max_images
         # A model is one stream of work (an ONNX Runtime binding, a GPU's buffers and graphs): requests
         # running in threads at once (batching off) take turns.

@@ -81,6 +81,26 @@ def test_cpu_precision_times_fp32_and_bf16_on_the_same_weights(tmp_path):
     assert report["bf16_over_fp32"]["torch"]["1"] > 0 and report["environment"]["cpu_auto_precision"] in ("fp32", "bf16")
 
 
+def test_cpu_defaults_interleaves_the_paths_and_reports_the_ratios(tmp_path):
+    # The ratios issue 20 sets: ddpmrt's default CPU paths against OpenVINO's default and DDIMPipeline.
+    pytest.importorskip("openvino", reason="the onnx default and OpenVINO's default need OpenVINO")
+    pytest.importorskip("diffusers", reason="the DDIMPipeline row needs diffusers")
+    out = tmp_path / "defaults.json"
+    result = run_script("cpu_defaults.py", "--config", "tiny", "--batch", "2", "--rounds", "2", "--steps", "2",
+                        "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {r["path"]: r for r in report["rows"]}
+    assert list(rows) == ["checkpoint-default", "onnx-default", "openvino-default", "DDIMPipeline"]
+    assert rows["onnx-default"]["backend"] == "openvino" and rows["DDIMPipeline"]["error_vs_fp32"] is None
+    # The same weights on every path: each within bf16's rounding of PyTorch fp32 at least.
+    assert all(rows[name]["error_vs_fp32"] < 0.1 for name in ("checkpoint-default", "onnx-default", "openvino-default"))
+    assert set(report["speedups"]["2"]) == {f"{ours} vs {peer}" for ours in ("checkpoint-default", "onnx-default")
+                                            for peer in ("openvino-default", "DDIMPipeline")}
+    assert all(ratio > 0 for ratio in report["speedups"]["2"].values())
+    assert run_script("cpu_defaults.py", "--rounds", "0").returncode != 0
+
+
 def test_cpu_int8_judges_quality_and_speed(tmp_path):
     pytest.importorskip("onnxruntime.quantization", reason="needs ONNX Runtime's quantizer")
     pytest.importorskip("sklearn", reason="the judge is an sklearn classifier")

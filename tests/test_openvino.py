@@ -161,3 +161,10 @@ def test_each_batch_size_runs_a_static_shape_compile_and_the_last_few_are_kept(o
         compiled = model._by_batch[n][0]
         assert [dim.get_length() for dim in compiled.input("x").get_partial_shape()] == [n, 1, 16, 16]
     assert list(model._by_batch) == sizes[-STATIC_BATCHES_KEPT + 1:] + [2]  # least recently used dropped first
+    # A server's batch sizes vary with the traffic: one dynamic-batch compile serves them all.
+    model.static_shapes = False
+    for n in (3, 7):
+        x, t = rng.standard_normal((n, 1, 16, 16)).astype(np.float32), rng.integers(0, 1000, n)
+        np.testing.assert_allclose(model(x, t), reference(x, t), atol=2e-5)
+    assert not model._by_batch[None][0].input("x").get_partial_shape()[0].is_static
+    assert None in model._by_batch and 7 not in model._by_batch

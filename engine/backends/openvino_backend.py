@@ -109,7 +109,8 @@ class OpenVinoModel(LoadedModel):
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._lock = threading.Lock()  # one infer request per batch size: one call at a time (callers may use threads)
-        self._by_batch: OrderedDict[int, tuple] = OrderedDict()  # batch -> (compiled model, infer request)
+        self._by_batch: OrderedDict[int | None, tuple] = OrderedDict()  # batch -> (compiled model, infer request)
+        self.static_shapes = True  # one compile per batch size (_compiled_for); the server turns it off
         # Compiled for batch 1 (or the file's own batch) now, so that a bad file fails at load and the
         # precision is known; other batch sizes compile on their first call.
         self.compiled = self._compiled_for(self.static_batch or 1)[0]
@@ -126,25 +127,30 @@ class OpenVinoModel(LoadedModel):
         """The compiled model and infer request for batch n, compiled for that static shape on first use.
 
         ddpmrt's files have a dynamic batch, and OpenVINO's static-shape kernels are faster than its
-        dynamic-shape ones: the cifar10 U-Net in bf16 on 2 Zen 5 cores ran 18.5 against 23.6 ms per
-        call at batch 1 and 136 against 154 at batch 8 (benchmarks/results/cpu-cifar10-ddim20-epyc-zen5/).
+        dynamic-shape ones: the cifar10 U-Net in bf16 on 2 Zen 5 cores ran 1.17x / 1.07x faster per call
+        at batch 1 / 8 (benchmarks/results/cpu-precision-epyc-zen5/static-batch.json), and its DDIM-20
+        loop 1.18x / 1.14x faster than OpenVINO's default on the same file (cpu-cifar10-ddim20-epyc-zen5/).
         A compile takes 1-2 s, and each compiled batch holds its own copy of the weights, so the last
-        STATIC_BATCHES_KEPT are kept (a sampler uses one, two with a remainder batch)."""
-        if n in self._by_batch:
-            self._by_batch.move_to_end(n)
-            return self._by_batch[n]
+        STATIC_BATCHES_KEPT are kept (a sampler uses one, two with a remainder batch).  Where batch sizes
+        vary from call to call (a server's batches), `static_shapes = False` runs one dynamic-batch
+        compile instead, so that no request waits for a compile."""
+        reshape = self.static_shapes and self.static_batch is None
+        key = n if reshape or self.static_batch is not None else None  # None: the dynamic-batch compile
+        if key in self._by_batch:
+            self._by_batch.move_to_end(key)
+            return self._by_batch[key]
         try:
-            model = self._model if self.static_batch is not None else _with_batch(self._model, n)
+            model = _with_batch(self._model, n) if reshape else self._model
             compiled = self._core.compile_model(model, "CPU", self._config)
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 raise out_of_memory(f"OpenVINO compiled {self.path.name} for batch {n}") from None
             raise UserError(f"OpenVINO cannot compile {self.path.name} for the CPU ({first_line(exc, 200)}); "
                             "re-export it, or use --backend onnxruntime") from None
-        self._by_batch[n] = (compiled, compiled.create_infer_request())
+        self._by_batch[key] = (compiled, compiled.create_infer_request())
         while len(self._by_batch) > STATIC_BATCHES_KEPT:
             self._by_batch.popitem(last=False)
-        return self._by_batch[n]
+        return self._by_batch[key]
 
     def _check_signature(self, model) -> None:
         inputs = {port.get_any_name(): port for port in model.inputs}
