@@ -70,7 +70,7 @@ def cpu_flags() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1)
 def cpu_vendor() -> str:
-    """"AMD", "Intel", or "" where the vendor is not reported."""
+    """The CPU's vendor: "AMD", "Intel", or "" where it is not reported."""
     text = ""
     if sys.platform.startswith("linux"):
         try:

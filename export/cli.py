@@ -105,6 +105,10 @@ def _sample(ns: argparse.Namespace) -> None:
         raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda "
                         "(and cuda-python with NVRTC: pip install 'ddpmrt[gpu]')")
     sampler = make_sampler(ns.sampler, model.schedule, ns.steps, **_sampler_options(ns))
+    if getattr(model, "compiled", False) and not ns.quiet:
+        # The first step waits for TorchInductor; without a word it would look like a hang.
+        print(f"compiling the network with inductor ({model.precision}; 30-60 s in a new process on a CPU); "
+              "--backend torch runs it eager", file=sys.stderr)
     images = sampler.sample(model, (ns.batch, *model.image_shape), seed=ns.seed, progress=not ns.quiet)
     save_images(images, out)
     print(f"wrote {ns.batch} samples ({ns.sampler.upper()}, {sampler.num_steps} steps, seed {ns.seed}; "
@@ -629,7 +633,8 @@ def _add_sample_command(sub) -> None:
                    help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16", "int8"], default="auto",
                    help="auto (default) = fp16 on CUDA; on the CPU bf16 where it is faster (AMX-BF16, AVX512-BF16 "
-                        "on AMD), else fp32, and int8 for an int8 .onnx; fp32 is IEEE fp32 (tf32 asks for TF32 convolutions on CUDA); onnxruntime "
+                        "on AMD), else fp32, and int8 for an int8 .onnx; fp32 is IEEE fp32 (tf32 asks for TF32 "
+                        "convolutions on CUDA); onnxruntime "
                         "computes fp32; int8 needs a model from export-onnx --precision int8")
     p.add_argument("--schedule", help="for an .onnx without ddpmrt metadata or a bare diffusers UNet folder: "
                    "linear[:T:start:end] or cosine[:T]")

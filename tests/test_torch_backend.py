@@ -280,3 +280,14 @@ def test_models_close_in_a_with_block():
         assert model.device_loop is None  # the CPU: the host loop
         images = DDIMSampler(model.schedule, 2).sample(model, (1, *model.image_shape), progress=False)
     assert images.shape == (1, 1, 16, 16) and model._io == {}
+
+
+@pytest.mark.slow
+def test_sample_says_when_it_waits_for_the_inductor_compile(tmp_path):
+    # On a CPU where auto is bf16 a checkpoint compiles by default; the wait must not look like a hang.
+    compiled = run_cli("sample", "digits", "--backend", "inductor", "--precision", "fp32", "--steps", "2", "--batch", "1",
+                       "--out", str(tmp_path / "a.png"))
+    assert compiled.returncode == 0, compiled.stderr[-2000:]
+    assert "compiling the network with inductor (fp32" in compiled.stderr and "inductor on cpu, fp32" in compiled.stdout
+    eager = run_cli("sample", "digits", "--backend", "torch", "--steps", "2", "--batch", "1", "--out", str(tmp_path / "b.png"))
+    assert eager.returncode == 0 and "compiling" not in eager.stderr
