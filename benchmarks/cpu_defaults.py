@@ -38,7 +38,7 @@ import torch
 from ddpmrt.engine import load_model
 from ddpmrt.engine.backends import openvino_backend
 from ddpmrt.engine.profiling import environment, summarize
-from ddpmrt.export.bench import OpenVinoDefault, _diffusers_pipeline, bench_sampler
+from ddpmrt.export.bench import OpenVinoDefault, _diffusers_pipeline, batch_sizes_arg, bench_sampler
 from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.sources import from_checkpoint
@@ -117,17 +117,13 @@ def run(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="cifar10", help="U-Net config (default cifar10)")
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--batch", dest="batches", type=batch_sizes_arg, default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds, one loop of every path each (default 7)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     args = p.parse_args()
-    try:
-        args.batches = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        sys.exit(f"--batch {args.batch!r}: give comma-separated integers such as 1,8")
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
         sys.exit("--rounds and --steps must be at least 1, --warmup at least 0")
     report = run(args)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 from ddpmrt.engine import DDIMSampler, load_model
 from ddpmrt.engine.backends import openvino_backend, resolve_model_path
 from ddpmrt.engine.profiling import environment, time_calls
+from ddpmrt.export.bench import batch_sizes_arg
 from ddpmrt.export.checkpoint import read_config, write_json, write_random_checkpoint
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.quality import ClassifierJudge
@@ -113,16 +113,12 @@ def main() -> None:
     p.add_argument("--calibration-images", type=int, default=64, help="trajectories to calibrate on (default 64)")
     p.add_argument("--calibration-batch", type=int, default=16, help="images per calibration batch (default 16)")
     p.add_argument("--speed-config", default="cifar10", help="U-Net config timed with random weights (default cifar10)")
-    p.add_argument("--batch", default="1,8", help="batches timed (default 1,8)")
+    p.add_argument("--batch", dest="batches", type=batch_sizes_arg, default="1,8", help="batches timed (default 1,8)")
     p.add_argument("--runs", type=int, default=10, help="timed calls per row (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     p.add_argument("--threads", type=int, help="CPU threads (default: the backend's)")
     p.add_argument("--out", type=Path, required=True, help="folder for int8.json")
     args = p.parse_args()
-    try:
-        args.batches = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        sys.exit(f"--batch {args.batch!r}: give comma-separated integers such as 1,8")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = [quality(name, work, args) for name in args.models.split(",") if name]

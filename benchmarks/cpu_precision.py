@@ -40,6 +40,7 @@ import torch
 from ddpmrt.engine import load_model
 from ddpmrt.engine.backends import openvino_backend
 from ddpmrt.engine.profiling import environment, time_calls
+from ddpmrt.export.bench import batch_sizes_arg
 from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.sources import from_checkpoint
@@ -123,17 +124,13 @@ def ratios(rows: list[dict]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="cifar10", help="U-Net config (default cifar10)")
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--batch", dest="batches", type=batch_sizes_arg, default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated (default {','.join(BACKENDS)})")
     p.add_argument("--runs", type=int, default=10, help="timed calls per row (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     args = p.parse_args()
-    try:
-        args.batches = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        sys.exit(f"--batch {args.batch!r}: give comma-separated integers such as 1,8")
     report = run(args)
     if args.out:
         write_json(args.out, report)

@@ -59,6 +59,18 @@ BENCH_SAMPLER_OPTIONS = {"ddim": {"eta": 0.0, "spacing": "leading", "clip_sample
                          "unipc": {"order": 2, "spacing": "leading", "clip_sample": 0.0}}
 
 
+def batch_sizes_arg(text: str) -> list[int]:
+    """An argparse type for the benchmark scripts' --batch: the CLI's check of a comma-separated list."""
+    import argparse
+
+    from ddpmrt.export.cli import _int_list
+
+    try:
+        return _int_list(text, "--batch")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def bench_sampler(name: str, schedule, steps: int):
     """The sampler both sides run, respaced to `steps` (make_sampler, the factory of every command)."""
     if name not in BENCH_SAMPLER_OPTIONS:
