@@ -105,8 +105,9 @@ def _sample(ns: argparse.Namespace) -> None:
         raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda "
                         "(and cuda-python with NVRTC: pip install 'ddpmrt[gpu]')")
     sampler = make_sampler(ns.sampler, model.schedule, ns.steps, **_sampler_options(ns))
-    if getattr(model, "compiled", False) and not ns.quiet:
-        # The first step waits for TorchInductor; without a word it would look like a hang.
+    if model.backend == "inductor" and not ns.quiet:
+        # The first step waits for TorchInductor; without a word it would look like a hang.  (Only inductor:
+        # OpenVINO and ONNX Runtime compile at load, in a second or two.)
         print(f"compiling the network with inductor ({model.precision}; 30-60 s in a new process on a CPU); "
               "--backend torch runs it eager", file=sys.stderr)
     images = sampler.sample(model, (ns.batch, *model.image_shape), seed=ns.seed, progress=not ns.quiet)

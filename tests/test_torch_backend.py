@@ -291,3 +291,11 @@ def test_sample_says_when_it_waits_for_the_inductor_compile(tmp_path):
     assert "compiling the network with inductor (fp32" in compiled.stderr and "inductor on cpu, fp32" in compiled.stdout
     eager = run_cli("sample", "digits", "--backend", "torch", "--steps", "2", "--batch", "1", "--out", str(tmp_path / "b.png"))
     assert eager.returncode == 0 and "compiling" not in eager.stderr
+
+
+def test_sample_of_an_onnx_file_says_nothing_about_inductor(tmp_path):
+    # OpenVINO's model also has a .compiled attribute (its CompiledModel); the note is for inductor only.
+    onnx_path = tmp_path / "d.onnx"
+    assert run_cli("export-onnx", "digits", "--out", str(onnx_path)).returncode == 0
+    result = run_cli("sample", str(onnx_path), "--steps", "2", "--batch", "1", "--out", str(tmp_path / "c.png"))
+    assert result.returncode == 0 and "inductor" not in result.stderr, result.stderr[-2000:]
