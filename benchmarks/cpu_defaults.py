@@ -12,14 +12,17 @@ back to back, and each ratio is the median over rounds of that round's ratio.
 
 The paths, every one on the same random-weights U-Net (seed 0) and the same threads:
 
-- checkpoint-default: `load_model(checkpoint)` (inductor in bf16 with frozen weights where bf16 is
-  faster, eager PyTorch elsewhere; `DDPMRT_CPU_COMPILE=0` keeps eager);
+- checkpoint-default: `load_model(checkpoint)` (where bf16 is faster, OpenVINO on the checkpoint's
+  cached ONNX export, or inductor in bf16 with frozen weights without OpenVINO; eager PyTorch
+  elsewhere; `DDPMRT_CPU_COMPILE=0` keeps eager);
 - onnx-default:       `load_model("model.onnx")` (OpenVINO where installed, its precision from auto);
 - openvino-default:   OpenVINO as a user calls it, `compile_model(onnx, "CPU")` (export/bench.py);
 - DDIMPipeline:       diffusers' pipeline in fp32, η = 0, the same number of steps.
 
 ms per image of one DDIM loop (host wall clock, warm-up loops excluded), the precision each path
 computed in, and ε's error against PyTorch fp32 at one input (max abs over max abs of the reference).
+Then the checkpoint default's start-up: seconds from a fresh process to its first image at batch 1,
+cold (empty caches: the export or the compile) and warm (the issue's limit: 10 s).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 from ddpmrt.engine import load_model
 from ddpmrt.engine.backends import openvino_backend
 from ddpmrt.engine.profiling import environment, summarize
-from ddpmrt.export.bench import OpenVinoDefault, _diffusers_pipeline, batch_sizes_arg, bench_sampler
+from ddpmrt.export.bench import OpenVinoDefault, _diffusers_pipeline, batch_sizes_arg, bench_sampler, measure_startup
 from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
 from ddpmrt.export.onnx_export import export_onnx
 from ddpmrt.export.sources import from_checkpoint
@@ -82,6 +85,8 @@ def run(args) -> dict:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(source.module, source.metadata, onnx_path, check=False)
         loaded = load_paths(checkpoint, onnx_path, threads)
+        # What the checkpoint default chose, in this process (DDPMRT_CPU_COMPILE and OpenVINO decide it).
+        checkpoint_backend = loaded["models"]["checkpoint-default"].backend
         reference = load_model(checkpoint, backend="torch", precision="fp32")
         for batch in args.batches:
             x = np.random.default_rng(1).standard_normal((batch, *reference.image_shape)).astype(np.float32)
@@ -109,9 +114,13 @@ def run(args) -> dict:
             ratios[str(batch)] = {f"{ours} vs {peer}": per_round(ours, peer)
                                   for ours in ("checkpoint-default", "onnx-default")
                                   for peer in ("openvino-default", "DDIMPipeline")}
+        del loaded  # the start-up processes get the CPU to themselves
+        startup = {"backend": checkpoint_backend, "batch": 1, "steps": args.steps,
+                   **measure_startup(checkpoint, "auto", "cpu", args.steps, threads)} if args.startup else None
     return {"what": "cpu_defaults", "config": args.config, "steps": args.steps, "rounds": args.rounds,
             "warmup": args.warmup, "timing": "one DDIM loop per path per round, interleaved, host wall clock",
-            "rows": rows, "speedups": ratios, "environment": environment(threads)}
+            "rows": rows, "speedups": ratios, "checkpoint_default_startup": startup,
+            "environment": environment(threads)}
 
 
 def main() -> None:
@@ -122,6 +131,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7, help="timed rounds, one loop of every path each (default 7)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--no-startup", dest="startup", action="store_false",
+                   help="skip the checkpoint default's cold and warm start-up")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     args = p.parse_args()
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
@@ -129,7 +140,7 @@ def main() -> None:
     report = run(args)
     if args.out:
         write_json(args.out, report)
-    print(json.dumps(report["speedups"]))
+    print(json.dumps({"speedups": report["speedups"], "startup": report["checkpoint_default_startup"]}))
 
 
 if __name__ == "__main__":

@@ -350,12 +350,14 @@ DDIMSampler(model.schedule, int(sys.argv[4])).sample(model, (1, *model.image_sha
 
 def measure_startup(model: Path, backend: str, device: str, steps: int, threads: int) -> dict:
     """Seconds from starting a fresh process to its first image (batch 1, DDIM-`steps`), twice:
-    cold (an empty Inductor cache) and warm (the cache the first process left): what a
-    low-latency user's second process pays.  `model` is a checkpoint, or a `.pt2` package, which
-    needs no cache: its two processes show that loading it compiles nothing."""
+    cold (empty caches: Inductor's, and ddpmrt's, which keeps a checkpoint's ONNX export for
+    OpenVINO) and warm (the caches the first process left): what a low-latency user's second
+    process pays.  `model` is a checkpoint, or a `.pt2` package, which needs no cache: its two
+    processes show that loading it compiles nothing."""
     times = {}
-    with tempfile.TemporaryDirectory(prefix="ddpmrt-inductor-cache-") as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory(prefix="ddpmrt-start-caches-") as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(cache) / "inductor"),
+               "DDPMRT_CACHE_DIR": str(Path(cache) / "ddpmrt"), "OMP_NUM_THREADS": str(threads)}
         for kind in ("cold", "warm"):
             start = time.perf_counter()
             result = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT, str(model), backend, device, str(steps)],

@@ -3,7 +3,8 @@
 `ddpmrt.engine.load_model` never imports this package (dependencies run export -> engine).
 It finds these loaders through the entry-point group `ddpmrt.model_loaders` that
 pyproject.toml declares, imports them only when a checkpoint or diffusers folder is loaded,
-and gets back an engine-side TorchModel around the U-Net defined here.
+and gets back an engine-side model: a TorchModel around the U-Net defined here (backend torch or
+inductor), or an OpenVinoModel of its ONNX export, made once and kept in ddpmrt's cache (openvino).
 
     checkpoint   a directory written by `ddpmrt train`, or a shipped model (config.json + model.safetensors)
     diffusers    a saved diffusers pipeline (model_index.json, unet/, scheduler/) or its unet/ folder
@@ -15,33 +16,51 @@ from pathlib import Path
 
 import torch
 
+from ddpmrt.engine.backends.openvino_backend import OpenVinoModel
 from ddpmrt.engine.backends.torch_backend import TorchModel, resolve_precision
+from ddpmrt.engine.cpu import resolve_cpu_precision
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import load_unet
-from ddpmrt.export.sources import from_diffusers
+from ddpmrt.export.onnx_export import cached_export
+from ddpmrt.export.sources import Source, from_checkpoint, from_diffusers
 
 
-def _check_device(device: str) -> None:
+def _check(device: str, backend: str, precision: str) -> None:
+    """The device and precision, before any weights are read."""
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    if backend == "openvino" and precision != "int8":
+        resolve_cpu_precision(precision)
+    else:
+        resolve_precision(precision, device)  # int8 is refused here: it needs a calibrated ONNX file
 
 
-def load_checkpoint(path: Path, device: str = "cpu", precision: str = "auto", cuda_graph: bool = False,
-                    compile: bool = False, schedule: NoiseSchedule | None = None) -> TorchModel:
-    """A ddpmrt checkpoint on the torch (eager) or inductor (compile=True) backend; `schedule` is unused."""
-    _check_device(device)
-    resolve_precision(precision, device)  # a bad precision fails before the weights are read
+def _on_openvino(source: Source, precision: str, threads) -> OpenVinoModel:
+    """`source` as its cached fp32 ONNX export (onnx_export.cached_export), computed by OpenVINO in bf16 or f32.
+
+    Faster than inductor on the CPUs with bf16 units measured (benchmarks/results/cpu-cifar10-ddim20-*),
+    and no 30-60 s compile: the first load exports (seconds), later ones read the cached file."""
+    return OpenVinoModel(cached_export(source), threads=threads, precision=precision)
+
+
+def load_checkpoint(path: Path, backend: str = "torch", device: str = "cpu", precision: str = "auto",
+                    cuda_graph: bool = False, schedule: NoiseSchedule | None = None, threads: int | None = None):
+    """A ddpmrt checkpoint on `backend`: torch (eager), inductor or openvino; `schedule` is unused."""
+    _check(device, backend, precision)
+    if backend == "openvino":
+        return _on_openvino(from_checkpoint(path, "fp32"), precision, threads)
     module, config = load_unet(path, device)
     return TorchModel(module, NoiseSchedule.from_dict(config["schedule"]), config["image_shape"], device, str(path),
-                      precision=precision, cuda_graph=cuda_graph, compile=compile)
+                      precision=precision, cuda_graph=cuda_graph, compile=backend == "inductor")
 
 
-def load_diffusers(path: Path, device: str = "cpu", precision: str = "auto", cuda_graph: bool = False,
-                   compile: bool = False, schedule: NoiseSchedule | None = None) -> TorchModel:
+def load_diffusers(path: Path, backend: str = "torch", device: str = "cpu", precision: str = "auto",
+                   cuda_graph: bool = False, schedule: NoiseSchedule | None = None, threads: int | None = None):
     """A diffusers pipeline folder (or its unet/), schedule from its scheduler config unless `schedule` is given."""
-    _check_device(device)
-    resolve_precision(precision, device)
+    _check(device, backend, precision)
     source = from_diffusers(path, "fp32", schedule)
+    if backend == "openvino":
+        return _on_openvino(source, precision, threads)
     return TorchModel(source.eps_module(), source.metadata.schedule, source.metadata.image_shape, device, str(path),
-                      precision=precision, cuda_graph=cuda_graph, compile=compile)
+                      precision=precision, cuda_graph=cuda_graph, compile=backend == "inductor")

@@ -16,6 +16,8 @@ ddpmrt.engine.artifacts.metadata.  Every export validates itself against PyTorch
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import logging
 import time
 import warnings
@@ -25,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_onnx_file
-from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, read_onnx_bytes, seal_onnx_file, sha256_bytes
+from ddpmrt.engine.artifacts.io import atomic_write, cache_dir
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.export.sources import EpsOnly
@@ -34,6 +36,7 @@ from ddpmrt.export.sources import EpsOnly
 # Validation targets (max, mean absolute error against PyTorch fp32 on the same inputs).
 TOLERANCES = {"fp32": (1e-4, 1e-5), "fp16": (2e-2, 2e-3)}
 VALIDATION_TIMESTEPS = (0, 10, 250, 500, 750, 999)
+ONNX_CACHE = "onnx"  # cache_dir() / ONNX_CACHE: checkpoints' exports for the OpenVINO backend (cached_export)
 
 
 @dataclass
@@ -77,8 +80,10 @@ def validate(onnx_path: Path, reference: torch.nn.Module, metadata: ModelMetadat
 
 
 def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, opset: int = 18,
-                batch: str | int = "dynamic", unwrap=None, check: bool = True) -> ExportedModel:
-    """Export `module` (an fp32 ε-model) at metadata.precision, validate it, and write it atomically."""
+                batch: str | int = "dynamic", unwrap=None, check: bool = True, log=print) -> ExportedModel:
+    """Export `module` (an fp32 ε-model) at metadata.precision, validate it, and write it atomically.
+
+    `log` gets the validation line (None: keep quiet, as a library call inside load_model does)."""
     import onnx
 
     out = Path(out)
@@ -121,8 +126,36 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
             max_tol, mean_tol = TOLERANCES[metadata.precision]
             line = (f"validated {out.name} ({metadata.precision}) against PyTorch fp32 with ONNX Runtime: "
                     f"max abs error {max_err:.2e}, mean {mean_err:.2e}")
-            print(line)
+            if log is not None:
+                log(line)
             if not (max_err <= max_tol and mean_err <= mean_tol):
                 raise UserError(f"{line}: above the {metadata.precision} limits ({max_tol:g} max, {mean_tol:g} mean); "
                                 "the export is wrong, try --precision fp32 or another --opset")
     return ExportedModel(out, metadata, max_err, mean_err, time.perf_counter() - start)
+
+
+def cached_export(source, opset: int = 18) -> Path:
+    """The fp32 ONNX export of `source` (export/sources.py) in ddpmrt's cache, exported on first use.
+
+    This is how a checkpoint runs on the OpenVINO backend (`load_model`'s default on a CPU where bf16 is
+    faster): the same validated export as `ddpmrt export-onnx`, made once and then read back in well under
+    a second.  The file name carries a hash of everything the export depends on (the weights, the
+    metadata, ddpmrt's version, the network's source file, torch's version, the opset), so a retrained checkpoint or an upgrade exports
+    afresh; a cached file whose checksum no longer matches is exported again.  Written atomically, so
+    two processes exporting at once each leave a whole file.
+    """
+    metadata = source.metadata
+    code = Path(inspect.getsourcefile(type(source.module))).read_bytes()  # the network's definition, edits included
+    key = json.dumps({"metadata": metadata.to_strings(), "code": sha256_bytes(code), "torch": torch.__version__,
+                      "opset": opset}, sort_keys=True)
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in metadata.source or "model")[:40]
+    path = cache_dir() / ONNX_CACHE / f"{name}-{sha256_bytes(key.encode())[:16]}.onnx"
+    if path.is_file():
+        try:
+            if read_onnx_bytes(path)[1]:
+                return path
+        except UserError:
+            pass  # damaged since it was written: export it again
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(source.module, metadata, path, opset=opset, unwrap=source.unwrap, log=None)
+    return path

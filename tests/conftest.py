@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
-# On a CPU with AMX-BF16 a checkpoint's default backend is inductor (engine/backends: compiles_by_default),
-# which would compile the U-Net in every test process (15-30 s each).  The tests check behaviour, not that
-# default's speed, so they run eager; tests/test_torch_backend.py checks the default itself.
+# On a CPU where bf16 is faster a checkpoint's default backend is OpenVINO (its ONNX export) or inductor
+# (engine/backends: checkpoint_backend), which would export or compile the U-Net in many test processes.
+# The tests check behaviour, not that default's speed, so they run eager; tests/test_openvino.py and
+# tests/test_torch_backend.py check the default itself.
 os.environ.setdefault("DDPMRT_CPU_COMPILE", "0")
+# Checkpoints' ONNX exports for OpenVINO and compiled kernels go to ddpmrt's cache: not the user's, here.
+os.environ.setdefault("DDPMRT_CACHE_DIR", tempfile.mkdtemp(prefix="ddpmrt-test-cache-"))
 
 
 def run_cli(*args: str, cwd=None, timeout: int = 600, env=None) -> subprocess.CompletedProcess:

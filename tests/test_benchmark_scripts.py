@@ -98,6 +98,8 @@ def test_cpu_defaults_interleaves_the_paths_and_reports_the_ratios(tmp_path):
     assert set(report["speedups"]["2"]) == {f"{ours} vs {peer}" for ours in ("checkpoint-default", "onnx-default")
                                             for peer in ("openvino-default", "DDIMPipeline")}
     assert all(ratio > 0 for ratio in report["speedups"]["2"].values())
+    startup = report["checkpoint_default_startup"]
+    assert startup["backend"] == rows["checkpoint-default"]["backend"] and 0 < startup["warm_start_s"]
     assert run_script("cpu_defaults.py", "--rounds", "0").returncode != 0
 
 

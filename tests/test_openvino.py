@@ -168,3 +168,53 @@ def test_each_batch_size_runs_a_static_shape_compile_and_the_last_few_are_kept(o
         np.testing.assert_allclose(model(x, t), reference(x, t), atol=2e-5)
     assert not model._by_batch[None][0].input("x").get_partial_shape()[0].is_static
     assert None in model._by_batch and 7 not in model._by_batch
+
+
+def test_a_checkpoint_runs_on_openvino_as_its_cached_onnx_export(tmp_path, monkeypatch, cpu_flags):
+    # Where bf16 is faster, a checkpoint's default is OpenVINO: its ONNX export, made once, then read back.
+    from ddpmrt.export import onnx_export
+
+    monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("DDPMRT_CPU_COMPILE", raising=False)
+    cpu_flags("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+    model = load_model("digits")
+    assert model.backend == "openvino" and model.image_shape == (1, 16, 16)
+    assert model.precision == ("bf16" if OPENVINO_HAS_BF16 else "fp32")
+    cached = sorted((tmp_path / onnx_export.ONNX_CACHE).glob("digits-*.onnx"))
+    assert len(cached) == 1 and model.path == cached[0]
+    # fp32 on OpenVINO is the checkpoint's own numbers; the schedule is the checkpoint's.
+    reference = load_model("digits", backend="torch", precision="fp32")
+    exact = load_model("digits", backend="openvino", precision="fp32")
+    x, t = _inputs()
+    np.testing.assert_allclose(exact(x, t), reference(x, t), atol=1e-4)
+    np.testing.assert_array_equal(exact.schedule.betas, reference.schedule.betas)
+
+    # Later loads read the cached file and export nothing; a damaged cached file is exported again.
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", no_export)
+    assert load_model("digits", backend="openvino").path == cached[0]
+    data = bytearray(cached[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached[0].write_bytes(bytes(data))
+    with pytest.raises(AssertionError, match="exported again"):
+        load_model("digits", backend="openvino")
+    monkeypatch.undo()
+    monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
+    np.testing.assert_allclose(load_model("digits", backend="openvino", precision="fp32")(x, t), reference(x, t),
+                               atol=1e-4)
+
+
+def test_a_checkpoint_on_openvino_bad_input_is_one_line(tmp_path, monkeypatch):
+    from ddpmrt.engine.backends import openvino_backend
+
+    monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
+    with pytest.raises(UserError, match="runs on the CPU"):
+        load_model("digits", backend="openvino", device="cuda")
+    with pytest.raises(UserError, match="unknown CPU precision 'fp16'"):
+        load_model("digits", backend="openvino", precision="fp16")
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)
+    with pytest.raises(UserError, match=r"pip install 'ddpmrt\[openvino\]' \(or use --backend inductor or torch\)"):
+        load_model("digits", backend="openvino")
+    assert not (tmp_path / "onnx").exists()  # refused before anything was exported

@@ -58,23 +58,28 @@ def test_precision_defaults(monkeypatch):
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("tf32", "cuda:1") == "tf32"
 
 
-def test_checkpoints_compile_by_default_where_bf16_runs_on_amx(monkeypatch):
+def test_a_checkpoints_default_backend(monkeypatch):
     from ddpmrt.engine import cpu
-    from ddpmrt.engine.backends import compiles_by_default
+    from ddpmrt.engine.backends import checkpoint_backend, openvino_backend
 
     monkeypatch.delenv("DDPMRT_CPU_COMPILE", raising=False)
     monkeypatch.setattr(cpu, "cpu_vendor", lambda: "Intel")
-    assert compiles_by_default("cuda")
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)
+    assert checkpoint_backend("cuda") == "inductor"
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
-    assert compiles_by_default("cpu") and compiles_by_default("cpu", "bf16") and not compiles_by_default("cpu", "fp32")
+    assert checkpoint_backend("cpu") == checkpoint_backend("cpu", "bf16") == "inductor"
+    assert checkpoint_backend("cpu", "fp32") == "torch"
+    monkeypatch.setattr(openvino_backend, "available", lambda: True)  # bf16 is faster and OpenVINO is installed
+    assert checkpoint_backend("cpu") == checkpoint_backend("cpu", "bf16") == "openvino"
+    assert checkpoint_backend("cpu", "fp32") == "torch" and checkpoint_backend("cuda") == "inductor"
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # auto is fp32 here
-    assert not compiles_by_default("cpu") and not compiles_by_default("cpu", "bf16")
-    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "AMD")  # AVX512-BF16 on Zen: bf16 is faster, so compiled
-    assert compiles_by_default("cpu") and not compiles_by_default("cpu", "fp32")
+    assert checkpoint_backend("cpu") == checkpoint_backend("cpu", "bf16") == "torch"
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "AMD")  # AVX512-BF16 on Zen: bf16 is faster
+    assert checkpoint_backend("cpu") == "openvino" and checkpoint_backend("cpu", "fp32") == "torch"
     monkeypatch.setattr(cpu, "cpu_vendor", lambda: "Intel")
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
     monkeypatch.setenv("DDPMRT_CPU_COMPILE", "0")  # eager asked for
-    assert not compiles_by_default("cpu") and compiles_by_default("cuda")
+    assert checkpoint_backend("cpu") == "torch" and checkpoint_backend("cuda") == "inductor"
 
 
 def test_bf16_on_the_cpu_stays_close_to_fp32():
@@ -141,7 +146,7 @@ def test_a_checkpoint_on_cuda_runs_on_inductor_by_default(monkeypatch):
     load_model("digits", device="cuda")
     load_model("digits", device="cuda", backend="torch")
     load_model("digits")
-    assert [kw["compile"] for _, kw in calls] == [True, False, False]
+    assert [kw["backend"] for _, kw in calls] == ["inductor", "torch", "torch"]  # the last: DDPMRT_CPU_COMPILE=0
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,16 @@ _WRITE_ERRNOS = {
 _WRITE_WORDS = {"no space left": errno.ENOSPC, "os error 28": errno.ENOSPC, "disk quota": errno.EDQUOT,
                 "read-only file system": errno.EROFS, "permission denied": errno.EACCES}
 _LOW_SPACE_BYTES = 1 << 20
+
+
+def cache_dir() -> Path:
+    """ddpmrt's cache (compiled kernels, checkpoints' ONNX exports): $DDPMRT_CACHE_DIR, else the
+    platform's user cache folder."""
+    if os.environ.get("DDPMRT_CACHE_DIR"):
+        return Path(os.environ["DDPMRT_CACHE_DIR"])
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "ddpmrt" / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpmrt"
 
 
 def write_failure(path, exc: BaseException, writing: bool = True) -> WriteFailed | None:

@@ -5,9 +5,10 @@ read from the model file itself, so a sampler needs nothing else; `close()` (or 
 block) frees what it holds on the device.
 
     checkpoint directory / shipped name,
-    diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop) and
-                                            in bf16 where bf16 is faster on the CPU (frozen weights), else torch
-                                            (PyTorch eager); loaded by the torch side
+    diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop);
+                                            on a CPU where bf16 is faster, openvino (its ONNX export, made once
+                                            and cached) where installed, else inductor (frozen weights);
+                                            else torch (PyTorch eager); loaded by the torch side
     .onnx                                -> openvino     (CPU, where installed: bf16 where it is faster)
                                             onnxruntime  (CPU otherwise, fp32; CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
@@ -42,12 +43,14 @@ PACKAGE_SUFFIX = ".pt2"  # an AOTInductor package from `export-engine --flavour 
 LOADER_GROUP = "ddpmrt.model_loaders"
 FOLDER_KINDS = ("checkpoint", "diffusers")
 CPU_COMPILE_VARIABLE = "DDPMRT_CPU_COMPILE"  # 0: a checkpoint on the CPU stays eager under backend="auto"
+CHECKPOINT_BACKENDS = ("torch", "inductor", "openvino")  # openvino: the checkpoint's cached ONNX export
 
 _loaders: dict[str, Callable] = {}
 
 
 def register_model_loader(kind: str, loader: Callable) -> None:
-    """Make `loader(path, device=, precision=, cuda_graph=, compile=, schedule=)` load folders of `kind`."""
+    """Make `loader(path, backend=, device=, precision=, cuda_graph=, schedule=, threads=)` load folders of
+    `kind`; `backend` is one of CHECKPOINT_BACKENDS."""
     if kind not in FOLDER_KINDS:
         raise ValueError(f"unknown model folder kind {kind!r}; one of {', '.join(FOLDER_KINDS)}")
     _loaders[kind] = loader
@@ -112,8 +115,9 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
     engine/cpu.py; else fp32), fp32
     (always IEEE fp32), tf32, fp16 (CUDA) or bf16; ONNX Runtime computes in fp32 only.  An .onnx on the
     CPU runs on the first installed of ONNX_CPU_BACKENDS unless `backend` names one.
-    A checkpoint on CUDA, or in bf16 on a CPU where bf16 is faster, runs on the inductor backend
-    (`compiles_by_default`) unless `backend="torch"` asks for eager PyTorch.
+    A checkpoint runs on inductor on CUDA; in bf16 on a CPU where bf16 is faster on OpenVINO (its cached
+    ONNX export) where installed, else inductor; else eager torch (`checkpoint_backend`).  `backend`
+    torch, inductor or openvino picks one.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -123,14 +127,23 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
     suffix = path.suffix.lower()
 
     if path.is_dir():
-        if backend not in ("auto", "torch", "inductor"):
-            raise UserError(f"{path.name} is a checkpoint, which runs on the torch or inductor backend; for {backend}, "
-                            "export it first (ddpmrt export-onnx / export-engine)")
+        if backend not in ("auto", *CHECKPOINT_BACKENDS):
+            raise UserError(f"{path.name} is a checkpoint, which runs on the {', '.join(CHECKPOINT_BACKENDS)} backends; "
+                            f"for {backend}, export it first (ddpmrt export-onnx / export-engine)")
         device = device or "cpu"
-        compile = backend == "inductor" or (backend == "auto" and compiles_by_default(device, precision))
+        if backend == "auto":
+            backend = checkpoint_backend(device, precision)
+        if backend == "openvino":
+            from ddpmrt.engine.backends import openvino_backend
+
+            if device != "cpu":
+                raise UserError("the openvino backend runs on the CPU; use --device cpu, or --backend inductor on cuda")
+            if not openvino_backend.available():  # one line naming the extra, before any export
+                raise UserError("the openvino backend needs OpenVINO: pip install 'ddpmrt[openvino]' (or use "
+                                "--backend inductor or torch)")
         loader = model_loader("diffusers" if is_diffusers_folder(path) else "checkpoint")
-        return loader(path, device=device, precision=precision, cuda_graph=cuda_graph, compile=compile,
-                      schedule=schedule)
+        return loader(path, backend=backend, device=device, precision=precision, cuda_graph=cuda_graph,
+                      schedule=schedule, threads=threads)
 
     if suffix == ".onnx":
         return _load_onnx(path, backend, device or "cpu", threads, schedule, image_shape, precision)
@@ -156,26 +169,29 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
     raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx, .plan or .pt2")
 
 
-def compiles_by_default(device: str, precision: str = "auto") -> bool:
-    """Whether a checkpoint on `backend="auto"` runs on inductor rather than eager torch.
+def checkpoint_backend(device: str, precision: str = "auto") -> str:
+    """The backend a checkpoint (or diffusers folder) runs on under `backend="auto"`.
 
-    On CUDA always (the loop becomes one CUDA graph).  On the CPU only where it computes in bf16 on
-    units that make bf16 faster (`cpu.bf16_is_faster`): on AMX-BF16 inductor with frozen weights ran
-    the cifar10 U-Net 3.1x / 3.6x faster than eager (26.0 / 108.3 ms per call at batch 1 / 8 against
-    79.6 / 389.1, shared/measurements/cpu-amx-2026-12-01.md), on an AMD Zen 5 1.6x / 1.1x (28.1 / 167.9
-    against 44.5 / 183.0, benchmarks/results/cpu-precision-epyc-zen5/), which repays its compile
-    (30-60 s in a new process) within a few images.  In fp32 eager is as fast
-    (78.9 / 553.8 ms against inductor's 84.3 / 514.1 on a Xeon without AMX,
-    benchmarks/results/cpu-precision-xeon-avx512bf16/) and starts at once.  `DDPMRT_CPU_COMPILE=0`
-    keeps eager on the CPU for short runs where the compile would not pay (the test suite sets it).
+    On CUDA inductor (the loop becomes one CUDA graph).  On the CPU, where it computes in bf16 on units
+    that make bf16 faster (`cpu.bf16_is_faster`), OpenVINO where installed, else inductor with frozen
+    weights; eager torch elsewhere.  OpenVINO runs the checkpoint's ONNX export, made once and cached
+    (the torch side's loader, export/onnx_export.py: cached_export), and beat inductor at batch 1 on the
+    CPUs measured: 23.6 against 28.1 ms per call on a Zen 5 (benchmarks/results/cpu-precision-epyc-zen5/),
+    with no 30-60 s compile per process.  Inductor in bf16 is still 3.1x / 3.6x eager at batch 1 / 8 on AMX
+    (26.0 / 108.3 ms against 79.6 / 389.1, shared/measurements/cpu-amx-2026-12-01.md).  In fp32 eager is as
+    fast as inductor (78.9 / 553.8 ms against 84.3 / 514.1 on a Xeon without AMX,
+    benchmarks/results/cpu-precision-xeon-avx512bf16/) and starts at once.  `DDPMRT_CPU_COMPILE=0` keeps
+    eager torch on the CPU for short runs where neither a compile nor an export would pay (the test suite
+    sets it).
     """
     if device == "cuda":
-        return True
+        return "inductor"
     from ddpmrt.engine import cpu
+    from ddpmrt.engine.backends import openvino_backend
 
-    if os.environ.get(CPU_COMPILE_VARIABLE, "1") == "0":
-        return False
-    return cpu.bf16_is_faster() and precision in ("auto", "bf16")
+    if os.environ.get(CPU_COMPILE_VARIABLE, "1") == "0" or not (cpu.bf16_is_faster() and precision in ("auto", "bf16")):
+        return "torch"
+    return "openvino" if openvino_backend.available() else "inductor"
 
 
 def _load_onnx(path: Path, backend: str, device: str, threads, schedule, image_shape, precision: str):

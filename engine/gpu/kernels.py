@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
-import sys
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
 from ddpmrt.engine import checks
-from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.artifacts.io import atomic_write, cache_dir
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gpu.cuda_runtime import check
 
@@ -58,15 +55,6 @@ def run_params(clip: float | None = None) -> np.ndarray:
     """The kernels' run parameters as the bytes to copy to the device; clip None (or 0) = off."""
     clip = 0.0 if clip is None else checks.check_real(clip, "clip_sample", 0.0)
     return np.array([(clip, (0, 0, 0))], RUN_PARAMS_DTYPE)
-
-
-def cache_dir() -> Path:
-    """$DDPMRT_CACHE_DIR, else the platform's user cache folder."""
-    if os.environ.get("DDPMRT_CACHE_DIR"):
-        return Path(os.environ["DDPMRT_CACHE_DIR"])
-    if sys.platform == "win32":
-        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "ddpmrt" / "cache"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpmrt"
 
 
 def kernel_sources() -> dict[str, bytes]:
