@@ -626,7 +626,8 @@ def _add_sample_command(sub) -> None:
     p.add_argument("--backend", default="auto",
                    help="auto, inductor, onnxruntime, openvino, tensorrt or torch (default auto: by file type; an .onnx "
                         "on the CPU runs on openvino where installed, else onnxruntime; a checkpoint on --device cuda runs "
-                        "on inductor, torch.compile plus one CUDA graph per loop)")
+                        "on inductor, torch.compile plus one CUDA graph per loop; on a CPU where bf16 is faster on openvino "
+                        "(its ONNX export, made once and cached) or else inductor; eager torch elsewhere)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="cpu or cuda (default cpu; an engine runs on cuda, a .pt2 on the device it was built for)")
     p.add_argument("--threads", type=THREADS, help="CPU threads for ONNX Runtime (default: all cores)")
@@ -713,13 +714,14 @@ def _add_report_command(sub) -> None:
     p.add_argument("--spacing", default=DEFAULT_SPACING,
                    help=f"timestep spacing, or several to compare, e.g. leading,trailing,linspace (default {DEFAULT_SPACING}: "
                         "the best measured)")
-    p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
-                   help="onnxruntime (fp32 ONNX), torch, or tensorrt (an fp16 engine built here; needs a GPU) (default onnxruntime)")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino", "torch", "tensorrt"], default="onnxruntime",
+                   help="onnxruntime (fp32 ONNX), openvino (the ONNX file on the CPU, in --precision), torch, or tensorrt "
+                        "(an fp16 engine built here; needs a GPU) (default onnxruntime)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda (default cpu)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
-                   help="--backend torch: the precision of the U-Net and the Gaussian check, e.g. bf16 against fp32 "
-                        "(default fp32; auto = what sample would use here)")
-    p.add_argument("--threads", type=THREADS, help="ONNX Runtime threads (default: all cores)")
+                   help="--backend torch or openvino: the precision of the U-Net and the Gaussian check, e.g. bf16 "
+                        "against fp32 (default fp32; auto = what sample would use here)")
+    p.add_argument("--threads", type=THREADS, help="ONNX Runtime and OpenVINO threads (default: all cores)")
     p.add_argument("--out", default="report", help="report directory (default ./report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_report)

@@ -70,7 +70,7 @@ def report_sampler(spec, schedule, spacing: str, for_gaussian: bool = False):
     return make_sampler(kind, schedule, steps, spacing=spacing, clip_sample=0.0 if for_gaussian else None, **options)
 
 
-REPORT_BACKENDS = ("onnxruntime", "torch", "tensorrt")
+REPORT_BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 
 
 class ReportModels:
@@ -80,9 +80,9 @@ class ReportModels:
                  max_batch: int, gaussian_batch: int, precision: str = "fp32"):
         if backend not in REPORT_BACKENDS:
             raise UserError(f"unknown report backend {backend!r}; choose one of {', '.join(REPORT_BACKENDS)}")
-        if precision != "fp32" and backend != "torch":
-            raise UserError(f"report --precision {precision} runs on --backend torch (onnxruntime computes fp32, "
-                            "tensorrt the engine's fp16)")
+        if precision != "fp32" and backend not in ("torch", "openvino"):
+            raise UserError(f"report --precision {precision} runs on --backend torch or openvino (onnxruntime computes "
+                            "fp32, tensorrt the engine's fp16)")
         self.out, self.backend, self.device, self.threads = out, backend, device, threads
         source = from_checkpoint(checkpoint, "fp32")
         self.schedule = source.metadata.schedule
@@ -108,11 +108,13 @@ class ReportModels:
             self.gaussian = TorchModel(gaussian.module, self.schedule, self.data.image_shape, device,
                                        precision=self.unet.precision, cuda_graph=graph)
         else:
-            self.unet = self._onnx(source, "model-fp32")
-            self.gaussian = self._onnx(self._gaussian_source("fp32"), "gaussian-optimal-eps")
-        self.description = {"onnxruntime": f"onnxruntime ({device})",
-                            "torch": f"torch ({device}, {getattr(self.unet, 'precision', precision)})",
-                            "tensorrt": "tensorrt (fp16 engine)"}[backend]
+            # ONNX Runtime in fp32, or OpenVINO in the precision asked for (the U-Net and the Gaussian's ε*, as
+            # on torch); the fp32 files either way.
+            self.unet = self._onnx(source, "model-fp32", precision)
+            self.gaussian = self._onnx(self._gaussian_source("fp32"), "gaussian-optimal-eps", self.unet.precision)
+        computed = getattr(self.unet, "precision", precision)
+        self.description = {"onnxruntime": f"onnxruntime ({device})", "openvino": f"openvino (cpu, {computed})",
+                            "torch": f"torch ({device}, {computed})", "tensorrt": "tensorrt (fp16 engine)"}[backend]
 
     def _gaussian_source(self, precision: str):
         import torch  # noqa: F401  (the module below is torch)
@@ -127,11 +129,11 @@ class ReportModels:
                                  model_config={"family": "gaussian-optimal-eps", "dim": self.data.dim})
         return Source(GaussianEpsModule(self.data), metadata)
 
-    def _onnx(self, source, name: str):
+    def _onnx(self, source, name: str, precision: str = "fp32"):
         path = self.out / f"{name}.onnx"
         if not path.is_file():
             export_onnx(source.module, source.metadata, path)
-        return load_model(path, backend="onnxruntime", device=self.device, threads=self.threads)
+        return load_model(path, backend=self.backend, device=self.device, threads=self.threads, precision=precision)
 
     def _engine(self, source, name: str, max_batch: int):
         from ddpmrt.engine.backends.tensorrt_flavour import import_flavour

@@ -178,6 +178,23 @@ def test_report_measures_quality_and_latency(tmp_path):
     assert (out / "quality_vs_latency.png").is_file() and "| DDPM, 4 steps, trailing |" in (out / "report.md").read_text()
 
 
+def test_report_on_openvino_in_bf16(tmp_path):
+    # The CPU default's engine and precision, judged like the rest: the U-Net and the Gaussian's ε* both on
+    # OpenVINO in bf16 (OpenVINO computes f32 where the CPU has no bf16 kernels, and the report says so).
+    openvino = pytest.importorskip("openvino", reason="needs OpenVINO: pip install 'ddpmrt[openvino]'")
+    out = tmp_path / "report"
+    result = run_cli("report", "digits", "--backend", "openvino", "--precision", "bf16", "--samplers", "ddim:3",
+                     "--samples", "16", "--threads", "1", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert report["backend"] == f"openvino (cpu, {'bf16' if has_bf16 else 'fp32'})"
+    row = report["rows"][0]
+    assert row["fid"] > 0 and abs(row["gaussian_w2_to_data"] - row["gaussian_w2_theory_to_data"]) < 0.1
+    failed = run_cli("report", "digits", "--backend", "onnxruntime", "--precision", "bf16", "--out", str(tmp_path / "o"))
+    assert_user_error(failed, "runs on --backend torch or openvino")
+
+
 def test_best_spacing_is_the_lowest_mean_rank():
     from ddpmrt.export.report import best_spacing
 
