@@ -12,17 +12,20 @@ inductor), or an OpenVinoModel of its ONNX export, made once and kept in ddpmrt'
 
 from __future__ import annotations
 
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
+from ddpmrt.engine.artifacts.io import WriteFailed, cache_dir
 from ddpmrt.engine.backends.openvino_backend import OpenVinoModel
 from ddpmrt.engine.backends.torch_backend import TorchModel, resolve_precision
 from ddpmrt.engine.cpu import resolve_cpu_precision
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, first_line
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.checkpoint import load_unet
-from ddpmrt.export.onnx_export import cached_export
+from ddpmrt.export.onnx_export import cached_export, export_onnx
 from ddpmrt.export.sources import Source, from_checkpoint, from_diffusers
 
 
@@ -40,8 +43,18 @@ def _on_openvino(source: Source, precision: str, threads) -> OpenVinoModel:
     """`source` as its cached fp32 ONNX export (onnx_export.cached_export), computed by OpenVINO in bf16 or f32.
 
     Faster than inductor on the CPUs with bf16 units measured (benchmarks/results/cpu-cifar10-ddim20-*),
-    and no 30-60 s compile: the first load exports (seconds), later ones read the cached file."""
-    return OpenVinoModel(cached_export(source), threads=threads, precision=precision)
+    and no 30-60 s compile: the first load exports (seconds), later ones read the cached file.  Where the
+    cache cannot be written (a read-only home), the export is made for this process alone, with a note."""
+    try:
+        path = cached_export(source)
+    except (OSError, WriteFailed) as exc:
+        warnings.warn(f"ddpmrt's cache {cache_dir()} cannot be written ({first_line(exc)}), so this process exports "
+                      "the checkpoint for itself; set DDPMRT_CACHE_DIR to a writable folder", stacklevel=4)
+        with tempfile.TemporaryDirectory(prefix="ddpmrt-export-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(source.module, source.metadata, path, unwrap=source.unwrap, log=None)
+            return OpenVinoModel(path, threads=threads, precision=precision)  # it holds the model read from the file
+    return OpenVinoModel(path, threads=threads, precision=precision)
 
 
 def load_checkpoint(path: Path, backend: str = "torch", device: str = "cpu", precision: str = "auto",

@@ -218,3 +218,16 @@ def test_a_checkpoint_on_openvino_bad_input_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"pip install 'ddpmrt\[openvino\]' \(or use --backend inductor or torch\)"):
         load_model("digits", backend="openvino")
     assert not (tmp_path / "onnx").exists()  # refused before anything was exported
+
+
+def test_a_checkpoint_on_openvino_with_an_unwritable_cache_exports_for_itself(tmp_path, monkeypatch):
+    # A read-only home must not stop the default path: the export is made for this process, with a note.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("DDPMRT_CACHE_DIR", str(blocked))
+    with pytest.warns(UserWarning, match="cannot be written .* set DDPMRT_CACHE_DIR to a writable folder"):
+        model = load_model("digits", backend="openvino", precision="fp32")
+    reference = load_model("digits", backend="torch", precision="fp32")
+    x, t = _inputs()
+    np.testing.assert_allclose(model(x, t), reference(x, t), atol=1e-4)
+    assert not model.path.exists()  # the temporary export is gone; the model holds what it read
