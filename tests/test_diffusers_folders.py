@@ -149,3 +149,15 @@ def test_a_bare_unet_folder_needs_schedule(pipelines, tmp_path):
     assert result.returncode == 0, result.stderr
     assert_user_error(run_cli("export-onnx", "--from-diffusers", str(tmp_path / "nothing"), "--out", str(out)),
                       "not a folder")
+
+
+def test_a_pipeline_folder_runs_on_openvino_as_its_cached_export(pipelines, tmp_path, monkeypatch):
+    # What a checkpoint's default is where bf16 is faster: the folder's ONNX export on OpenVINO.
+    pytest.importorskip("openvino", reason="needs OpenVINO: pip install 'ddpmrt[openvino]'")
+    monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
+    model = load_model(pipelines / "ddim", backend="openvino", precision="fp32")
+    eager = load_model(pipelines / "ddim", backend="torch", precision="fp32")
+    assert model.backend == "openvino" and model.schedule.kind == "scaled_linear"
+    assert model.path.parent == tmp_path / "onnx"
+    x, t = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32), np.array([5, 900])
+    np.testing.assert_allclose(model(x, t), eager(x, t), atol=1e-4)
