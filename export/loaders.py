@@ -54,7 +54,10 @@ def _on_openvino(source: Source, precision: str, threads) -> OpenVinoModel:
             path = Path(tmp) / "model.onnx"
             export_onnx(source.module, source.metadata, path, unwrap=source.unwrap, log=None)
             return OpenVinoModel(path, threads=threads, precision=precision)  # it holds the model read from the file
-    return OpenVinoModel(path, threads=threads, precision=precision)
+    try:
+        return OpenVinoModel(path, threads=threads, precision=precision)
+    except UserError:  # the cached file was damaged (or cut short) since it was written: export it again
+        return OpenVinoModel(cached_export(source, force=True), threads=threads, precision=precision)
 
 
 def load_checkpoint(path: Path, backend: str = "torch", device: str = "cpu", precision: str = "auto",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, read_onnx_bytes, seal_onnx_file, sha256_bytes
+from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_onnx_file, sha256_bytes
 from ddpmrt.engine.artifacts.io import atomic_write, cache_dir
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
@@ -134,15 +134,16 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
     return ExportedModel(out, metadata, max_err, mean_err, time.perf_counter() - start)
 
 
-def cached_export(source, opset: int = 18) -> Path:
+def cached_export(source, opset: int = 18, force: bool = False) -> Path:
     """The fp32 ONNX export of `source` (export/sources.py) in ddpmrt's cache, exported on first use.
 
     This is how a checkpoint runs on the OpenVINO backend (`load_model`'s default on a CPU where bf16 is
     faster): the same validated export as `ddpmrt export-onnx`, made once and then read back in well under
     a second.  The file name carries a hash of everything the export depends on (the weights, the
-    metadata, ddpmrt's version, the network's source file, torch's version, the opset), so a retrained checkpoint or an upgrade exports
-    afresh; a cached file whose checksum no longer matches is exported again.  Written atomically, so
-    two processes exporting at once each leave a whole file.
+    metadata, ddpmrt's version, the network's source file, torch's version, the opset), so a retrained
+    checkpoint or an upgrade exports afresh.  The file is not read here: the backend verifies its seal as
+    it loads it, and `force` exports again over a file it found damaged.  Written atomically, so two
+    processes exporting at once each leave a whole file.
     """
     metadata = source.metadata
     code = Path(inspect.getsourcefile(type(source.module))).read_bytes()  # the network's definition, edits included
@@ -150,12 +151,7 @@ def cached_export(source, opset: int = 18) -> Path:
                       "opset": opset}, sort_keys=True)
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in metadata.source or "model")[:40]
     path = cache_dir() / ONNX_CACHE / f"{name}-{sha256_bytes(key.encode())[:16]}.onnx"
-    if path.is_file():
-        try:
-            if read_onnx_bytes(path)[1]:
-                return path
-        except UserError:
-            pass  # damaged since it was written: export it again
-    path.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(source.module, metadata, path, opset=opset, unwrap=source.unwrap, log=None)
+    if force or not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(source.module, metadata, path, opset=opset, unwrap=source.unwrap, log=None)
     return path
