@@ -21,19 +21,13 @@
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
 #
 # The device image has PyTorch, cuda-python and NVRTC but not diffusers: carry its wheel in .whl
-# (see benchmarks/README.md); the script installs .whl/*.whl and ddpmrt itself into /tmp/site.
+# (see benchmarks/README.md); gpu_env.sh installs .whl/*.whl and ddpmrt itself into /tmp/site.
 # Every part fails loudly: the first failing command stops the script with its exit status.
 set -euo pipefail
 part=${1:?usage: gpu_session.sh tests|kernels|bench|levers|package|solvers|report OUTDIR [BATCHES]}
 out=${2:?usage: gpu_session.sh tests|kernels|bench|levers|package|solvers|report OUTDIR [BATCHES]}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} DDPMRT_CACHE_DIR=/tmp/ddpmrt-cache
-# Every part starts from an empty Inductor cache, so compile times are cold ones.
-export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d /tmp/inductor-cache.XXXX)
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-fi
-python3 -m pip install -q --no-deps --no-build-isolation --no-cache-dir --target /tmp/site .
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/nvidia-smi.csv"
 
 keep() {  # copy a report's small files (not the ONNX/engines) into $out/$2; a report without JSON is a failure

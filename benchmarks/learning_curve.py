@@ -1,0 +1,149 @@
+"""The shipped models' learning curve (Reference models issue): train in segments, keep a snapshot
+of the EMA weights at each, and judge every snapshot.
+
+    python benchmarks/learning_curve.py train --out runs/curve --steps 6000,12000,24000,48000
+    python benchmarks/learning_curve.py judge --out runs/curve --results benchmarks/results/cpu-learning-curve
+
+`train` runs `ddpmrt train` with the shipped recipe (engine/models/NAME/README.md) to the first count,
+then `--resume`s it to each next one: the learning rate is constant after warm-up and all randomness
+of step k is seeded from (seed, k), so the segments are one uninterrupted run.  A snapshot
+(`NAME/step_K/`: config.json, model.safetensors) is a checkpoint folder any command loads.  An
+interrupted `train` starts again where the run folder stands.
+
+`judge` measures each snapshot: FID / recognised share in the classifier's features of DDIM-10, -50
+and -1000 (η = 0, clipped and unclipped) and DDPM-1000, the ODE consistency of DDIM-50 against
+DDIM-1000 from the same noise, and the ε loss per timestep bucket; it writes curve.json, and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The shipped recipe (engine/models/*/README.md), less the step count; --precision is this script's.
+RECIPES = {
+    "digits": ["--dataset", "digits", "--model", "tiny", "--batch-size", "64", "--lr", "5e-4", "--warmup", "200",
+               "--ema-decay", "0.999"],
+    "shapes": ["--dataset", "shapes", "--model", "tiny", "--image-size", "16", "--batch-size", "64", "--lr", "5e-4",
+               "--warmup", "200", "--ema-decay", "0.999"],
+}
+SAMPLERS = [("ddim", 10, 1.0), ("ddim", 50, 1.0), ("ddim", 1000, 1.0), ("ddim", 10, 0.0), ("ddim", 50, 0.0),
+            ("ddim", 1000, 0.0), ("ddpm", 1000, 1.0)]
+
+
+def _steps_arg(text: str) -> list[int]:
+    steps = sorted({int(s) for s in text.split(",") if s.strip()})
+    if not steps or steps[0] <= 0:
+        raise argparse.ArgumentTypeError("--steps: positive step counts, e.g. 6000,12000")
+    return steps
+
+
+def train(out: Path, models: list[str], steps: list[int], precision: str) -> None:
+    for name in models:
+        run = out / name / "run"
+        for count in steps:
+            snapshot = out / name / f"step_{count}"
+            if (snapshot / "model.safetensors").is_file():
+                continue
+            resume = (run / "training_state.pt").is_file()
+            command = [sys.executable, "-m", "ddpmrt.export", "train", *RECIPES[name], "--iters", str(count),
+                       "--precision", precision, "--save-every", "1000", "--sample-every", "0", "--out", str(run),
+                       "--no-progress", *(["--resume"] if resume else ["--overwrite"])]
+            start = time.perf_counter()
+            subprocess.run(command, check=True)
+            tmp = snapshot.with_name(snapshot.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for file in ("config.json", "model.safetensors"):
+                shutil.copy2(run / file, tmp / file)
+            (tmp / "segment.json").write_text(json.dumps({"seconds": time.perf_counter() - start,
+                                                          "precision": precision, "command": command[1:]}))
+            tmp.rename(snapshot)
+            print(f"{name}: step {count} saved to {snapshot}", flush=True)
+
+
+def _loss_by_bucket(model, images, schedule, buckets: int = 10, seed: int = 0) -> list[float]:
+    """Mean ‖ε − ε_θ(x_t, t)‖² per equal bucket of t (the training objective, on real images)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    T = schedule.num_train_timesteps
+    out = []
+    for b in range(buckets):
+        t = rng.integers(b * T // buckets, (b + 1) * T // buckets, size=len(images))
+        noise = rng.standard_normal(images.shape).astype(np.float32)
+        ab = schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1).astype(np.float32)
+        x_t = np.sqrt(ab) * images + np.sqrt(1 - ab) * noise
+        out.append(float(np.mean((model(x_t, t.astype(np.int64)) - noise) ** 2)))
+    return out
+
+
+def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int]) -> None:
+    import numpy as np
+
+    from ddpmrt.engine import load_model, make_sampler
+    from ddpmrt.export.data import load_dataset
+    from ddpmrt.export.quality import ClassifierJudge
+
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "curve.json"
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    for name in models:
+        judge_ = ClassifierJudge.train(name, image_size=16)
+        real = load_dataset(name, image_size=16).images[:num].astype(np.float32)
+        for snapshot in sorted((out / name).glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
+            key = f"{name}/{snapshot.name}"
+            if key in table or snapshot.name.endswith(".tmp"):
+                continue
+            model = load_model(str(snapshot), backend="torch", precision="fp32")
+            row = {"model": name, "step": int(snapshot.name.split("_")[1]), "samples": num, "seeds": seeds,
+                   "loss_by_t_bucket": _loss_by_bucket(model, real, model.schedule), "scores": {}}
+            for seed in seeds:
+                images = {}
+                for kind, steps, clip in SAMPLERS:
+                    options = {"eta": 0.0} if kind == "ddim" else {}
+                    sampler = make_sampler(kind, model.schedule, steps, clip_sample=clip, **options)
+                    x = sampler.sample(model, shape=(num, *model.image_shape), seed=seed, progress=False)
+                    label = f"{kind}{steps}{'_clip' if clip else ''}"
+                    images[label] = x
+                    row["scores"].setdefault(label, []).append(judge_.scores(x))
+                a, b = images["ddim50"], images["ddim1000"]
+                same = np.abs(a - b).reshape(num, -1).mean(1)
+                classes = judge_.classifier.predict(np.clip(a.reshape(num, -1), -1, 1)) == \
+                    judge_.classifier.predict(np.clip(b.reshape(num, -1), -1, 1))
+                row.setdefault("ode_consistency", []).append(
+                    {"mean_abs_diff": float(same.mean()), "same_class": float(classes.mean()),
+                     "saturated_ddim50": float((np.abs(a) > 1.2).mean())})
+            table[key] = row
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(table, indent=1))
+            tmp.replace(path)
+            print(key, json.dumps({k: [round(s["fid"], 2) for s in v] for k, v in row["scores"].items()}), flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["train", "judge"])
+    parser.add_argument("--out", type=Path, default=Path("runs/curve"))
+    parser.add_argument("--models", default="digits,shapes")
+    parser.add_argument("--steps", type=_steps_arg, default=[6000, 12000, 24000, 48000])
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/cpu-learning-curve"))
+    parser.add_argument("--num", type=int, default=256)
+    parser.add_argument("--seeds", default="0")
+    args = parser.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    if args.action == "train":
+        train(args.out, models, args.steps, args.precision)
+    else:
+        judge(args.out, args.results, models, args.num, [int(s) for s in args.seeds.split(",")])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
