@@ -69,6 +69,20 @@ class History:
         return np.zeros(shape, np.float32) if value is None else value
 
 
+def trailing_timesteps(num_train_timesteps: int, num_steps: int) -> np.ndarray:
+    """diffusers' "trailing" spacing, round(arange(T, 0, −T/S)) − 1, with exactly S values for every S.
+
+    arange's length is ceil(T / (T/S)) in floating point, which is S + 1 for 62 of the S in 1..1000 at
+    T = 1000 (61, 103, 121, ...; diffusers then returns a timestep of −1).  NumPy fills arange as
+    start + k·δ with δ = (start + step) − start, so computing those first S elements the same way
+    gives arange's values bit for bit where it was right (a value on .5 rounds the same way).
+    The values are about T/S ≥ 1 apart before rounding, so they stay distinct, and the last is ≥ 0.
+    """
+    T, S = num_train_timesteps, num_steps
+    delta = (T + (-T / S)) - T
+    return (np.round(T + np.arange(S) * delta) - 1).astype(np.int64)
+
+
 def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading") -> np.ndarray:
     """Descending int64 timesteps in [0, T-1], as in diffusers' `timestep_spacing`.
 
@@ -84,7 +98,7 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
     if spacing == "leading":
         ts = np.arange(S) * (T // S)
     elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / S)) - 1
+        ts = trailing_timesteps(T, S)
     elif spacing == "linspace":
         ts = np.round(np.linspace(0, T - 1, S))
     elif spacing == "quad":

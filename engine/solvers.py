@@ -27,7 +27,7 @@ import numpy as np
 
 from ddpmrt.engine.checks import check_int, shown
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.samplers import KEEP_CORRECTED, KEEP_X0, Sampler, coefficient_table
+from ddpmrt.engine.samplers import KEEP_CORRECTED, KEEP_X0, Sampler, coefficient_table, trailing_timesteps
 from ddpmrt.engine.schedule import NoiseSchedule
 
 SOLVER_SPACINGS = ("linspace", "leading", "trailing")
@@ -48,7 +48,7 @@ def solver_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "l
     elif spacing == "leading":
         ts = (np.arange(0, S + 1) * (T // (S + 1))).round()[::-1][:-1]
     elif spacing == "trailing":
-        ts = np.arange(T, 0, -T / S).round() - 1
+        ts = trailing_timesteps(T, S)
     else:
         raise UserError(f"unknown spacing {shown(spacing)} for a multistep solver; choose one of {', '.join(SOLVER_SPACINGS)}")
     ts = ts.astype(np.int64)

@@ -44,3 +44,21 @@ def test_dict_round_trip(schedule):
 def test_rejects_bad_betas():
     with pytest.raises(ValueError, match="beta"):
         NoiseSchedule.from_betas([0.1, 1.2])
+
+
+@pytest.mark.parametrize("T", [1000, 10, 37])
+def test_trailing_spacing_has_every_step_count(T):
+    # arange(T, 0, -T/S) holds S + 1 values in floating point for some S (62 of 1..1000 at T = 1000,
+    # the first 61): both timestep functions used to refuse those counts.
+    from ddpmrt.engine.samplers import make_timesteps
+    from ddpmrt.engine.solvers import solver_timesteps
+
+    for S in range(1, T + 1):
+        reference = np.round(np.arange(T, 0, -T / S)) - 1  # diffusers' formula, right where it has S values
+        for ts in (make_timesteps(T, S, "trailing"), solver_timesteps(T, S, "trailing")):
+            assert ts.dtype == np.int64 and len(ts) == S, S
+            assert ts[0] == T - 1 and ts[-1] >= 0 and np.all(np.diff(ts) < 0), S
+            if len(reference) == S:
+                np.testing.assert_array_equal(ts, reference)
+    if T == 1000:
+        assert len(np.arange(T, 0, -T / 61)) == 62  # the case the old code refused
