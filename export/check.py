@@ -34,6 +34,7 @@ from ddpmrt.export.polygraphy_tools import load_polygraphy
 TOLERANCES = {"fp32": (1e-3, 1e-4), "fp16": (5e-2, 5e-3), "bf16": (1e-1, 1e-2), "int8": (5e-1, 1e-1)}
 ARTIFACT_SUFFIXES = (".onnx", ".plan", ".engine", ".pt2")
 MAX_CHECK_BATCH = 8
+ANY_BATCH = 65536  # the batch range of an ONNX file with a dynamic batch (export-engine's largest profile)
 
 
 class CheckFailed(UserError):
@@ -112,7 +113,8 @@ def describe(path: Path) -> Artifact:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         metadata = read_onnx_metadata(path)  # a damaged or foreign file is one line here
-        return Artifact(path, "onnx", "int8" if metadata.quantization else metadata.precision, (1, 4096))
+        batches = (metadata.static_batch,) * 2 if metadata.static_batch else (1, ANY_BATCH)
+        return Artifact(path, "onnx", "int8" if metadata.quantization else metadata.precision, batches)
     if suffix in (".plan", ".engine"):
         sidecar = read_sidecar(path, ENGINE)
         profile = sidecar["profile"]

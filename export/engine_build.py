@@ -222,10 +222,13 @@ def read_onnx_metadata(onnx_path: Path, schedule=None, image_shape=None) -> Mode
         raise UserError(f"cannot read {onnx_path.name}: it is truncated or not an ONNX model; re-export it") from None
     props = {p.key: p.value for p in model.metadata_props}
     check_onnx_metadata_is_sealed(props, sealed, onnx_path.name)
-    x_type = next((i.type.tensor_type.elem_type for i in model.graph.input if i.name == "x"), None)
-    precision = "fp16" if x_type == onnx.TensorProto.FLOAT16 else "fp32"
+    x_input = next((i.type.tensor_type for i in model.graph.input if i.name == "x"), None)
+    precision = "fp16" if x_input is not None and x_input.elem_type == onnx.TensorProto.FLOAT16 else "fp32"
+    # A fixed batch is a dim_value on x's first axis; a dynamic one is a dim_param (or nothing).
+    batch = x_input.shape.dim[0] if x_input is not None and x_input.shape.dim else None
+    static_batch = batch.dim_value if batch is not None and batch.HasField("dim_value") else None
     if not any(key.startswith("ddpmrt.") for key in props) and schedule is not None and image_shape is not None:
-        return ModelMetadata(schedule=schedule, image_shape=image_shape, precision=precision)
+        return ModelMetadata(schedule=schedule, image_shape=image_shape, precision=precision, static_batch=static_batch)
     metadata = ModelMetadata.from_strings(props, onnx_path.name)
-    metadata.precision = precision
+    metadata.precision, metadata.static_batch = precision, static_batch
     return metadata

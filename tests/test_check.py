@@ -142,3 +142,13 @@ def test_engine_inspection_on_a_gpu(tmp_path):
     assert result.returncode == 0, result.stderr
     artifact = json.loads((tmp_path / "check" / "check.json").read_text())["artifacts"][0]
     assert artifact["ok"] and artifact["inspection"]["layers"] == inspection["layers"]
+
+
+def test_a_static_batch_onnx_is_checked_at_its_batch(digits, tmp_path):
+    # An `export-onnx --batch 3` file takes batch 3 only: check feeds it that, not 1 and 4.
+    for n in (3, 5):
+        export_onnx(digits.module, digits.metadata, tmp_path / f"b{n}.onnx", batch=n, check=False)
+    report = run_check(digits, [tmp_path / "b3.onnx"], tmp_path / "report")
+    assert report["batches"] == [3] and report["artifacts"][0]["ok"]
+    with pytest.raises(UserError, match=r"no batch size in common \(5 > 3\)"):
+        run_check(digits, [tmp_path / "b3.onnx", tmp_path / "b5.onnx"], tmp_path / "report2")

@@ -29,6 +29,7 @@ class ModelMetadata:
     source_sha256: str = ""                    # hash of the source weights
     ddpmrt_version: str = ""
     quantization: dict = dataclasses.field(default_factory=dict)  # how an int8 file was calibrated; {} = float
+    static_batch: int | None = None            # an ONNX graph's fixed batch size (read from the graph, not stored)
 
     def __post_init__(self):
         self.image_shape = tuple(int(v) for v in self.image_shape)
