@@ -631,8 +631,9 @@ def _add_sample_command(sub) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="cpu or cuda (default cpu; an engine runs on cuda, a .pt2 on the device it was built for)")
     p.add_argument("--threads", type=THREADS, help="CPU threads for ONNX Runtime (default: all cores)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph "
+                        "(default: only a CUDA .pt2 does)")
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16", "int8"], default="auto",
                    help="auto (default) = fp16 on CUDA; on the CPU bf16 where it is faster (AMX-BF16, AVX512-BF16 "
                         "on AMD), else fp32, and int8 for an int8 .onnx; fp32 is IEEE fp32 (tf32 asks for TF32 "

@@ -281,3 +281,18 @@ def test_engine_matches_onnxruntime_on_gpu(tiny, tmp_path):
     np.testing.assert_array_equal(c, d)
     assert graph_model.device_loop.captures == 1 and np.abs(c - a).max() < 1e-3
     assert_user_error(run_cli("sample", str(plan), "--batch", "9", "--out", str(tmp_path / "o.png")), "1 to 8")
+
+
+@needs_rtx
+def test_load_model_refuses_what_an_engine_cannot_honour(built, tmp_path):
+    # An engine computes in the precision it was built for, on a GPU: another precision or CPU threads
+    # are refused with one line, before any GPU is looked for, never dropped.
+    from ddpmrt.engine import load_model
+    from ddpmrt.engine.errors import UserError
+
+    plan, _ = built
+    with pytest.raises(UserError, match=r"tiny.plan is an engine built for fp16; it cannot run in fp32"):
+        load_model(plan, precision="fp32")
+    with pytest.raises(UserError, match="--threads sets CPU threads"):
+        load_model(plan, threads=2)
+    assert_user_error(run_cli("sample", str(plan), "--precision", "bf16", "--out", str(tmp_path / "x.png")), "built for fp16")

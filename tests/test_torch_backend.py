@@ -280,6 +280,30 @@ def test_a_package_is_checked_against_its_sidecar_before_torch_loads_it(tmp_path
         DDIMSampler(model.schedule, 2).sample(model, (3, 1, 4, 4), progress=False)
 
 
+def test_load_model_honours_or_refuses_a_packages_options(tmp_path, monkeypatch):
+    # A .pt2 computes in the precision it was built for (another is one line), and cuda_graph=False is
+    # passed on, not replaced by the package's default of a graph.
+    from ddpmrt.engine import NoiseSchedule
+    from ddpmrt.engine.artifacts.metadata import ModelMetadata
+    from ddpmrt.engine.artifacts.sidecar import PACKAGE, write_sidecar
+    from ddpmrt.engine.backends import torch_backend
+    from ddpmrt.engine.errors import UserError
+
+    package = tmp_path / "m.pt2"
+    package.write_bytes(b"not really a package")
+    metadata = ModelMetadata(schedule=NoiseSchedule.linear(), image_shape=(1, 4, 4))
+    write_sidecar(package, PACKAGE, {"metadata": metadata.to_strings(), "device": "cpu", "precision": "bf16",
+                                     "torch_version": torch.__version__, "profile": {"min": 1, "opt": 2, "max": 2},
+                                     "cache_key": {}})
+    with pytest.raises(UserError, match=r"m.pt2 is a package built for bf16; it cannot run in fp32"):
+        load_model(package, precision="fp32")
+    calls = []
+    monkeypatch.setattr(torch_backend, "load_aot_package", lambda path, **options: calls.append(options))
+    load_model(package, cuda_graph=False, precision="bf16")
+    load_model(package)
+    assert calls == [{"device": None, "cuda_graph": False}, {"device": None, "cuda_graph": True}]
+
+
 def test_models_close_in_a_with_block():
     with load_model("digits") as model:
         assert model.device_loop is None  # the CPU: the host loop

@@ -101,7 +101,7 @@ def is_diffusers_folder(path: Path) -> bool:
 
 
 def load_model(model: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None,
-               schedule: NoiseSchedule | None = None, image_shape=None, cuda_graph: bool = False,
+               schedule: NoiseSchedule | None = None, image_shape=None, cuda_graph: bool | None = None,
                precision: str = "auto"):
     """Load a model file as a sampler-ready callable.
 
@@ -110,7 +110,9 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
     `schedule` and `image_shape` describe an ONNX file that carries no ddpmrt metadata
     (a file with metadata ignores them); `schedule` also stands in for a bare diffusers UNet
     folder's missing scheduler config.  On a GPU backend (TensorRT, torch on CUDA) sampling
-    runs the device loop, and `cuda_graph` replays the whole loop as one CUDA graph.
+    runs the device loop, and `cuda_graph` replays the whole loop as one CUDA graph (None: the model's
+    default, which is a graph for a CUDA `.pt2` only).  An option a model cannot honour is a UserError,
+    never dropped: a precision other than an engine's or package's own, threads for a GPU engine.
     `precision`: auto (fp16 on CUDA; on the CPU bf16 where it is faster: AMX-BF16, or AVX512-BF16 on AMD,
     engine/cpu.py; else fp32), fp32
     (always IEEE fp32), tf32, fp16 (CUDA) or bf16; ONNX Runtime computes in fp32 only.  An .onnx on the
@@ -142,7 +144,7 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
                 raise UserError("the openvino backend needs OpenVINO: pip install 'ddpmrt[openvino]' (or use "
                                 "--backend inductor or torch)")
         loader = model_loader("diffusers" if is_diffusers_folder(path) else "checkpoint")
-        return loader(path, backend=backend, device=device, precision=precision, cuda_graph=cuda_graph,
+        return loader(path, backend=backend, device=device, precision=precision, cuda_graph=bool(cuda_graph),
                       schedule=schedule, threads=threads)
 
     if suffix == ".onnx":
@@ -155,18 +157,34 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
         if device == "cpu":
             raise UserError(f"{path.name} is a TensorRT engine, which runs on a GPU only; use --device cuda, "
                             "or sample the .onnx it was built from on the CPU")
+        if threads is not None:
+            raise UserError(f"{path.name} is a TensorRT engine, which runs on a GPU: --threads sets CPU threads; drop it")
+        from ddpmrt.engine.artifacts.sidecar import ENGINE, read_sidecar
+
+        _check_fixed_precision(path, precision, read_sidecar(path, ENGINE)["tensors"]["x"], "an engine",
+                               "build another engine (export-engine)")
         from ddpmrt.engine.backends.tensorrt_backend import TensorRTModel
 
-        return TensorRTModel(path, cuda_graph=cuda_graph)
+        return TensorRTModel(path, cuda_graph=bool(cuda_graph))
 
     if suffix == PACKAGE_SUFFIX:
         if backend not in ("auto", "inductor"):
             raise UserError(f"{path.name} is an inductor package: use --backend inductor (or auto)")
+        from ddpmrt.engine.artifacts.sidecar import PACKAGE, read_sidecar
         from ddpmrt.engine.backends.torch_backend import load_aot_package
 
-        return load_aot_package(path, device=device, cuda_graph=True)
+        _check_fixed_precision(path, precision, read_sidecar(path, PACKAGE).get("precision", "fp32"), "a package",
+                               "build another package (export-engine --flavour inductor --precision ...)")
+        return load_aot_package(path, device=device, cuda_graph=True if cuda_graph is None else cuda_graph)
 
     raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx, .plan or .pt2")
+
+
+def _check_fixed_precision(path: Path, asked: str, own: str, what: str, fix: str) -> None:
+    """An engine or package computes in the precision it was built with: any other is refused, not ignored."""
+    if asked not in ("auto", own):
+        raise UserError(f"{path.name} is {what} built for {own}; it cannot run in {asked}: drop --precision "
+                        f"(or give {own}), or {fix}")
 
 
 def checkpoint_backend(device: str, precision: str = "auto") -> str:

@@ -321,14 +321,17 @@ def load_aot_package(path: Path, device: str | None = None, cuda_graph: bool = T
         raise UserError(f"{path.name} was compiled with torch {sidecar['torch_version']}, this is {torch.__version__}; "
                         "rebuild it with `export-engine --flavour inductor`")
     metadata = sidecar_metadata(sidecar, path.name)
-    runner = torch._inductor.aoti_load_package(str(path))
+    graphed = cuda_graph and built_for == "cuda"
+    # In its default multi-threaded mode the package's runner queries an event recorded on the capturing
+    # stream on its second run, which CUDA forbids during a capture (PyTorch PR #148601 added this mode).
+    runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=graphed)
 
     class Package(torch.nn.Module):
         def forward(self, x, t):
             return runner(x.float(), t)
 
     model = TorchModel(Package(), metadata.schedule, metadata.image_shape, built_for, str(path), precision="fp32",
-                       cuda_graph=cuda_graph and built_for == "cuda")
+                       cuda_graph=graphed)
     model.backend = "inductor"
     model.sidecar = sidecar  # a batch outside the package's range is a UserError, not a crash inside AOTInductor
     return model
