@@ -344,16 +344,19 @@ def check_model(model: str, backend: str = "auto", device: str = "cpu", threads:
     unsupported model is one UserError in seconds rather than Serve's retries.
 
     On --device cuda the GPU may be on another node of the cluster, so the file is checked on the
-    CPU: an engine by its sidecar and checksum, anything else by loading it on the CPU.
+    CPU: an engine or a CUDA package by its sidecar and checksum (and a package by the device it was
+    built for), anything else by loading it on the CPU.
     """
     from ddpmrt.engine import load_model
-    from ddpmrt.engine.backends import ENGINE_SUFFIXES, resolve_model_path
+    from ddpmrt.engine.artifacts.sidecar import ENGINE, PACKAGE, check_device, read_sidecar
+    from ddpmrt.engine.backends import ENGINE_SUFFIXES, PACKAGE_SUFFIX, resolve_model_path
 
     path = resolve_model_path(model)
     if device == "cuda" and path.suffix.lower() in ENGINE_SUFFIXES:
-        from ddpmrt.engine.artifacts.sidecar import ENGINE, read_sidecar
-
         read_sidecar(path, ENGINE)  # the sidecar, and the engine's bytes against its checksum
+        return
+    if device == "cuda" and path.suffix.lower() == PACKAGE_SUFFIX:
+        check_device(read_sidecar(path, PACKAGE), "cuda", path.name)  # a CPU package on cuda is refused here
         return
     if device == "cuda":
         backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch" if path.is_dir() else backend

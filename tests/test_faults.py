@@ -150,6 +150,29 @@ def test_serve_checks_the_model_before_ray_starts(tmp_path):
         assert "Ray" not in result.stdout + result.stderr, result.stdout + result.stderr  # refused before Ray started
 
 
+def test_serve_checks_a_cuda_package_by_its_sidecar(tmp_path):
+    # `serve m.pt2 --device cuda`: the GPU may be on another node, so the check before Ray reads the
+    # package's sidecar and checksum; loading it on the CPU would refuse a CUDA package.
+    from ddpmrt.engine import NoiseSchedule, UserError
+    from ddpmrt.engine.artifacts.metadata import ModelMetadata
+    from ddpmrt.engine.artifacts.sidecar import PACKAGE, write_sidecar
+    from ddpmrt.engine.serve import check_model
+
+    metadata = ModelMetadata(schedule=NoiseSchedule.linear(), image_shape=(1, 4, 4))
+    for device in ("cuda", "cpu"):
+        package = tmp_path / f"{device}.pt2"
+        package.write_bytes(b"a package's bytes")
+        write_sidecar(package, PACKAGE, {"metadata": metadata.to_strings(), "device": device, "precision": "fp16",
+                                         "torch_version": "2.13.0", "profile": {"min": 1, "opt": 1, "max": 1},
+                                         "cache_key": {}})
+    check_model(str(tmp_path / "cuda.pt2"), device="cuda")
+    with pytest.raises(UserError, match="cpu.pt2 was compiled for cpu, not cuda"):
+        check_model(str(tmp_path / "cpu.pt2"), device="cuda")
+    (tmp_path / "cuda.pt2").write_bytes(b"a package's bytez")  # same size, other bytes
+    with pytest.raises(UserError, match="damaged"):
+        check_model(str(tmp_path / "cuda.pt2"), device="cuda")
+
+
 # -- help texts --------------------------------------------------------------------------------------
 
 def _options():
