@@ -176,6 +176,22 @@ def parse_request(body, schedule, max_images: int = DEFAULT_MAX_IMAGES) -> Sampl
     return request
 
 
+def batch_chunks(members: list[int], sizes: list[int], largest: int | None) -> list[list[int]]:
+    """`members` (requests of one sampler setting, with their image counts) in order, in chunks of at most
+    `largest` images (None: one chunk).  Each request is one the model runs alone (SamplingService.parse
+    checked it), so every chunk is at least the model's smallest batch too; a static batch of s images
+    puts each request of s images in a chunk of its own."""
+    chunks: list[list[int]] = []
+    total = 0
+    for member, n in zip(members, sizes):
+        if not chunks or (largest is not None and total + n > largest):
+            chunks.append([])
+            total = 0
+        chunks[-1].append(member)
+        total += n
+    return chunks
+
+
 class SamplingService:
     """The model and the batched sampling, without Ray: what a replica runs (and what tests call)."""
 
@@ -185,16 +201,16 @@ class SamplingService:
 
         self.model_name = str(model)
         self.model = load_model(model, backend=backend, device=device, threads=threads)
-        if hasattr(self.model, "static_shapes"):
-            # OpenVINO: batch sizes vary with the traffic, and a compile per new size would stall requests.
-            self.model.static_shapes = False
+        self.model.serve_traffic()
         self.backend, self.device, self.max_images = self.model.backend, device, max_images
         # A model is one stream of work (an ONNX Runtime binding, a GPU's buffers and graphs): requests
         # running in threads at once (batching off) take turns.
         self._lock = threading.Lock()
 
     def parse(self, body) -> SampleRequest:
-        return parse_request(body, self.model.schedule, self.max_images)
+        request = parse_request(body, self.model.schedule, self.max_images)
+        self.model.check_batch(request.n)  # a request the model cannot run alone is a 400 of its own
+        return request
 
     def run_batch(self, requests: list[SampleRequest]) -> list[np.ndarray]:
         """uint8 images (n, H, W, C) per request; requests with equal settings share one sampler call."""
@@ -208,7 +224,8 @@ class SamplingService:
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(request.settings, []).append(index)
-        for members in groups.values():
+        for members in (chunk for group in groups.values()
+                        for chunk in batch_chunks(group, [requests[i].n for i in group], self.model.batch_range[1])):
             batch = [requests[i] for i in members]
             # Each image keeps its request's seed and its index within the request.
             seeds = tuple(r.seed for r in batch for _ in range(r.n))

@@ -254,3 +254,31 @@ def test_parse_request_defaults_and_limits():
             parse_request(body, schedule)
     with pytest.raises(UserError, match=r"'n' must lie in \[1, 8\]"):
         parse_request({"n": 9}, schedule, max_images=8)
+
+
+def test_batch_chunks_keep_within_the_models_largest_batch():
+    from ddpmrt.engine.serve import batch_chunks
+
+    assert batch_chunks([0, 1, 2, 3, 4], [3, 3, 3, 8, 1], 8) == [[0, 1], [2], [3], [4]]
+    assert batch_chunks([5, 7], [4, 4], 4) == [[5], [7]]
+    assert batch_chunks([0, 1, 2], [100, 200, 300], None) == [[0, 1, 2]]
+
+
+def test_merged_requests_stay_within_a_static_batch(tmp_path):
+    # Three n=4 requests to a model exported for batch 4 used to be merged into one call of 12 images
+    # and all answered 400; each is valid alone, so each runs in a call of its own now.
+    from ddpmrt.export.onnx_export import export_onnx
+    from ddpmrt.export.sources import from_checkpoint
+
+    source = from_checkpoint("digits", "fp32")
+    path = tmp_path / "b4.onnx"
+    export_onnx(source.module, source.metadata, path, batch=4, check=False)
+    service = SamplingService(str(path), threads=1)
+    assert service.model.batch_range == (4, 4)
+    requests = [service.parse({"steps": 2, "n": 4, "seed": seed, "format": "npz"}) for seed in (1, 2, 3)]
+    together = service.run_batch(requests)
+    for request, images in zip(requests, together):
+        (alone,) = service.run_batch([request])
+        np.testing.assert_array_equal(images, alone)
+    with pytest.raises(UserError, match="exported for batch 4, got 2"):  # invalid alone: its own 400
+        service.parse({"steps": 2, "n": 2})

@@ -110,7 +110,7 @@ class OpenVinoModel(LoadedModel):
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._lock = threading.Lock()  # one infer request per batch size: one call at a time (callers may use threads)
         self._by_batch: OrderedDict[int | None, tuple] = OrderedDict()  # batch -> (compiled model, infer request)
-        self.static_shapes = True  # one compile per batch size (_compiled_for); the server turns it off
+        self.static_shapes = True  # one compile per batch size (_compiled_for); serve_traffic turns it off
         # Compiled for batch 1 (or the file's own batch) now, so that a bad file fails at load and the
         # precision is known; other batch sizes compile on their first call.
         self.compiled = self._compiled_for(self.static_batch or 1)[0]
@@ -132,8 +132,8 @@ class OpenVinoModel(LoadedModel):
         loop 1.18x / 1.14x faster than OpenVINO's default on the same file (cpu-cifar10-ddim20-epyc-zen5/).
         A compile takes 1-2 s, and each compiled batch holds its own copy of the weights, so the last
         STATIC_BATCHES_KEPT are kept (a sampler uses one, two with a remainder batch).  Where batch sizes
-        vary from call to call (a server's batches), `static_shapes = False` runs one dynamic-batch
-        compile instead, so that no request waits for a compile."""
+        vary from call to call (a server's batches, `serve_traffic()`), `static_shapes = False` runs one
+        dynamic-batch compile instead, so that no request waits for a compile."""
         reshape = self.static_shapes and self.static_batch is None
         key = n if reshape or self.static_batch is not None else None  # None: the dynamic-batch compile
         if key in self._by_batch:
@@ -162,6 +162,10 @@ class OpenVinoModel(LoadedModel):
         self.metadata.precision = "fp16" if x_type == "f16" else "fp32"  # the file's I/O type, not the compute type
         batch = inputs["x"].get_partial_shape()[0]
         self.static_batch = batch.get_length() if batch.is_static else None
+
+    def serve_traffic(self) -> None:
+        # A server's batch sizes vary with the traffic, and a compile per new size would stall requests.
+        self.static_shapes = False
 
     def check_batch(self, n: int) -> None:
         if self.static_batch is not None and n != self.static_batch:
