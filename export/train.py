@@ -98,6 +98,20 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def _agreed_stop(asked: bool, world: int, device) -> bool:
+    """Whether every rank stops before this step: one rank's Ctrl-C or SIGTERM stops all of them here.
+
+    Each rank catches its own signals; a rank that stopped alone would wait at the barrier after the
+    loop while the others enter the next step's gradient all-reduce, and all would hang.  One MAX
+    all-reduce of a flag per step makes them stop at the same step, and rank 0 saves once.
+    """
+    if world == 1:
+        return asked
+    flag = torch.tensor([1 if asked else 0], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step) % (2 ** 63)
 
@@ -310,9 +324,13 @@ def train(args: TrainArgs) -> Path:
     bar = tqdm(total=args.iters, initial=start, disable=rank != 0 or not args.progress, desc="train")
     step, t_last, losses = start, time.perf_counter(), []
     first_save, last_save = first_checkpoint_step(args.iters), time.monotonic()
+    stopped = False
     with _StopRequest() as stop:
         try:
-            while step < args.iters and stop.signal is None:
+            while step < args.iters:
+                if _agreed_stop(stop.signal is not None, world, device):
+                    stopped = True
+                    break
                 torch.manual_seed(_step_seed(args.seed, rank, step))  # dropout
                 x_t, t, noise = _noisy_batch(images, abar, schedule.num_train_timesteps, args.batch_size,
                                              _step_seed(args.seed, rank, step), device)
@@ -357,16 +375,17 @@ def train(args: TrainArgs) -> Path:
             bar.close()
     save(step)
     if rank == 0:
-        if stop.signal is None and args.sample_every and step % args.sample_every:
+        if not stopped and args.sample_every and step % args.sample_every:
             write_sample_grid(ema, schedule, (c, h, w), out / "samples" / f"step_{step:07d}.png", device)
         if log is not None:
             log.close()
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    if stop.signal is not None:
+    if stopped:
+        signum = int(stop.signal or signal.SIGTERM)  # a rank stopped by another's signal exits as that one would
         if rank == 0:
-            print(f"ddpmrt train: stopped by signal {stop.signal} at step {step}; checkpoint saved in {out}, "
+            print(f"ddpmrt train: stopped by signal {signum} at step {step}; checkpoint saved in {out}, "
                   "continue with --resume")
-        raise SystemExit(128 + int(stop.signal))
+        raise SystemExit(128 + signum)
     return out

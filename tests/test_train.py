@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,61 @@ def test_two_process_ddp_with_gloo(tmp_path):
     assert result.stdout.count("ddpmrt train:") == 1  # only rank 0 reports and writes
     state = _state(out)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """RANK -> pid of the torchrun workers below `parent` (read from /proc)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        rank = next((int(v[5:]) for v in environ if v.startswith(b"RANK=")), None)
+        if ppid == parent and rank is not None:
+            found[rank] = int(proc.name)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers in /proc (Linux)")
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    # SIGTERM to rank 1 alone: every rank stops at the same step and rank 0 saves once, instead of
+    # rank 1 waiting at the final barrier while rank 0 waits in the next step's all-reduce (a hang).
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as sink:  # a file, not a pipe: a hung rank would hold a pipe open
+        process = subprocess.Popen([*torchrun, "-m", "ddpmrt.export", "train", "--dataset", "digits", "--iters",
+                                    "100000", "--batch-size", "4", "--sample-every", "0", "--log-every", "2",
+                                    "--save-every", "100000", "--device", "cpu", "--no-progress", "--out", str(out)],
+                                   stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ranks = {}
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (out / "log.jsonl").is_file():  # training has started
+            time.sleep(0.5)
+        ranks = _rank_pids(process.pid)
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[1], signal.SIGTERM)
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks did not stop within 120 s of SIGTERM to rank 1")
+    finally:
+        for pid in [*ranks.values(), process.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait()
+    output = log.read_text()
+    assert "stopped by signal 15 at step" in output, output[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["step"] == _state(out)["step"] > 0
 
 
 @pytest.mark.parametrize("setup,args,fragment", [
