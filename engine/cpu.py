@@ -4,17 +4,14 @@ Sample quality does not move measurably in bf16 (benchmarks/results/cpu-bf16-qua
 worth it wherever it is faster, and that depends on the CPU's bf16 instructions:
 
 - AMX-BF16 (Xeon Sapphire Rapids and later): tile units with 16x the FLOP per cycle of fp32 FMA;
-  the cifar10 U-Net ran 2.2-3.3x faster in bf16 (OpenVINO and inductor, 2 cores).
+  bf16 measured faster (shared measurements of 2026-12-01; the README's "CPU speed").
 - AVX512-BF16 on AMD (Zen 4 and 5): dot products that do twice the FLOP of an fp32 FMA per
-  instruction.  Measured on an AMD EPYC Zen 5 (benchmarks/results/cpu-precision-epyc-zen5/): bf16 was
-  1.7-1.9x faster than fp32 on PyTorch eager, Inductor and OpenVINO alike, at batch 1 and 8.
-  Zen 4 is not measured yet; it has the same instructions on half-width units, and OpenVINO's own
-  default picks bf16 there too.
-- AVX512-BF16 on Intel without AMX (Cooper Lake, or a Xeon whose hypervisor hides AMX): measured
-  (benchmarks/results/cpu-precision-xeon-avx512bf16/), bf16 was *slower* than fp32 on PyTorch eager,
-  Inductor and OpenVINO alike (1.2-1.4x at batch 1 and 8), with oneDNN running its avx512_core_bf16
-  convolutions: without AMX tiles its bf16 dot products did not outrun fp32 FMA, and the conversions
-  cost the rest.
+  instruction; bf16 measured faster than fp32 on PyTorch eager, Inductor and OpenVINO alike
+  (benchmarks/results/cpu-precision-epyc-zen4/, -zen5/).
+- AVX512-BF16 on Intel without AMX (Cooper Lake, or a Xeon whose hypervisor hides AMX): bf16 measured
+  *slower* than fp32 on all three (benchmarks/results/cpu-precision-xeon-avx512bf16/), with oneDNN
+  running its avx512_core_bf16 convolutions: without AMX tiles its bf16 dot products did not outrun
+  fp32 FMA, and the conversions cost the rest.
 
 So `auto` means bf16 where the CPU has AMX-BF16, or AVX512-BF16 on an AMD CPU, and fp32 elsewhere,
 for every CPU backend (OpenVINO's own default picks bf16 on an Intel CPU with AVX512-BF16 alone too,

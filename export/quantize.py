@@ -12,8 +12,8 @@ QDQ format, per-channel int8 weights and asymmetric uint8 activations, the form 
 convolutions take (with int8 activations OpenVINO's ε was off by 0.65 of its range; with uint8,
 0.07, as ONNX Runtime's).  Only Conv, Gemm and MatMul are quantized, so attention's softmax and
 every GroupNorm stay in float, and so do the first and last convolutions: the image's own scale
-in, ε out.  What it costs and gains was measured before it was offered (benchmarks/cpu_int8.py):
-FID within 10 % of fp32's on digits and shapes, 1.8-2.9x faster than fp32 on AVX512-VNNI.
+in, ε out.  What it costs and gains was measured before it was offered (benchmarks/cpu_int8.py,
+benchmarks/results/cpu-int8-*/): quality against fp32 and speed, on digits and shapes.
 
 The file keeps the fp32 export's ddpmrt metadata plus `ddpmrt.quantization` (how it was calibrated),
 and is sealed like every ONNX file ddpmrt writes.

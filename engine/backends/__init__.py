@@ -34,8 +34,8 @@ from ddpmrt.engine.schedule import NoiseSchedule
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 BACKENDS = ("auto", "inductor", "onnxruntime", "openvino", "tensorrt", "torch")
-# The CPU backends of an .onnx file, fastest first (cifar10 U-Net on 2 Xeon cores: OpenVINO bf16 20.8 ms
-# per call at batch 1, OpenVINO f32 50.7, ONNX Runtime 50.1; at batch 8 117.6, 360.8 and 414.0).
+# The CPU backends of an .onnx file, fastest first (benchmarks/results/cpu-precision-*/: OpenVINO ahead of
+# ONNX Runtime in bf16, on par in fp32).
 ONNX_CPU_BACKENDS = ("openvino", "onnxruntime")
 DEVICES = ("cpu", "cuda")
 ENGINE_SUFFIXES = (".plan", ".engine")
@@ -193,13 +193,11 @@ def checkpoint_backend(device: str, precision: str = "auto") -> str:
     On CUDA inductor (the loop becomes one CUDA graph).  On the CPU, where it computes in bf16 on units
     that make bf16 faster (`cpu.bf16_is_faster`), OpenVINO where installed, else inductor with frozen
     weights; eager torch elsewhere.  OpenVINO runs the checkpoint's ONNX export, made once and cached
-    (the torch side's loader, export/onnx_export.py: cached_export), and beat inductor on the CPUs
-    measured: per call at batch 1 / 8, 34.4 / 244.8 ms against 40.2 / 272.4 on a Zen 4, 23.6 / 166.6 against
-    28.1 / 167.9 on a Zen 5 (benchmarks/results/cpu-precision-epyc-zen4/, -zen5/), with no 30-60 s compile
-    per process (a warm start to the first image took 4.9 s, cpu-cifar10-ddim20-epyc-zen4/).  Inductor in bf16 is still 3.1x / 3.6x eager at batch 1 / 8 on AMX
-    (26.0 / 108.3 ms against 79.6 / 389.1, shared/measurements/cpu-amx-2026-12-01.md).  In fp32 eager is as
-    fast as inductor (78.9 / 553.8 ms against 84.3 / 514.1 on a Xeon without AMX,
-    benchmarks/results/cpu-precision-xeon-avx512bf16/) and starts at once.  `DDPMRT_CPU_COMPILE=0` keeps
+    (the torch side's loader, export/onnx_export.py: cached_export), and beat inductor per call on the
+    CPUs measured (benchmarks/results/cpu-precision-epyc-zen4/, -zen5/), with no compile per process
+    (cpu-cifar10-ddim20-epyc-zen4/ has its warm start).  Inductor in bf16 is still well ahead of eager
+    on AMX (shared measurements of 2026-12-01).  In fp32 eager is as fast as inductor
+    (benchmarks/results/cpu-precision-xeon-avx512bf16/) and starts at once.  `DDPMRT_CPU_COMPILE=0` keeps
     eager torch on the CPU for short runs where neither a compile nor an export would pay (the test suite
     sets it).
     """

@@ -127,9 +127,8 @@ class OpenVinoModel(LoadedModel):
         """The compiled model and infer request for batch n, compiled for that static shape on first use.
 
         ddpmrt's files have a dynamic batch, and OpenVINO's static-shape kernels are faster than its
-        dynamic-shape ones: the cifar10 U-Net in bf16 on 2 Zen 5 cores ran 1.17x / 1.07x faster per call
-        at batch 1 / 8 (benchmarks/results/cpu-precision-epyc-zen5/static-batch.json), and its DDIM-20
-        loop 1.18x / 1.14x faster than OpenVINO's default on the same file (cpu-cifar10-ddim20-epyc-zen5/).
+        dynamic-shape ones (benchmarks/results/cpu-precision-epyc-zen5/static-batch.json, and
+        cpu-cifar10-ddim20-epyc-zen5/ against OpenVINO's default on the same file).
         A compile takes 1-2 s, and each compiled batch holds its own copy of the weights, so the last
         STATIC_BATCHES_KEPT are kept (a sampler uses one, two with a remainder batch).  Where batch sizes
         vary from call to call (a server's batches, `serve_traffic()`), `static_shapes = False` runs one

@@ -178,9 +178,9 @@ class TorchModel(LoadedModel):
         does not take effect).
 
         Freezing makes the weights constants of the compiled graph, so Inductor lays them out for
-        oneDNN's convolutions once instead of on every call: on 2 CPU cores the cifar10 U-Net at
-        batch 1 ran 67 -> 36 ms per call.  The price is start-up: Inductor's FX-graph cache skips
-        frozen oneDNN weights, so a second process took 15 s to its first call instead of 3 s.  On
+        oneDNN's convolutions once instead of on every call (the README's CPU figures and
+        benchmarks/results/unet-levers-cpu-epyc-zen5/ measure it).  The price is start-up: Inductor's
+        FX-graph cache skips frozen oneDNN weights, so a second process recompiles.  On
         CUDA the weights are already fp16 and channels_last, and start-up has a 10 s target, so it
         stays off there.
         """

@@ -8,7 +8,7 @@ the source hash, the architecture and the NVRTC version, so later runs load it d
     kernel = FusedUpdate()                             # needs a GPU: loads the module
     kernel.update(x_ptr, eps_ptr, "fp16", coeffs_ptr, keys_ptr, params_ptr, step=i, ..., stream=stream)
 
-The coefficient table (num_steps, 6), the image keys (`image_keys`: one seed and image index
+The coefficient table (num_steps, COEFFS_PER_STEP: the columns of samplers.py), the image keys (`image_keys`: one seed and image index
 per image) and the run parameters (`run_params`: the clip value) are device memory the kernel
 reads when it runs, so a captured CUDA graph of a whole loop serves any sampler, seed or mix of
 per-request seeds with that shape and step count.
