@@ -16,7 +16,7 @@ The paths, every one on the same random-weights U-Net (seed 0) and the same thre
   cached ONNX export, or inductor in bf16 with frozen weights without OpenVINO; eager PyTorch
   elsewhere; `DDPMRT_CPU_COMPILE=0` keeps eager);
 - onnx-default:       `load_model("model.onnx")` (OpenVINO where installed, its precision from auto);
-- openvino-default:   OpenVINO as a user calls it, `compile_model(onnx, "CPU")` (export/bench.py);
+- openvino-default:   OpenVINO as a user calls it, `compile_model(onnx, "CPU")` (export/evaluation/bench.py);
 - DDIMPipeline:       diffusers' pipeline in fp32, η = 0, the same number of steps.
 
 ms per image of one DDIM loop (host wall clock, warm-up loops excluded), the precision each path
@@ -41,10 +41,10 @@ import torch
 from ddpmrt.engine import load_model
 from ddpmrt.engine.backends import openvino_backend
 from ddpmrt.engine.profiling import environment, summarize
-from ddpmrt.export.bench import OpenVinoDefault, _diffusers_pipeline, batch_sizes_arg, bench_sampler, measure_startup
-from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
-from ddpmrt.export.onnx_export import export_onnx
-from ddpmrt.export.sources import from_checkpoint
+from ddpmrt.export.conversion.onnx_export import export_onnx
+from ddpmrt.export.evaluation.bench import OpenVinoDefault, batch_sizes_arg, bench_sampler, diffusers_pipeline, measure_startup
+from ddpmrt.export.model.checkpoint import write_json, write_random_checkpoint
+from ddpmrt.export.model.sources import from_checkpoint
 
 PATHS = ("checkpoint-default", "onnx-default", "openvino-default", "DDIMPipeline")
 
@@ -56,7 +56,7 @@ def load_paths(checkpoint: Path, onnx_path: Path, threads: int) -> dict:
         models = {"checkpoint-default": load_model(checkpoint, threads=threads),
                   "onnx-default": load_model(onnx_path, threads=threads),
                   "openvino-default": OpenVinoDefault(onnx_path, load_model(onnx_path, backend="onnxruntime"))}
-    pipe = _diffusers_pipeline(checkpoint, "cpu")
+    pipe = diffusers_pipeline(checkpoint, "cpu")
     return {"models": models, "pipe": pipe}
 
 

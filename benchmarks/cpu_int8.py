@@ -8,7 +8,7 @@ This measures that, the way Q-Diffusion and PTQ4DM calibrate a diffusion U-Net: 
 ranges come from the inputs the network really sees while sampling, (x_t, t) collected along the
 fp32 model's own DDIM trajectory at every step, not from one timestep or random noise.
 
-The int8 file is what `ddpmrt export-onnx --precision int8` writes (export/quantize.py: ONNX
+The int8 file is what `ddpmrt export-onnx --precision int8` writes (export/conversion/quantize.py: ONNX
 Runtime's static QDQ quantizer, per-channel int8 weights, uint8 activations, the first and last
 convolutions and everything but Conv/Gemm/MatMul kept in float).  It runs on OpenVINO (its Q/DQ
 pairs become int8 kernels: AVX512-VNNI or AMX-INT8) and on ONNX Runtime, each compared with the
@@ -33,12 +33,12 @@ import numpy as np
 from ddpmrt.engine import DDIMSampler, load_model
 from ddpmrt.engine.backends import openvino_backend, resolve_model_path
 from ddpmrt.engine.profiling import environment, time_calls
-from ddpmrt.export.bench import batch_sizes_arg
-from ddpmrt.export.checkpoint import read_config, write_json, write_random_checkpoint
-from ddpmrt.export.onnx_export import export_onnx
-from ddpmrt.export.quality import ClassifierJudge
-from ddpmrt.export.quantize import Calibration, quantize_onnx
-from ddpmrt.export.sources import from_checkpoint
+from ddpmrt.export.conversion.onnx_export import export_onnx
+from ddpmrt.export.conversion.quantize import Calibration, quantize_onnx
+from ddpmrt.export.evaluation.bench import batch_sizes_arg
+from ddpmrt.export.evaluation.quality import ClassifierJudge
+from ddpmrt.export.model.checkpoint import read_config, write_json, write_random_checkpoint
+from ddpmrt.export.model.sources import from_checkpoint
 
 FID_TOLERANCE = 0.10  # the issue's bar: int8 FID at most 10 % above fp32's
 

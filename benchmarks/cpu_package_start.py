@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from ddpmrt.engine.profiling import environment
-from ddpmrt.export.aot_package import build_aot_package
-from ddpmrt.export.bench import measure_startup
-from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
-from ddpmrt.export.engine_build import BatchProfile
-from ddpmrt.export.sources import from_checkpoint
+from ddpmrt.export.conversion.aot_package import build_aot_package
+from ddpmrt.export.conversion.engine_build import BatchProfile
+from ddpmrt.export.evaluation.bench import measure_startup
+from ddpmrt.export.model.checkpoint import write_json, write_random_checkpoint
+from ddpmrt.export.model.sources import from_checkpoint
 
 
 def main() -> None:

@@ -40,10 +40,10 @@ import torch
 from ddpmrt.engine import load_model
 from ddpmrt.engine.backends import openvino_backend
 from ddpmrt.engine.profiling import environment, time_calls
-from ddpmrt.export.bench import batch_sizes_arg
-from ddpmrt.export.checkpoint import write_json, write_random_checkpoint
-from ddpmrt.export.onnx_export import export_onnx
-from ddpmrt.export.sources import from_checkpoint
+from ddpmrt.export.conversion.onnx_export import export_onnx
+from ddpmrt.export.evaluation.bench import batch_sizes_arg
+from ddpmrt.export.model.checkpoint import write_json, write_random_checkpoint
+from ddpmrt.export.model.sources import from_checkpoint
 
 BACKENDS = ("torch", "inductor", "openvino", "openvino-dynamic", "openvino-default", "onnxruntime")
 
@@ -61,7 +61,7 @@ def load(backend: str, precision: str, checkpoint: Path, onnx_path: Path, thread
         if backend in ("torch", "inductor"):
             return load_model(checkpoint, backend=backend, precision=precision)
         if backend == "openvino-default":
-            from ddpmrt.export.bench import OpenVinoDefault
+            from ddpmrt.export.evaluation.bench import OpenVinoDefault
 
             return OpenVinoDefault(onnx_path, load_model(onnx_path, backend="onnxruntime"))
         model = load_model(onnx_path, backend=backend.split("-")[0], precision=precision, threads=threads)

@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ddpmrt.export.checkpoint import write_random_checkpoint
+from ddpmrt.export.model.checkpoint import write_random_checkpoint
 
 
 def environment() -> dict:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ddpmrt.engine.profiling import environment
-from ddpmrt.export.checkpoint import write_json
+from ddpmrt.export.model.checkpoint import write_json
 
 # Libraries the GPU paths use beyond those environment() records.
 EXTRA_VERSIONS = ("triton", "cuda-python", "cuda-bindings", "nvidia-cuda-nvrtc", "cupy-cuda13x", "onnx")

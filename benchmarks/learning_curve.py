@@ -87,8 +87,8 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
     import numpy as np
 
     from ddpmrt.engine import load_model, make_sampler
-    from ddpmrt.export.data import load_dataset
-    from ddpmrt.export.quality import ClassifierJudge
+    from ddpmrt.export.evaluation.quality import ClassifierJudge
+    from ddpmrt.export.training.data import load_dataset
 
     results.mkdir(parents=True, exist_ok=True)
     path = results / "curve.json"

@@ -20,10 +20,10 @@ from pathlib import Path
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
 from ddpmrt.engine.profiling import environment
-from ddpmrt.export.checkpoint import write_random_checkpoint
-from ddpmrt.export.engine_build import BatchProfile, build_engine
-from ddpmrt.export.onnx_export import export_onnx
-from ddpmrt.export.sources import from_checkpoint, sha256_file
+from ddpmrt.export.conversion.engine_build import BatchProfile, build_engine
+from ddpmrt.export.conversion.onnx_export import export_onnx
+from ddpmrt.export.model.checkpoint import write_random_checkpoint
+from ddpmrt.export.model.sources import from_checkpoint, sha256_file
 
 
 def measure(config: str, work: Path, repeats: int, targets: list[str]) -> dict:

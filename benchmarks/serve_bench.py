@@ -138,7 +138,7 @@ def main() -> None:
 
 
 def write(report: dict, out: Path) -> None:
-    from ddpmrt.export.plots import pyplot, save_figure, write_markdown
+    from ddpmrt.export.evaluation.plots import pyplot, save_figure, write_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "serve_bench.json") as tmp:

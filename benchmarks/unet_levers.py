@@ -48,7 +48,7 @@ from ddpmrt.engine import DDIMSampler, NoiseSchedule
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.backends.torch_backend import TorchModel
 from ddpmrt.engine.profiling import environment, profile_device_loop, time_calls
-from ddpmrt.export.unet import UNet, get_config
+from ddpmrt.export.model.unet import UNet, get_config
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,14 @@ def seeds(seed, n: int):
     if len(values) != n or np.ndim(seed) != 1:
         raise UserError(f"seed must be one integer or {n} of them (one per image), got {np.shape(seed)}")
     return tuple(check_int(v, "every seed", 0, 2 ** 64 - 1) for v in values)
+
+
+def int_list(text: str, option: str, low: int = 1, high: int = 65536) -> list[int]:
+    """A comma-separated list of distinct integers in [low, high] (a --batch or --seeds value)."""
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < low or max(values) > high or len(set(values)) != len(values):
+        raise UserError(f"{option} {text!r}: use distinct integers in [{low}, {high}] separated by commas, e.g. 1,8,64")
+    return values

@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("polygraphy", reason="needs Polygraphy: pip install polygraphy onnx-graphsurgeon")
 
 from ddpmrt.engine.errors import UserError  # noqa: E402
-from ddpmrt.export.check import CheckFailed, run_check, timestep_buckets  # noqa: E402
-from ddpmrt.export.onnx_export import export_onnx  # noqa: E402
-from ddpmrt.export.sources import Source, from_checkpoint  # noqa: E402
+from ddpmrt.export.conversion.onnx_export import export_onnx  # noqa: E402
+from ddpmrt.export.evaluation.check import CheckFailed, run_check, timestep_buckets  # noqa: E402
+from ddpmrt.export.model.sources import Source, from_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

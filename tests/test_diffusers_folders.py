@@ -129,7 +129,7 @@ def test_schedules_ddpmrt_cannot_represent(pipelines, tmp_path, changes, fragmen
 
 
 def test_trained_betas_and_cosine_are_read(tmp_path):
-    from ddpmrt.export.sources import schedule_from_diffusers
+    from ddpmrt.export.model.sources import schedule_from_diffusers
 
     betas = np.linspace(1e-4, 2e-2, 50)
     assert np.allclose(schedule_from_diffusers({"trained_betas": betas.tolist()}).betas, betas)

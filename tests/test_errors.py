@@ -18,8 +18,8 @@ def test_out_of_memory_is_recognised_in_each_library_s_words():
 @pytest.fixture
 def onnx_file(tmp_path):
     pytest.importorskip("torch")
-    from ddpmrt.export.onnx_export import export_onnx
-    from ddpmrt.export.sources import from_checkpoint
+    from ddpmrt.export.conversion.onnx_export import export_onnx
+    from ddpmrt.export.model.sources import from_checkpoint
 
     source = from_checkpoint("digits", "fp32")
     path = tmp_path / "digits.onnx"
@@ -65,7 +65,7 @@ def test_onnx_runtime_bugs_are_not_user_errors(onnx_file, monkeypatch):
 
 def test_a_checkpoint_read_that_runs_out_of_memory_says_so(monkeypatch):
     pytest.importorskip("torch")
-    from ddpmrt.export import checkpoint
+    from ddpmrt.export.model import checkpoint
 
     def no_memory(path):
         raise MemoryError()

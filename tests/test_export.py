@@ -66,7 +66,7 @@ def test_metadata_makes_the_file_self_describing(tiny_onnx, tiny):
     assert json.loads(props["ddpmrt.image_shape"]) == [1, 16, 16]
     assert props["ddpmrt.precision"] == "fp16" and props["ddpmrt.prediction_type"] == "epsilon"
     assert json.loads(props["ddpmrt.model_config"])["ch"] == 32
-    from ddpmrt.export.sources import sha256_file
+    from ddpmrt.export.model.sources import sha256_file
     assert props["ddpmrt.source_sha256"] == sha256_file(tiny / "model.safetensors")
     assert props["ddpmrt.version"]
 
@@ -198,8 +198,8 @@ def test_diffusers_dir_errors(diffusers_dir, tmp_path):
 @pytest.mark.parametrize("name", ["tiny", "cifar10"])
 def test_weights_convert_to_diffusers(name):
     pytest.importorskip("diffusers")
-    from ddpmrt.export.diffusers_convert import to_diffusers
-    from ddpmrt.export.unet import UNet, get_config
+    from ddpmrt.export.model.diffusers_convert import to_diffusers
+    from ddpmrt.export.model.unet import UNet, get_config
 
     torch.manual_seed(0)
     model = UNet(get_config(name)).eval()

@@ -29,8 +29,8 @@ def _step(out) -> int:
 
 def test_a_run_saves_at_five_percent_and_by_the_clock(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    import ddpmrt.export.train as train_module
-    from ddpmrt.export.train_args import TrainArgs
+    import ddpmrt.export.training.trainer as train_module
+    from ddpmrt.export.training.args import TrainArgs
 
     saved_at = []
     real_save = train_module.save_weights

@@ -95,8 +95,8 @@ def file_mutations(size: int, n_truncate: int, n_flip: int, seed: int, region=No
 def originals(tmp_path_factory):
     """One intact copy of every file kind, made once."""
     from ddpmrt.engine.backends import resolve_model_path
-    from ddpmrt.export.onnx_export import export_onnx
-    from ddpmrt.export.sources import from_checkpoint
+    from ddpmrt.export.conversion.onnx_export import export_onnx
+    from ddpmrt.export.model.sources import from_checkpoint
 
     root = tmp_path_factory.mktemp("originals")
     checkpoint = root / "checkpoint"
@@ -118,8 +118,8 @@ def originals(tmp_path_factory):
     except ImportError:
         return files
     from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
-    from ddpmrt.export.engine_build import BatchProfile, build_engine
-    from ddpmrt.export.sources import sha256_file
+    from ddpmrt.export.conversion.engine_build import BatchProfile, build_engine
+    from ddpmrt.export.model.sources import sha256_file
 
     source16 = from_checkpoint(checkpoint, "fp16")
     export_onnx(source16.module, source16.metadata, root / "engine.onnx")
@@ -197,7 +197,7 @@ def test_damaged_files(kind, index, offset, originals, tmp_path):
     before = sorted(tmp_path.rglob("*"))
     with deadline(), pytest.raises(UserError) as error:
         if kind in ("npz", "npy", "png"):
-            from ddpmrt.export.data import load_dataset
+            from ddpmrt.export.training.data import load_dataset
 
             load_dataset(str(load_target))
         else:

@@ -15,8 +15,8 @@ OPENVINO_HAS_BF16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
-    from ddpmrt.export.onnx_export import export_onnx
-    from ddpmrt.export.sources import from_checkpoint
+    from ddpmrt.export.conversion.onnx_export import export_onnx
+    from ddpmrt.export.model.sources import from_checkpoint
 
     source = from_checkpoint("digits", "fp32")
     path = tmp_path_factory.mktemp("ov") / "digits.onnx"
@@ -172,7 +172,7 @@ def test_each_batch_size_runs_a_static_shape_compile_and_the_last_few_are_kept(o
 
 def test_a_checkpoint_runs_on_openvino_as_its_cached_onnx_export(tmp_path, monkeypatch, cpu_flags):
     # Where bf16 is faster, a checkpoint's default is OpenVINO: its ONNX export, made once, then read back.
-    from ddpmrt.export import onnx_export
+    from ddpmrt.export.conversion import onnx_export
 
     monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("DDPMRT_CPU_COMPILE", raising=False)

@@ -37,13 +37,13 @@ def test_console_scripts_are_declared():
 
 def test_checkpoint_loaders_come_from_the_torch_side_through_entry_points(tmp_path):
     loaders = {ep.name: ep.value for ep in entry_points(group="ddpmrt.model_loaders")}
-    assert loaders == {"checkpoint": "ddpmrt.export.loaders:load_checkpoint",
-                       "diffusers": "ddpmrt.export.loaders:load_diffusers"}
+    assert loaders == {"checkpoint": "ddpmrt.export.conversion.loaders:load_checkpoint",
+                       "diffusers": "ddpmrt.export.conversion.loaders:load_diffusers"}
     # Sampling an ONNX file never imports the torch side; a checkpoint imports it only through its loader.
     out = _python("import sys, json, ddpmrt.engine as e\n"
                   "print(json.dumps('ddpmrt.export' in sys.modules))\n"
                   "m = e.load_model('digits')\n"
-                  "print(json.dumps(['ddpmrt.export.loaders' in sys.modules, type(m).__module__]))", cwd=tmp_path)
+                  "print(json.dumps(['ddpmrt.export.conversion.loaders' in sys.modules, type(m).__module__]))", cwd=tmp_path)
     before, after = out.splitlines()
     assert json.loads(before) is False
     assert json.loads(after) == [True, "ddpmrt.engine.backends.torch_backend"]

@@ -86,7 +86,7 @@ def test_bench_names_the_package_backends_in_its_error():
 
 def test_bench_markdown_says_when_a_graph_hides_the_stages(tmp_path):
     from ddpmrt.engine.profiling import environment, summarize
-    from ddpmrt.export.bench import write_report
+    from ddpmrt.export.evaluation.bench import write_report
 
     def row(backend, stages, network):
         timing = summarize([1.0, 2.0])
@@ -111,7 +111,7 @@ def test_bench_markdown_says_when_a_graph_hides_the_stages(tmp_path):
 
 
 def test_peak_tflops_by_gpu_name():
-    from ddpmrt.export.bench import peak_tflops
+    from ddpmrt.export.evaluation.bench import peak_tflops
 
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA GeForce RTX 3050") is None and peak_tflops(None) is None
@@ -143,7 +143,7 @@ def test_bench_times_a_multistep_solver_against_its_diffusers_scheduler(tmp_path
 
 
 def test_report_sampler_specs_and_seed_spread():
-    from ddpmrt.export.report import SOLVERS, _by_setting, _cell, label, parse_samplers
+    from ddpmrt.export.evaluation.report import SOLVERS, _by_setting, _cell, label, parse_samplers
 
     assert parse_samplers("dpmsolver:10:3,unipc:8,ddim:25,ddpm:50,unipc:5:3:bh1") == [
         ("dpmsolver", 10, 3), ("unipc", 8, 2), ("ddim", 25, 0.0), ("ddpm", 50, None), ("unipc", 5, 3, "bh1")]
@@ -196,7 +196,7 @@ def test_report_on_openvino_in_bf16(tmp_path):
 
 
 def test_best_spacing_is_the_lowest_mean_rank():
-    from ddpmrt.export.report import best_spacing
+    from ddpmrt.export.evaluation.report import best_spacing
 
     def row(spacing, steps, fid):
         return {"sampler": "ddim", "eta": 0.0, "steps": steps, "spacing": spacing, "fid": fid}
@@ -214,7 +214,7 @@ def test_demo(tmp_path):
     result = run_cli("demo", "--samples", "8", "--threads", "1", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     assert (out / "report.md").is_file() and (out / "model-fp32.onnx").is_file()
-    from ddpmrt.export.report import QUICK
+    from ddpmrt.export.evaluation.report import QUICK
 
     assert len(list((out / "samples").glob("*.png"))) == len(QUICK)
     assert "ddpmrt demo: done" in result.stdout

@@ -33,8 +33,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
-    from ddpmrt.export.onnx_export import export_onnx
-    from ddpmrt.export.sources import from_checkpoint
+    from ddpmrt.export.conversion.onnx_export import export_onnx
+    from ddpmrt.export.model.sources import from_checkpoint
 
     path = tmp_path_factory.mktemp("serve") / "digits.onnx"
     source = from_checkpoint("digits", "fp32")
@@ -267,8 +267,8 @@ def test_batch_chunks_keep_within_the_models_largest_batch():
 def test_merged_requests_stay_within_a_static_batch(tmp_path):
     # Three n=4 requests to a model exported for batch 4 used to be merged into one call of 12 images
     # and all answered 400; each is valid alone, so each runs in a call of its own now.
-    from ddpmrt.export.onnx_export import export_onnx
-    from ddpmrt.export.sources import from_checkpoint
+    from ddpmrt.export.conversion.onnx_export import export_onnx
+    from ddpmrt.export.model.sources import from_checkpoint
 
     source = from_checkpoint("digits", "fp32")
     path = tmp_path / "b4.onnx"

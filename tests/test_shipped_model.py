@@ -7,7 +7,7 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 from ddpmrt.engine import DDIMSampler, load_model  # noqa: E402
-from ddpmrt.export.quality import ClassifierJudge  # noqa: E402
+from ddpmrt.export.evaluation.quality import ClassifierJudge  # noqa: E402
 
 # FID in the judge's feature space: real held-out digits score ~1.5, noise images 400-1000.
 # Confidence alone is weak evidence (a softmax classifier is confident on much of pure noise).

@@ -61,7 +61,7 @@ def test_build_writes_onnx_engine_and_sidecar(built):
     assert sidecar["profile"] == {"min": 1, "opt": 4, "max": 16, "static": False}
     assert sidecar["targets"] == ["sm86", "sm89"] and sidecar["tensors"]["x"] == "fp16"
     assert sidecar["engine_bytes"] == plan.stat().st_size
-    from ddpmrt.export.sources import sha256_file
+    from ddpmrt.export.model.sources import sha256_file
     assert sidecar["onnx_sha256"] == sha256_file(plan.with_suffix(".onnx"))
     assert json.loads(sidecar["metadata"]["ddpmrt.image_shape"]) == [1, 16, 16]
 

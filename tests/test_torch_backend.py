@@ -17,7 +17,7 @@ from ddpmrt.engine.backends.torch_backend import TorchModel, fp32_math, resolve_
 def test_a_module_without_parameters_runs():
     # report and demo wrap the Gaussian's closed-form ε* (buffers only) in TorchModel.
     from ddpmrt.engine.gaussian import GaussianData
-    from ddpmrt.export.quality import GaussianEpsModule
+    from ddpmrt.export.evaluation.quality import GaussianEpsModule
 
     schedule = NoiseSchedule.linear(1000)
     data = GaussianData.random((2, 2, 2), schedule, seed=3)
@@ -110,7 +110,7 @@ def test_the_unet_runs_with_its_time_shifts_looked_up():
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ddpmrt.export.unet import UNet, get_config
+    from ddpmrt.export.model.unet import UNet, get_config
 
     class CountOps(TorchDispatchMode):
         def __init__(self):
@@ -156,7 +156,7 @@ def test_a_compiled_network_takes_more_batch_sizes_than_dynamos_default_limit():
     import torch._dynamo
 
     from ddpmrt.engine.gaussian import GaussianData
-    from ddpmrt.export.quality import GaussianEpsModule
+    from ddpmrt.export.evaluation.quality import GaussianEpsModule
 
     assert torch._dynamo.config.recompile_limit < 10
     schedule = NoiseSchedule.linear(1000)

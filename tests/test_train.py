@@ -16,7 +16,7 @@ from conftest import assert_user_error, run_cli
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
-from ddpmrt.export.train import TrainArgs, train  # noqa: E402
+from ddpmrt.export.training.trainer import TrainArgs, train  # noqa: E402
 
 FAST = dict(dataset="digits", model="tiny", batch_size=4, sample_every=0, save_every=1000, log_every=5,
             progress=False, warmup=5, device="cpu")
@@ -195,7 +195,7 @@ def test_trains_on_a_folder_and_an_npz(tmp_path):
 
 def test_process_group_backend_follows_the_training_device(monkeypatch):
     # On a GPU machine `torchrun ... train --device cpu` needs gloo: NCCL reduces CUDA tensors only.
-    from ddpmrt.export import train as train_module
+    from ddpmrt.export.training import trainer as train_module
 
     chosen = []
     monkeypatch.setenv("WORLD_SIZE", "2")

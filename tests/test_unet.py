@@ -2,7 +2,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ddpmrt.export.unet import CONFIGS, UNet, UNetConfig, count_parameters, get_config, timestep_embedding  # noqa: E402
+from ddpmrt.export.model.unet import CONFIGS, UNet, UNetConfig, count_parameters, get_config, timestep_embedding  # noqa: E402
 
 
 def test_cifar10_config_has_the_papers_parameter_count():

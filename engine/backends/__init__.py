@@ -193,7 +193,7 @@ def checkpoint_backend(device: str, precision: str = "auto") -> str:
     On CUDA inductor (the loop becomes one CUDA graph).  On the CPU, where it computes in bf16 on units
     that make bf16 faster (`cpu.bf16_is_faster`), OpenVINO where installed, else inductor with frozen
     weights; eager torch elsewhere.  OpenVINO runs the checkpoint's ONNX export, made once and cached
-    (the torch side's loader, export/onnx_export.py: cached_export), and beat inductor per call on the
+    (the torch side's loader, export/conversion/onnx_export.py: cached_export), and beat inductor per call on the
     CPUs measured (benchmarks/results/cpu-precision-epyc-zen4/, -zen5/), with no compile per process
     (cpu-cifar10-ddim20-epyc-zen4/ has its warm start).  Inductor in bf16 is still well ahead of eager
     on AMX (shared measurements of 2026-12-01).  In fp32 eager is as fast as inductor

@@ -32,10 +32,10 @@ from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.images import make_grid, save_png, to_uint8
 from ddpmrt.engine.samplers import DDIMSampler
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.export.checkpoint import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config
-from ddpmrt.export.data import load_dataset
-from ddpmrt.export.train_args import FIXED_ON_RESUME, NOT_SAVED, TrainArgs
-from ddpmrt.export.unet import UNet, UNetConfig, count_parameters, get_config
+from ddpmrt.export.model.checkpoint import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config
+from ddpmrt.export.model.unet import UNet, UNetConfig, count_parameters, get_config
+from ddpmrt.export.training.args import FIXED_ON_RESUME, NOT_SAVED, TrainArgs
+from ddpmrt.export.training.data import load_dataset
 
 # What a training run leaves in its folder; a fresh run refuses a folder holding any of them.
 LOG_FILE = "log.jsonl"

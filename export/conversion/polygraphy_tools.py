@@ -1,5 +1,5 @@
 """Polygraphy, where TensorRT users reach for it: sanitizing an ONNX before a build, and inspecting
-an engine.  (Comparing artifacts against PyTorch is `ddpmrt check`: export/check.py.)
+an engine.  (Comparing artifacts against PyTorch is `ddpmrt check`: export/evaluation/check.py.)
 
     sanitize_onnx(src, dst)        -> what was applied (constant folding, shape inference), node counts
     inspect_engine(plan, flavour)  -> inputs, outputs, profiles and layer count of a built engine

@@ -24,9 +24,9 @@ from ddpmrt.engine.backends.torch_backend import TorchModel, resolve_precision
 from ddpmrt.engine.cpu import resolve_cpu_precision
 from ddpmrt.engine.errors import UserError, first_line
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.export.checkpoint import load_unet
-from ddpmrt.export.onnx_export import cached_export, export_onnx
-from ddpmrt.export.sources import Source, from_checkpoint, from_diffusers
+from ddpmrt.export.conversion.onnx_export import cached_export, export_onnx
+from ddpmrt.export.model.checkpoint import load_unet
+from ddpmrt.export.model.sources import Source, from_checkpoint, from_diffusers
 
 
 def _check(device: str, backend: str, precision: str) -> None:

@@ -22,7 +22,7 @@ from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.sidecar import PACKAGE, cached_sidecar, write_sidecar
 from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.version import __version__
-from ddpmrt.export.engine_build import BatchProfile
+from ddpmrt.export.conversion.engine_build import BatchProfile
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

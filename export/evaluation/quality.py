@@ -58,7 +58,7 @@ class ClassifierJudge:
     def train(cls, dataset: str = "digits", image_size: int = 16, seed: int = 0) -> "ClassifierJudge":
         from sklearn.neural_network import MLPClassifier
 
-        from ddpmrt.export.data import load_dataset
+        from ddpmrt.export.training.data import load_dataset
 
         if dataset not in JUDGED_DATASETS:
             raise ValueError(f"no judge for data set {dataset!r}; judged: {', '.join(JUDGED_DATASETS)}")

@@ -33,25 +33,24 @@ from ddpmrt.engine import cpu, load_model, make_sampler
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
-from ddpmrt.export.onnx_export import export_onnx
-from ddpmrt.export.plots import pyplot, save_figure, write_markdown
-from ddpmrt.export.sources import from_checkpoint, from_diffusers
+from ddpmrt.export.conversion.onnx_export import export_onnx
+from ddpmrt.export.evaluation.bench_backends import (  # noqa: F401
+    BENCH_BACKENDS,
+    BY_NAME_BACKENDS,
+    CALIBRATED_BACKENDS,
+    DIFFUSERS_COMPILED,
+    PACKAGE_BACKENDS,
+)
+from ddpmrt.export.evaluation.plots import pyplot, save_figure, write_markdown
+from ddpmrt.export.model.sources import from_checkpoint, from_diffusers
 
-BENCH_BACKENDS = ("torch-cpu", "inductor-cpu", "onnxruntime-cpu", "openvino-cpu", "openvino-default", "torch-cuda", "torch-cuda-graph", "inductor-cuda",
-                  "onnxruntime-cuda", "tensorrt")
-# AOTInductor packages: an ahead-of-time build each (minutes for cifar10), so never part of "all"; nor is the
-# int8 ONNX file on OpenVINO (export-onnx --precision int8: a calibration run first, about a minute for cifar10).
-PACKAGE_BACKENDS = ("inductor-package-cpu", "inductor-package-cuda")
-CALIBRATED_BACKENDS = ("openvino-int8-cpu",)
-BY_NAME_BACKENDS = PACKAGE_BACKENDS + CALIBRATED_BACKENDS
-DIFFUSERS_COMPILED = ("auto", "always", "never")
 # Dense fp16/bf16 tensor-core peak by GPU name (datasheets; shared/reference/anchors.md), for % of peak.
 # The first name that occurs in the device name wins; --peak-tflops overrides.
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
 BENCH_SAMPLERS = ("ddim", "ddpm", "dpmsolver", "unipc")
 
 
-# The settings both sides run, by sampler; diffusers' pipelines are configured to match (_diffusers_pipeline).
+# The settings both sides run, by sampler; diffusers' pipelines are configured to match (diffusers_pipeline).
 BENCH_SAMPLER_OPTIONS = {"ddim": {"eta": 0.0, "spacing": "leading", "clip_sample": 0.0},      # DDIM η=0 unclipped
                          "ddpm": {"variance": "fixed_small", "spacing": "leading", "clip_sample": 1.0},
                          # Multistep solvers at order 2, unclipped, against diffusers' schedulers of the same settings.
@@ -63,10 +62,10 @@ def batch_sizes_arg(text: str) -> list[int]:
     """An argparse type for the benchmark scripts' --batch: the CLI's check of a comma-separated list."""
     import argparse
 
-    from ddpmrt.export.cli import _int_list
+    from ddpmrt.engine.checks import int_list
 
     try:
-        return _int_list(text, "--batch")
+        return int_list(text, "--batch")
     except UserError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -135,7 +134,7 @@ def _onnx_models(checkpoint, source, work, threads, wanted, models, missing) -> 
     onnx_path = work / "model-fp32.onnx"
     export_onnx(source.module, source.metadata, onnx_path, unwrap=source.unwrap)
     if "openvino-int8-cpu" in wanted:
-        from ddpmrt.export.quantize import quantize_onnx
+        from ddpmrt.export.conversion.quantize import quantize_onnx
 
         if not openvino_backend.available():
             missing["openvino-int8-cpu"] = "needs OpenVINO: pip install 'ddpmrt[openvino]'"
@@ -191,8 +190,8 @@ def _tensorrt_model(checkpoint, source, work, threads, wanted, models, missing) 
         missing["tensorrt"] = "needs an NVIDIA GPU and TensorRT or TensorRT-RTX"
         return
     from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
-    from ddpmrt.export.engine_build import BatchProfile, build_engine
-    from ddpmrt.export.sources import sha256_file
+    from ddpmrt.export.conversion.engine_build import BatchProfile, build_engine
+    from ddpmrt.export.model.sources import sha256_file
 
     try:
         flavour = import_flavour("auto")
@@ -207,8 +206,8 @@ def _tensorrt_model(checkpoint, source, work, threads, wanted, models, missing) 
 
 def _package_models(checkpoint, wanted, packages: Path, batches, models, missing) -> None:
     """AOTInductor packages, built as `export-engine --flavour inductor` builds them."""
-    from ddpmrt.export.aot_package import build_aot_package
-    from ddpmrt.export.engine_build import BatchProfile
+    from ddpmrt.export.conversion.aot_package import build_aot_package
+    from ddpmrt.export.conversion.engine_build import BatchProfile
 
     for name in PACKAGE_BACKENDS:
         if name not in wanted:
@@ -227,10 +226,10 @@ def _package_models(checkpoint, wanted, packages: Path, batches, models, missing
         models[name] = load_model(package, device=device)
 
 
-def _diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, sampler: str = "ddim", compiled: bool = False):
+def diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, sampler: str = "ddim", compiled: bool = False):
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
-    from ddpmrt.export.diffusers_convert import to_diffusers
+    from ddpmrt.export.model.diffusers_convert import to_diffusers
 
     source = _source(checkpoint, "fp32")
     # A ddpmrt U-Net is converted to UNet2DModel; a diffusers folder's UNet2DModel is used as it is.
@@ -449,10 +448,10 @@ def _diffusers_pipes(checkpoint: Path, models: dict, pipeline: str, sampler: str
         suffix = "compiled-" if compiled else ""
         if on_cpu and (not compiled or diffusers_compiled == "always"):
             pipes.append((f"diffusers-{pipeline}-{suffix}cpu", "cpu", compiled,
-                          _diffusers_pipeline(checkpoint, "cpu", sampler=sampler, compiled=compiled)))
+                          diffusers_pipeline(checkpoint, "cpu", sampler=sampler, compiled=compiled)))
         if on_gpu:
             pipes.append((f"diffusers-{pipeline}-{suffix}cuda-fp16", "cuda", compiled,
-                          _diffusers_pipeline(checkpoint, "cuda", torch.float16, sampler=sampler, compiled=compiled)))
+                          diffusers_pipeline(checkpoint, "cuda", torch.float16, sampler=sampler, compiled=compiled)))
     return pipes
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpmrt.export.unet import AttnBlock, Downsample, ResBlock, UNet, UNetConfig, Upsample
+from ddpmrt.export.model.unet import AttnBlock, Downsample, ResBlock, UNet, UNetConfig, Upsample
 
 RESBLOCK_NAMES = {"norm1": "norm1", "conv1": "conv1", "temb_proj": "time_emb_proj", "norm2": "norm2",
                   "conv2": "conv2", "skip": "conv_shortcut"}

@@ -124,7 +124,7 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
         sanitized = {"applied": []}
         start = time.perf_counter()
         if sanitize:
-            from ddpmrt.export.polygraphy_tools import sanitize_onnx
+            from ddpmrt.export.conversion.polygraphy_tools import sanitize_onnx
 
             sanitized = sanitize_onnx(onnx_path, Path(work) / onnx_path.name)
             onnx_path = Path(work) / onnx_path.name
@@ -163,7 +163,7 @@ def engine_inspection(plan: Path, flavour: Flavour) -> dict:
     if device_compute_capability() is None:
         return {"skipped": "no GPU here: deserializing an engine needs one (TensorRT-RTX too)"}
     try:
-        from ddpmrt.export.polygraphy_tools import inspect_engine
+        from ddpmrt.export.conversion.polygraphy_tools import inspect_engine
 
         return inspect_engine(plan, flavour.is_rtx)
     except UserError as exc:

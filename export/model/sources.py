@@ -19,7 +19,7 @@ from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.backends import resolve_model_path
 from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.export.checkpoint import WEIGHTS_FILE, load_unet
+from ddpmrt.export.model.checkpoint import WEIGHTS_FILE, load_unet
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_WEIGHT_FILES = (DIFFUSERS_WEIGHTS, "diffusion_pytorch_model.bin")
@@ -166,3 +166,14 @@ def from_diffusers(directory: str | Path, precision: str, schedule: NoiseSchedul
                              source=Path(directory).name, source_sha256=sha256_file(weights),
                              ddpmrt_version=__version__)
     return Source(module, metadata, unwrap=lambda out: out.sample)
+
+
+def export_source(model: str | None, diffusers_folder: str | None, schedule: NoiseSchedule | None,
+                  precision: str) -> Source:
+    """The weights an export converts: a checkpoint or shipped name, or a diffusers folder (whose missing
+    schedule `schedule` may give); a UserError when neither is named."""
+    if diffusers_folder:
+        return from_diffusers(diffusers_folder, precision, schedule)
+    if not model:
+        raise UserError("name a model: a checkpoint directory, a shipped model name, or --from-diffusers DIR")
+    return from_checkpoint(model, precision)

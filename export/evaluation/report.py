@@ -25,11 +25,11 @@ from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
 from ddpmrt.engine.profiling import environment
 from ddpmrt.engine.samplers import DEFAULT_SPACING
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.export.checkpoint import read_config
-from ddpmrt.export.onnx_export import export_onnx
-from ddpmrt.export.plots import pyplot, save_figure, write_markdown
-from ddpmrt.export.quality import JUDGED_DATASETS, ClassifierJudge
-from ddpmrt.export.sources import from_checkpoint
+from ddpmrt.export.conversion.onnx_export import export_onnx
+from ddpmrt.export.evaluation.plots import pyplot, save_figure, write_markdown
+from ddpmrt.export.evaluation.quality import JUDGED_DATASETS, ClassifierJudge
+from ddpmrt.export.model.checkpoint import read_config
+from ddpmrt.export.model.sources import from_checkpoint
 
 # A row is (sampler, steps, parameter[, variant]): η for ddim, the order for dpmsolver and unipc, None for
 # ddpm; UniPC's variant (bh1, bh2) where given, else its default bh2.
@@ -121,8 +121,8 @@ class ReportModels:
 
         from ddpmrt.engine import __version__
         from ddpmrt.engine.artifacts.metadata import ModelMetadata
-        from ddpmrt.export.quality import GaussianEpsModule
-        from ddpmrt.export.sources import Source
+        from ddpmrt.export.evaluation.quality import GaussianEpsModule
+        from ddpmrt.export.model.sources import Source
 
         metadata = ModelMetadata(schedule=self.schedule, image_shape=self.data.image_shape, precision=precision,
                                  source="gaussian-optimal-eps", ddpmrt_version=__version__,
@@ -137,8 +137,8 @@ class ReportModels:
 
     def _engine(self, source, name: str, max_batch: int):
         from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
-        from ddpmrt.export.engine_build import BatchProfile, build_engine, parse_targets
-        from ddpmrt.export.sources import sha256_file
+        from ddpmrt.export.conversion.engine_build import BatchProfile, build_engine, parse_targets
+        from ddpmrt.export.model.sources import sha256_file
 
         flavour = import_flavour("auto")
         onnx_path, plan = self.out / f"{name}.onnx", self.out / f"{name}.plan"

@@ -25,7 +25,7 @@ import numpy as np
 
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.errors import UserError
-from ddpmrt.export.polygraphy_tools import load_polygraphy
+from ddpmrt.export.conversion.polygraphy_tools import load_polygraphy
 
 # (max, mean) |ε - ε_ref| allowed, by the precision an artifact computes in.  ε has unit variance;
 # fp16 keeps 11 significant bits (about 5e-4 relative per operation, accumulated over the network).
@@ -105,7 +105,7 @@ def describe(path: Path) -> Artifact:
     """An artifact file as check compares it: its kind, precision and batch range; a UserError for a
     damaged or foreign file (the same checks as loading it)."""
     from ddpmrt.engine.artifacts.sidecar import ENGINE, PACKAGE, read_sidecar
-    from ddpmrt.export.engine_build import read_onnx_metadata
+    from ddpmrt.export.conversion.engine_build import read_onnx_metadata
 
     path = Path(path)
     if not path.is_file():
@@ -162,7 +162,7 @@ def _runner(artifact: Artifact):
 def _engine_inspection(plan: Path) -> dict:
     from ddpmrt.engine.artifacts.sidecar import ENGINE, read_sidecar
     from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
-    from ddpmrt.export.engine_build import engine_inspection
+    from ddpmrt.export.conversion.engine_build import engine_inspection
 
     try:
         flavour = import_flavour(read_sidecar(plan, ENGINE)["flavour"])

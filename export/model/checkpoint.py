@@ -23,7 +23,7 @@ from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.errors import UserError, first_line, out_of_memory
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.engine.version import __version__
-from ddpmrt.export.unet import UNet, UNetConfig
+from ddpmrt.export.model.unet import UNet, UNetConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -115,7 +115,7 @@ def load_unet(directory: Path, device: str = "cpu") -> tuple[UNet, dict]:
 
 def write_random_checkpoint(directory: Path, config_name: str, seed: int = 0) -> Path:
     """A checkpoint of a named config with random weights: for benchmarks and export checks."""
-    from ddpmrt.export.unet import get_config
+    from ddpmrt.export.model.unet import get_config
 
     torch.manual_seed(seed)
     config = get_config(config_name)

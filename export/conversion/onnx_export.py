@@ -31,7 +31,7 @@ from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_o
 from ddpmrt.engine.artifacts.io import atomic_write, cache_dir
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
-from ddpmrt.export.sources import EpsOnly
+from ddpmrt.export.model.sources import EpsOnly
 
 # Validation targets (max, mean absolute error against PyTorch fp32 on the same inputs).
 TOLERANCES = {"fp32": (1e-4, 1e-5), "fp16": (2e-2, 2e-3)}
@@ -135,7 +135,7 @@ def export_onnx(module: torch.nn.Module, metadata: ModelMetadata, out: Path, ops
 
 
 def cached_export(source, opset: int = 18, force: bool = False) -> Path:
-    """The fp32 ONNX export of `source` (export/sources.py) in ddpmrt's cache, exported on first use.
+    """The fp32 ONNX export of `source` (export/model/sources.py) in ddpmrt's cache, exported on first use.
 
     This is how a checkpoint runs on the OpenVINO backend (`load_model`'s default on a CPU where bf16 is
     faster): the same validated export as `ddpmrt export-onnx`, made once and then read back in well under

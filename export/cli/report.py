@@ -1,0 +1,62 @@
+"""`ddpmrt report`: quality against latency per sampler and step count (export/evaluation/report.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ddpmrt.engine.errors import UserError
+from ddpmrt.export.cli.options import MAX_SEED, REPORT_PRECISIONS, add_quiet, add_threads, int_in
+
+NAME, OUTPUT = "report", "folder"
+
+
+def add_parser(sub) -> None:
+    from ddpmrt.engine.samplers import DEFAULT_SPACING
+
+    p = sub.add_parser(NAME, help="quality against latency per sampler and step count (offline metrics)")
+    p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")
+    p.add_argument("--samplers", default="full",
+                   help="quick, full (default), solvers (the multistep solvers at 5-20 calls against DDIM at 10-100), or "
+                        "a list such as ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8 (the last number: η or order)")
+    p.add_argument("--seeds", default="0", help="seeds to sample each setting with, e.g. 0,1: the table gives the "
+                   "mean ± half the range (default 0)")
+    p.add_argument("--samples", type=int_in(2, 10 ** 6), default=500, help="images per sampler (default 500)")
+    p.add_argument("--spacing", default=DEFAULT_SPACING,
+                   help=f"timestep spacing, or several to compare, e.g. leading,trailing,linspace (default {DEFAULT_SPACING}: "
+                        "the best measured)")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino", "torch", "tensorrt"], default="onnxruntime",
+                   help="onnxruntime (fp32 ONNX), openvino (the ONNX file on the CPU, in --precision), torch, or tensorrt "
+                        "(an fp16 engine built here; needs a GPU) (default onnxruntime)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda (default cpu)")
+    p.add_argument("--precision", choices=REPORT_PRECISIONS, default="fp32",
+                   help="--backend torch or openvino: the precision of the U-Net and the Gaussian check, e.g. bf16 "
+                        "against fp32 (default fp32; auto = what sample would use here)")
+    add_threads(p)
+    p.add_argument("--out", default="report", help="report directory (default ./report)")
+    add_quiet(p)
+    p.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> None:
+    from ddpmrt.engine.artifacts.io import check_output_dir
+    from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.engine.checks import int_list
+    from ddpmrt.engine.samplers import SPACINGS
+    from ddpmrt.export.evaluation.report import parse_samplers, run_report
+
+    check_output_dir(ns.out)
+    checkpoint = resolve_model_path(ns.model)
+    if not checkpoint.is_dir():
+        raise UserError(f"{checkpoint} is not a checkpoint directory; report needs the weights")
+    spacings = [s.strip() for s in ns.spacing.split(",") if s.strip()]
+    for spacing in spacings:
+        if spacing not in SPACINGS:
+            raise UserError(f"unknown spacing {spacing!r}; choose one or more of {', '.join(SPACINGS)}")
+    if not spacings or len(set(spacings)) != len(spacings):
+        raise UserError(f"--spacing {ns.spacing!r}: name each spacing once, e.g. leading,trailing")
+    seeds = int_list(ns.seeds, "--seeds", low=0, high=MAX_SEED)
+    run_report(checkpoint, Path(ns.out), parse_samplers(ns.samplers), num_samples=ns.samples, spacings=spacings,
+               backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet, seeds=seeds,
+               precision=ns.precision)
+    print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""Evaluation: bench, report, check, sample quality and plots."""

@@ -1,0 +1,1 @@
+"""Training: the trainer, its settings and the offline data sets."""
