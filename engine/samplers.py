@@ -24,9 +24,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ddpmrt.engine import checks
-from ddpmrt.engine.checks import as_images, check_int, check_real, shown
+from ddpmrt.engine.checks import as_images, check_int, shown
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
+from ddpmrt.engine.sampler_options import (
+    TIMESTEPS,
+    TIMESTEPS_RULE,
+    Option,
+    as_number,
+    choice,
+    clip_option,
+    real,
+    resolve,
+)
 from ddpmrt.engine.schedule import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace", "quad")
@@ -163,20 +173,53 @@ def _no_stage(name: str):
     yield
 
 
+def explicit_timesteps(values, num_train_timesteps: int, num_steps: int | None = None) -> np.ndarray:
+    """Timesteps given as data (diffusers' `timesteps=`), checked: strictly decreasing integers in
+    [0, T − 1], as many as `num_steps` where that is given."""
+    T = num_train_timesteps
+    ts = np.asarray(values, dtype=np.int64)
+    if ts.ndim != 1 or not 1 <= ts.size <= T or ts.min() < 0 or ts.max() > T - 1 or np.any(np.diff(ts) >= 0):
+        raise UserError(f"{TIMESTEPS_RULE} (T = {T}), got {shown(list(map(int, ts.ravel())))}")
+    if num_steps is not None and num_steps != ts.size:
+        raise UserError(f"{ts.size} timesteps for {shown(num_steps)} steps: give one timestep per step, "
+                        "or leave the number of steps out")
+    return np.ascontiguousarray(ts)
+
+
+def spacing_option(default: str, spacings: tuple[str, ...]) -> Option:
+    return Option("spacing", default, f"where the steps go: {', '.join(spacings)} (diffusers' timestep_spacing), "
+                  "or tuned: the model's own, from ddpmrt tune",
+                  check=choice("spacing", spacings))
+
+
 class Sampler:
     """Shared loop: subclasses fill `self.coefficients` (one row per step, coefficient_table's layout).
 
-    `timesteps`: the descending timesteps of the steps (make_timesteps(T, num_steps, spacing) unless given).
+    A subclass declares NAME, STEPS (its default number of steps) and OPTIONS (sampler_options.Option:
+    every keyword it takes, with its default and check); the constructor, `config`, the factory, the
+    command line, the server and report specs all read them.  Every sampler takes `timesteps`: an
+    explicit descending list used instead of the spacing (`self.spacing` is then None).
     """
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int, spacing: str, clip_sample: float | None,
-                 timesteps: np.ndarray | None = None):
+    NAME = ""
+    STEPS = 50
+    OPTIONS: tuple[Option, ...] = ()
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int | None = None, **options):
         self.schedule = schedule
-        self.timesteps = make_timesteps(schedule.num_train_timesteps, num_steps, spacing) if timesteps is None else timesteps
-        self.num_steps = int(num_steps)
-        self.spacing = spacing
-        # 0 or None: no clipping (as `--clip-sample 0`); otherwise x̂₀ is clipped to ±clip_sample.
-        self.clip_sample = None if clip_sample is None else check_real(clip_sample, "clip_sample", 0.0) or None
+        explicit = options.get("timesteps") is not None
+        if explicit and options.get("spacing") is not None:
+            raise UserError("give timesteps or a spacing, not both: explicit timesteps replace the spacing")
+        for name, value in resolve(self.OPTIONS, options, self.NAME).items():
+            setattr(self, name, value)
+        T = schedule.num_train_timesteps
+        if explicit:
+            self.timesteps = explicit_timesteps(self.timesteps, T, num_steps)
+            self.spacing = None
+        else:
+            self.timesteps = self.spaced_timesteps(T, self.STEPS if num_steps is None else num_steps)
+        self.num_steps = len(self.timesteps)
+        self._prepare()
         abar = schedule.alphas_cumprod
         # ᾱ of each step's timestep and of the previous (next-in-table) one; 1 after the last.
         self.alpha_bar = abar[self.timesteps]
@@ -185,7 +228,19 @@ class Sampler:
 
     @property
     def config(self) -> dict:
-        raise NotImplementedError
+        """The sampler and every option's value (what reproduces it: make_sampler(**config) less "sampler")."""
+        config = {"sampler": self.NAME, "num_steps": self.num_steps}
+        for option in self.OPTIONS:
+            value = getattr(self, option.name)
+            config[option.name] = list(value) if isinstance(value, tuple) else value
+        config["timesteps"] = [int(t) for t in self.timesteps] if self.spacing is None else None
+        return config
+
+    def spaced_timesteps(self, num_train_timesteps: int, num_steps: int) -> np.ndarray:
+        return make_timesteps(num_train_timesteps, num_steps, self.spacing)
+
+    def _prepare(self) -> None:
+        """Checks of options against the steps, and per-step values the coefficients need (the solvers')."""
 
     def _coefficients(self) -> np.ndarray:
         raise NotImplementedError
@@ -249,15 +304,10 @@ class Sampler:
 class DDIMSampler(Sampler):
     """DDIM (Song et al. 2020, eq. 12), η = 0 deterministic, η = 1 DDPM-like."""
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0,
-                 spacing: str = DEFAULT_SPACING, clip_sample: float | None = None):
-        self.eta = check_real(eta, "eta", 0.0)
-        super().__init__(schedule, num_steps, spacing, clip_sample)
-
-    @property
-    def config(self) -> dict:
-        return {"sampler": "ddim", "num_steps": self.num_steps, "eta": self.eta,
-                "spacing": self.spacing, "clip_sample": self.clip_sample}
+    NAME, STEPS = "ddim", 50
+    OPTIONS = (Option("eta", 0.0, "η in [0, 10]: 0 deterministic, 1 DDPM-like", check=real("eta", 0.0, 10.0),
+                      parse=as_number),
+               spacing_option(DEFAULT_SPACING, SPACINGS), clip_option(None), TIMESTEPS)
 
     def _coefficients(self) -> np.ndarray:
         abar, abar_prev = self.alpha_bar, self.alpha_bar_prev
@@ -275,18 +325,10 @@ class DDPMSampler(Sampler):
     """Ancestral DDPM (Ho et al. 2020, eq. 6-7), respaced when num_steps < T."""
 
     VARIANCES = ("fixed_small", "fixed_large")
-
-    def __init__(self, schedule: NoiseSchedule, num_steps: int | None = None, variance: str = "fixed_small",
-                 clip_sample: float | None = 1.0, spacing: str = DEFAULT_SPACING):
-        if variance not in self.VARIANCES:
-            raise UserError(f"unknown variance {shown(variance)}; choose one of {', '.join(self.VARIANCES)}")
-        self.variance = variance
-        super().__init__(schedule, schedule.num_train_timesteps if num_steps is None else num_steps, spacing, clip_sample)
-
-    @property
-    def config(self) -> dict:
-        return {"sampler": "ddpm", "num_steps": self.num_steps, "variance": self.variance,
-                "spacing": self.spacing, "clip_sample": self.clip_sample}
+    NAME, STEPS = "ddpm", 50
+    OPTIONS = (Option("variance", "fixed_small", "the posterior variance: fixed_small (β̃) or fixed_large (β)",
+                      check=choice("variance", VARIANCES)),
+               spacing_option(DEFAULT_SPACING, SPACINGS), clip_option(1.0), TIMESTEPS)
 
     def _coefficients(self) -> np.ndarray:
         abar, abar_prev = self.alpha_bar, self.alpha_bar_prev

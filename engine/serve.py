@@ -5,7 +5,7 @@
 HTTP (JSON in, images out):
 
     POST /sample    {"sampler": "ddim", "steps": 50, "eta": 0.0, "spacing": "leading", "clip_sample": 1.0,
-                     "variance": "fixed_small", "seed": 0, "n": 4, "format": "png" | "npz"}
+                     "timesteps": [999, ...] (instead of steps and spacing), "seed": 0, "n": 4, "format": "png" | "npz"}
                     -> a PNG grid, or an .npz (images: uint8 N×H×W×C); the sampler options are
                        `ddpmrt sample`'s, with its defaults (sampler_factory.make_sampler)
     GET  /healthz   -> {"status": "ok"}
@@ -23,7 +23,7 @@ tests/test_serve.py checks it).  Batching changes throughput, never an image.
 
 Hostile bodies: a body over `max_body_bytes` (default 4 KiB, `--max-body-bytes`) is answered 413
 before it is read to the end; a body that is not one flat JSON object of the request's fields, or
-is nested at all, 400; an unexpected exception in a request 500 with one line (logged once, one
+nests anything but a flat array, 400; an unexpected exception in a request 500 with one line (logged once, one
 line), and the replica stays up.
 
 Back-pressure: at most `max_ongoing` requests run or wait inside a replica and `max_queued` wait
@@ -38,158 +38,25 @@ import io
 import json
 import logging
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
-from ddpmrt.engine.checks import check_int, shown
 from ddpmrt.engine.errors import UserError, first_line
+from ddpmrt.engine.serve_requests import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGES,
+    BadRequest,
+    SampleRequest,
+    batch_chunks,
+    decode_body,
+    parse_request,
+    too_large,
+)
 
-FORMATS = ("png", "npz")
-REQUEST_FIELDS = ("seed", "n", "format")
-DEFAULT_MAX_IMAGES = 64
-# A request is a dozen short fields: 4 KiB is ten times the longest sensible body.
-DEFAULT_MAX_BODY_BYTES = 4096
+__all__ = ["BadRequest", "SampleRequest", "SamplingService", "answer_sample", "batch_chunks", "build_app", "check_model",
+           "check_model_apart", "decode_body", "parse_request"]
+
 logger = logging.getLogger("ddpmrt.serve")
-
-
-class BadRequest(UserError):
-    """A request the server refuses, with the HTTP status to answer (400, or 413 for a body too large)."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-def too_large(max_body_bytes: int) -> BadRequest:
-    return BadRequest(f"the body is larger than {max_body_bytes} bytes; a request is a small JSON object "
-                      "(the server's --max-body-bytes raises the limit)", status=413)
-
-
-def decode_body(raw: bytes, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
-    """The request body as parsed JSON: at most `max_body_bytes`, UTF-8, and flat.
-
-    The request schema is one object of scalars, so any array or object inside it is refused
-    before json.loads can recurse into it (a deeply nested body would exhaust the stack).
-    """
-    if len(raw) > max_body_bytes:
-        raise too_large(max_body_bytes)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("the body is not UTF-8 JSON; send e.g. {\"steps\": 50, \"n\": 4}") from None
-    if _nesting(text) > 1:
-        raise BadRequest("the body nests arrays or objects; a request is one flat JSON object such as "
-                         "{\"steps\": 50, \"n\": 4}")
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise BadRequest("the body is not JSON; send e.g. {\"steps\": 50, \"n\": 4}") from None
-
-
-def _nesting(text: str) -> int:
-    """The deepest nesting of [ and { outside JSON strings (an upper bound where the text is not JSON)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
-@dataclass(frozen=True)
-class SampleRequest:
-    sampler: str = "ddim"
-    steps: int | None = None
-    options: tuple = ()      # (name, value) of the sampler options the body gave, sorted
-    seed: int = 0
-    n: int = 1
-    format: str = "png"
-
-    @property
-    def settings(self) -> tuple:
-        """What must be equal for requests to share one sampler call."""
-        return self.sampler, self.steps, self.options
-
-    def make_sampler(self, schedule):
-        from ddpmrt.engine.sampler_factory import make_sampler
-
-        return make_sampler(self.sampler, schedule, self.steps, **dict(self.options))
-
-
-def _fields() -> tuple[str, ...]:
-    from ddpmrt.engine.sampler_factory import ALL_OPTIONS
-
-    return ("sampler", "steps", *ALL_OPTIONS, *REQUEST_FIELDS)
-
-
-def parse_request(body, schedule, max_images: int = DEFAULT_MAX_IMAGES) -> SampleRequest:
-    """A request body (parsed JSON) as a SampleRequest; a UserError of one line for anything else.
-
-    The sampler and its options are checked by building the sampler once (make_sampler, the
-    factory `ddpmrt sample` uses), so the server takes exactly the options and defaults the CLI does.
-    """
-    from ddpmrt.engine.sampler_factory import SAMPLERS
-    from ddpmrt.engine.samplers import STEPS_RULE
-
-    if not isinstance(body, dict):
-        raise UserError("the body must be a JSON object such as {\"sampler\": \"ddim\", \"steps\": 50, \"n\": 4}")
-    fields = _fields()
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        names = ", ".join(shown(name, 40) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise UserError(f"unknown fields {names}; a request takes {', '.join(fields)}")
-    nested = sorted(key for key, value in body.items() if isinstance(value, (dict, list)))
-    if nested:
-        raise UserError(f"field {shown(nested[0], 40)} must be a number or a string, not an array or object")
-    sampler = body.get("sampler", "ddim")
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {shown(sampler)}; choose one of {', '.join(SAMPLERS)}")
-    steps = body.get("steps")
-    if steps is not None:
-        try:
-            steps = check_int(steps, "'steps'", 1, schedule.num_train_timesteps)
-        except UserError:  # the limit in the words the command line and the samplers use
-            raise UserError(f"'steps': {STEPS_RULE} ({schedule.num_train_timesteps}), got {shown(steps)}") from None
-    options = {key: value for key, value in body.items() if key not in ("sampler", "steps", *REQUEST_FIELDS)}
-    if options.get("clip_sample", 0.0) is None:
-        options["clip_sample"] = 0.0  # JSON null: no clipping, as --clip-sample 0
-    fmt = body.get("format", "png")
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format {shown(fmt)}; choose one of {', '.join(FORMATS)}")
-    request = SampleRequest(sampler=sampler, steps=steps, options=tuple(sorted(options.items())),
-                            seed=check_int(body.get("seed", 0), "'seed'", 0, 2 ** 64 - 1),
-                            n=check_int(body.get("n", 1), "'n'", 1, max_images), format=fmt)
-    request.make_sampler(schedule)  # every sampler option checked now, before the request waits in a batch
-    return request
-
-
-def batch_chunks(members: list[int], sizes: list[int], largest: int | None) -> list[list[int]]:
-    """`members` (requests of one sampler setting, with their image counts) in order, in chunks of at most
-    `largest` images (None: one chunk).  Each request is one the model runs alone (SamplingService.parse
-    checked it), so every chunk is at least the model's smallest batch too; a static batch of s images
-    puts each request of s images in a chunk of its own."""
-    chunks: list[list[int]] = []
-    total = 0
-    for member, n in zip(members, sizes):
-        if not chunks or (largest is not None and total + n > largest):
-            chunks.append([])
-            total = 0
-        chunks[-1].append(member)
-        total += n
-    return chunks
 
 
 class SamplingService:
@@ -202,13 +69,17 @@ class SamplingService:
         self.model_name = str(model)
         self.model = load_model(model, backend=backend, device=device, threads=threads)
         self.model.serve_traffic()
+        from ddpmrt.engine.artifacts.schedules import TunedSchedules
+        from ddpmrt.engine.backends import resolve_model_path
+
+        self.tuned = TunedSchedules(resolve_model_path(model), self.model_name)  # "spacing": "tuned"
         self.backend, self.device, self.max_images = self.model.backend, device, max_images
         # A model is one stream of work (an ONNX Runtime binding, a GPU's buffers and graphs): requests
         # running in threads at once (batching off) take turns.
         self._lock = threading.Lock()
 
     def parse(self, body) -> SampleRequest:
-        request = parse_request(body, self.model.schedule, self.max_images)
+        request = parse_request(body, self.model.schedule, self.max_images, self.tuned)
         self.model.check_batch(request.n)  # a request the model cannot run alone is a 400 of its own
         return request
 

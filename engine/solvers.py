@@ -27,8 +27,19 @@ import numpy as np
 
 from ddpmrt.engine.checks import check_int, shown
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.samplers import KEEP_CORRECTED, KEEP_X0, Sampler, coefficient_table, trailing_timesteps
-from ddpmrt.engine.schedule import NoiseSchedule
+from ddpmrt.engine.sampler_options import (
+    TIMESTEPS,
+    Option,
+    as_int,
+    as_ints,
+    as_switch,
+    choice,
+    clip_option,
+    integer,
+    integers,
+    switch,
+)
+from ddpmrt.engine.samplers import KEEP_CORRECTED, KEEP_X0, Sampler, coefficient_table, spacing_option, trailing_timesteps
 
 SOLVER_SPACINGS = ("linspace", "leading", "trailing")
 ORDERS = (1, 2, 3)
@@ -58,39 +69,36 @@ def solver_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "l
     return np.ascontiguousarray(ts)
 
 
-def _refuse(sampler: str, options: dict, offered: tuple[str, ...]) -> None:
-    """Options a diffusers user might pass that this solver does not offer: one line, never ignored."""
-    if not options:
-        return
-    names = ", ".join(sorted(options))
-    deterministic = {"eta", "variance", "noise", "generator", "variance_noise"} & set(options)
-    why = " (it is deterministic: no noise, no η)" if deterministic else ""
-    raise UserError(f"{sampler} does not take {names}{why}; it takes {', '.join(offered)}")
+ORDER = Option("order", 2, "solver order 1-3 (diffusers' solver_order)", check=integer("order", 1, 3), parse=as_int)
+_INDICES = integers("disable_corrector", "a list of step indices (integers from 0)")
+
+
+def _step_indices(value) -> tuple[int, ...]:
+    return tuple(sorted({check_int(i, "every step of disable_corrector", 0, 10 ** 6) for i in _INDICES(value)}))
+
+
+LOWER_ORDER_FINAL = Option("lower_order_final", True, "the last steps run lower orders (stabler at few steps)",
+                           check=switch("lower_order_final"), parse=as_switch)
 
 
 class MultistepSampler(Sampler):
     """What DPM-Solver++ and UniPC share: the order, timesteps, and α, σ, λ of every step."""
 
-    OFFERED: tuple[str, ...] = ()
+    STEPS = 20
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int, order: int, spacing: str,
-                 clip_sample: float | None, lower_order_final: bool):
-        self.order = check_int(order, "order (1, 2 or 3)", 1, 3)
-        num_steps = check_int(num_steps, "number of steps", 1, schedule.num_train_timesteps)
-        if num_steps < self.order:
+    def spaced_timesteps(self, num_train_timesteps: int, num_steps: int) -> np.ndarray:
+        return solver_timesteps(num_train_timesteps, num_steps, self.spacing)
+
+    def _prepare(self) -> None:
+        if self.num_steps < self.order:
             raise UserError(f"order {self.order} needs at least {self.order} steps (the first steps run lower orders "
-                            f"while the history fills), got {num_steps}; use more steps or order {num_steps}")
-        if not isinstance(lower_order_final, bool):
-            raise UserError(f"lower_order_final must be true or false, got {lower_order_final!r}")
-        self.lower_order_final = lower_order_final
-        timesteps = solver_timesteps(schedule.num_train_timesteps, num_steps, spacing)
-        abar = schedule.alphas_cumprod[timesteps]
+                            f"while the history fills), got {self.num_steps}; use more steps or order {self.num_steps}")
+        abar = self.schedule.alphas_cumprod[self.timesteps]
         # α, σ of every step's timestep, then of σ = 0 after the last (final_sigmas_type="zero").
         self.alpha = np.append(np.sqrt(abar), 1.0)
         self.sigma = np.append(np.sqrt(1 - abar), 0.0)
         with np.errstate(divide="ignore"):
             self.lam = np.log(self.alpha) - np.log(self.sigma)  # λ = +∞ at σ = 0
-        super().__init__(schedule, num_steps, spacing, clip_sample, timesteps=timesteps)
 
     def _x0_columns(self) -> dict:
         """x̂₀ = (x_t − σ_t ε)/α_t at every step; every step keeps it for the next ones."""
@@ -107,22 +115,10 @@ class DPMSolverSampler(MultistepSampler):
     """
 
     SOLVER_TYPES = ("midpoint", "heun")
-    OFFERED = ("num_steps", "order", "spacing", "clip_sample", "solver_type", "lower_order_final")
-
-    def __init__(self, schedule: NoiseSchedule, num_steps: int = 20, order: int = 2, spacing: str = "linspace",
-                 clip_sample: float | None = None, solver_type: str = "midpoint", lower_order_final: bool = True,
-                 **unsupported):
-        _refuse("DPMSolverSampler", unsupported, self.OFFERED)
-        if solver_type not in self.SOLVER_TYPES:
-            raise UserError(f"unknown solver_type {solver_type!r}; choose one of {', '.join(self.SOLVER_TYPES)}")
-        self.solver_type = solver_type
-        super().__init__(schedule, num_steps, order, spacing, clip_sample, lower_order_final)
-
-    @property
-    def config(self) -> dict:
-        return {"sampler": "dpmsolver", "num_steps": self.num_steps, "order": self.order, "spacing": self.spacing,
-                "clip_sample": self.clip_sample, "solver_type": self.solver_type,
-                "lower_order_final": self.lower_order_final}
+    NAME = "dpmsolver"
+    OPTIONS = (ORDER, Option("solver_type", "midpoint", "the second-order form: midpoint or heun",
+                             check=choice("solver_type", SOLVER_TYPES)),
+               spacing_option("linspace", SOLVER_SPACINGS), clip_option(None), LOWER_ORDER_FINAL, TIMESTEPS)
 
     def step_orders(self) -> list[int]:
         """The order of every step, as DPMSolverMultistepScheduler.step chooses it."""
@@ -199,29 +195,14 @@ class UniPCSampler(MultistepSampler):
     """
 
     VARIANTS = ("bh1", "bh2")
-    OFFERED = ("num_steps", "order", "variant", "spacing", "clip_sample", "corrector", "disable_corrector",
-               "lower_order_final")
-
-    def __init__(self, schedule: NoiseSchedule, num_steps: int = 20, order: int = 2, variant: str = "bh2",
-                 spacing: str = "linspace", clip_sample: float | None = None, corrector: bool = True,
-                 disable_corrector=(), lower_order_final: bool = True, **unsupported):
-        _refuse("UniPCSampler", unsupported, self.OFFERED)
-        if variant not in self.VARIANTS:
-            raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(self.VARIANTS)}")
-        if not isinstance(corrector, bool):
-            raise UserError(f"corrector must be true or false, got {corrector!r}")
-        try:
-            disabled = tuple(sorted({check_int(s, "every step of disable_corrector", 0, 10 ** 6) for s in disable_corrector}))
-        except TypeError:
-            raise UserError(f"disable_corrector must be a list of step indices, got {disable_corrector!r}") from None
-        self.variant, self.corrector, self.disable_corrector = variant, corrector, disabled
-        super().__init__(schedule, num_steps, order, spacing, clip_sample, lower_order_final)
-
-    @property
-    def config(self) -> dict:
-        return {"sampler": "unipc", "num_steps": self.num_steps, "order": self.order, "variant": self.variant,
-                "spacing": self.spacing, "clip_sample": self.clip_sample, "corrector": self.corrector,
-                "disable_corrector": list(self.disable_corrector), "lower_order_final": self.lower_order_final}
+    NAME = "unipc"
+    OPTIONS = (ORDER, Option("variant", "bh2", "B(h) = h (bh1) or e^h - 1 (bh2), diffusers' solver_type",
+                             check=choice("variant", VARIANTS)),
+               Option("corrector", True, "the UniC corrector, which costs no network call", check=switch("corrector"),
+                      parse=as_switch),
+               Option("disable_corrector", (), "step indices whose following correction is skipped",
+                      check=_step_indices, parse=as_ints, metavar="I,J,...", many=True),
+               spacing_option("linspace", SOLVER_SPACINGS), clip_option(None), LOWER_ORDER_FINAL, TIMESTEPS)
 
     def step_orders(self) -> list[int]:
         """The predictor order of every step, as UniPCMultistepScheduler.step chooses it."""

@@ -93,13 +93,23 @@ def test_bad_output_suffix(tmp_path):
 
 def test_sample_with_the_multistep_solvers(tmp_path):
     for args in (["--sampler", "dpmsolver", "--steps", "6", "--order", "3"],
-                 ["--sampler", "unipc", "--steps", "5", "--variant", "bh1", "--corrector", "off"]):
+                 ["--sampler", "unipc", "--steps", "5", "--variant", "bh1", "--corrector", "off",
+                  "--disable-corrector", "1,2", "--lower-order-final", "off"],
+                 ["--sampler", "dpmsolver", "--order", "3", "--timesteps", "999,700,420,150,20"]):
         out = tmp_path / "s.npz"
-        result = run_cli("sample", "digits", *args, "--batch", "2", "--out", str(out), "--quiet")
+        result = run_cli("sample", "digits", *args, "--batch", "2", "--out", str(out))
         assert result.returncode == 0, result.stderr
         assert np.load(out)["images"].shape == (2, 16, 16, 1)
+    assert "5 steps" in result.stdout  # the count of --timesteps
+    for args, fragment in ((["--timesteps", "999,500", "--steps", "3"], "2 timesteps for 3 steps"),
+                           (["--timesteps", "500,999"], "strictly decreasing integers in [0, T - 1]"),
+                           (["--timesteps", "999,x"], "timesteps must be strictly decreasing integers"),
+                           (["--timesteps", "999,1", "--spacing", "trailing"], "timesteps or a spacing, not both"),
+                           (["--sampler", "unipc", "--corrector", "maybe"], "corrector must be true or false"),
+                           (["--eta", "2e1"], "eta must be a number in [0, 10], got 20.0")):
+        assert_user_error(run_cli("sample", "digits", *args, "--out", str(tmp_path / "x.png")), fragment)
     # An option the sampler does not take is one line, never ignored.
     assert_user_error(run_cli("sample", "digits", "--sampler", "unipc", "--eta", "0.5", "--out", str(tmp_path / "x.png")),
-                      "the unipc sampler takes no eta (it is deterministic)")
+                      "the unipc sampler takes no eta (it is deterministic: no noise, no η)")
     assert_user_error(run_cli("sample", "digits", "--sampler", "ddim", "--order", "2", "--out", str(tmp_path / "x.png")),
                       "the ddim sampler takes no order")

@@ -381,3 +381,16 @@ def test_multistep_solvers_run_in_the_device_loop_and_share_its_graph(dtype):
         np.testing.assert_allclose(got, expected, atol=5e-5, rtol=1e-5)
     # The history lives in device buffers the graph reads: one graph for all four samplers.
     assert loop.captures == 1
+
+
+def test_explicit_timesteps_replay_the_same_graph():
+    # Timesteps as data (a tuned schedule): a new list of the same length is a new table in device
+    # memory, not a new graph, and the images are the host sampler's for that list.
+    from ddpmrt.engine.solvers import DPMSolverSampler
+
+    loop, _ = make_loop(np.float32)
+    for timesteps in ([999, 700, 420, 180, 30], [990, 810, 500, 260, 60]):
+        for sampler in (DDIMSampler(SCHEDULE, timesteps=timesteps), DPMSolverSampler(SCHEDULE, order=3, timesteps=timesteps)):
+            expected = sampler.sample(host_model(np.float32), (2, *IMAGE_SHAPE), seed=5, progress=False)
+            np.testing.assert_allclose(loop.sample(sampler, 2, seed=5), expected, atol=2e-5, rtol=1e-5)
+    assert loop.captures == 1

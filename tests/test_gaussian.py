@@ -56,7 +56,7 @@ def test_error_shrinks_with_steps(data):
     assert all(a > b for a, b in zip(values, values[1:])), w2
     assert w2[250] < 0.02 and w2[2] > 5 * w2[50]
     # Full ancestral DDPM with 1000 steps is (near) exact too.
-    p_mean, p_cov = data.predicted_moments(DDPMSampler(SCHEDULE, clip_sample=None))
+    p_mean, p_cov = data.predicted_moments(DDPMSampler(SCHEDULE, 1000, clip_sample=None))
     assert w2_gaussian(p_mean, p_cov, data.mean, data.cov) < 0.02
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import assert_user_error, run_cli
 
+from ddpmrt.engine.schedule import NoiseSchedule
+
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
@@ -143,15 +145,23 @@ def test_bench_times_a_multistep_solver_against_its_diffusers_scheduler(tmp_path
 
 
 def test_report_sampler_specs_and_seed_spread():
-    from ddpmrt.export.evaluation.report import SOLVERS, _by_setting, _cell, label, parse_samplers
+    from ddpmrt.engine.sampler_factory import SamplerSpec
+    from ddpmrt.export.evaluation.report import SOLVERS, _by_setting, _cell, parse_samplers
 
-    assert parse_samplers("dpmsolver:10:3,unipc:8,ddim:25,ddpm:50,unipc:5:3:bh1") == [
-        ("dpmsolver", 10, 3), ("unipc", 8, 2), ("ddim", 25, 0.0), ("ddpm", 50, None), ("unipc", 5, 3, "bh1")]
-    assert label(("unipc", 5, 3, "bh1")) == "UniPC-3 bh1, 5 steps"
-    assert label(("dpmsolver", 10, 3)) == "DPM-Solver++(3M), 10 steps" and label(("unipc", 8, 2)) == "UniPC-2, 8 steps"
+    specs = parse_samplers("dpmsolver:10:3,unipc:8,ddim:25,ddpm:50,unipc:5:3:bh1,unipc:6:order=1:corrector=off,"
+                           "ddim:4:timesteps=999,700,400,100,dpmsolver:3:order=3:timesteps=900/500/100")
+    assert specs[:5] == [SamplerSpec("dpmsolver", 10, (("order", 3),)), SamplerSpec("unipc", 8),
+                         SamplerSpec("ddim", 25), SamplerSpec("ddpm", 50),
+                         SamplerSpec("unipc", 5, (("order", 3), ("variant", "bh1")))]
+    assert [s.label for s in specs] == [
+        "DPM-Solver++(3M), 10 steps", "UniPC-2, 8 steps", "DDIM η=0, 25 steps", "DDPM, 50 steps", "UniPC-3 bh1, 5 steps",
+        "UniPC-1 no corrector, 6 steps", "DDIM η=0 timesteps, 4 steps", "DPM-Solver++(3M) timesteps, 3 steps"]
+    assert dict(specs[6].options)["timesteps"] == (999, 700, 400, 100)
+    schedule = NoiseSchedule.linear(1000)
+    assert list(specs[7].make(schedule).timesteps) == [900, 500, 100] and specs[5].make(schedule).corrector is False
     # The comparison: every new sampler at 5-20 calls, DDIM at 10-100.
-    assert {spec[1] for spec in SOLVERS if spec[0] != "ddim"} == {5, 8, 10, 15, 20}
-    assert {spec[1] for spec in SOLVERS if spec[0] == "ddim"} == {10, 25, 50, 100}
+    assert {spec.steps for spec in SOLVERS if spec.name != "ddim"} == {5, 8, 10, 15, 20}
+    assert {spec.steps for spec in SOLVERS if spec.name == "ddim"} == {10, 25, 50, 100}
     rows = [{"label": "a", "spacing": "leading", "fid": 2.0}, {"label": "a", "spacing": "leading", "fid": 4.0},
             {"label": "b", "spacing": "leading", "fid": 1.0}]
     groups = _by_setting(rows)
@@ -232,8 +242,11 @@ def test_demo(tmp_path):
     (["report", "digits", "--spacing", "cubic"], "unknown spacing"),
     (["report", "digits", "--spacing", "leading,leading"], "each spacing once"),
     (["report", "digits", "--backend", "tensorflow"], "invalid choice"),
-    (["report", "digits", "--samplers", "unipc:8:4"], "the order must be 1, 2 or 3"),
-    (["report", "digits", "--samplers", "unipc:8:2:bh3"], "variant must be bh1 or bh2"),
+    (["report", "digits", "--samplers", "unipc:8:4"], "order must be an integer from 1 to 3, got 4"),
+    (["report", "digits", "--samplers", "unipc:8:2:bh3"], "unknown variant 'bh3'; choose one of bh1, bh2"),
+    (["report", "digits", "--samplers", "ddim:5:timesteps=999,500"], "2 timesteps for 5 steps"),
+    (["report", "digits", "--samplers", "ddim:2:timesteps=500,999"], "strictly decreasing integers in [0, T - 1]"),
+    (["report", "digits", "--samplers", "dpmsolver:5:eta=1"], "dpmsolver takes no eta; its options are"),
     (["report", "digits", "--samplers", "dpmsolver:2:3"], "order 3 needs at least 3 steps"),
     (["report", "digits", "--seeds", "0,0"], "distinct integers"),
 ])

@@ -96,7 +96,7 @@ def test_ddpm_matches_diffusers_step_by_step(num_steps, variance, clip, monkeypa
 
 def test_full_ddpm_uses_the_training_betas():
     schedule = NoiseSchedule.linear(1000)
-    sampler = DDPMSampler(schedule, variance="fixed_large")
+    sampler = DDPMSampler(schedule, 1000, variance="fixed_large")
     np.testing.assert_allclose(sampler.coefficients[:-1, 5] ** 2, schedule.betas[::-1][:-1], rtol=1e-10)
 
 
@@ -164,3 +164,64 @@ def test_one_seed_per_image_serves_several_requests_in_one_batch():
         np.testing.assert_array_equal(batch, np.concatenate([alone_a, alone_b]))
     with pytest.raises(UserError, match="one per image"):
         DDIMSampler(schedule, 2).sample(model, (3, 1, 4, 4), seed=(1, 2), progress=False)
+
+
+def test_every_sampler_takes_explicit_timesteps():
+    # diffusers' `timesteps=`: the list replaces the spacing; the same list as a spacing gives the same table.
+    from ddpmrt.engine.sampler_factory import SAMPLER_CLASSES, make_sampler
+
+    schedule = NoiseSchedule.linear(1000)
+    for name, cls in SAMPLER_CLASSES.items():
+        spaced = make_sampler(name, schedule, 7)
+        given = make_sampler(name, schedule, timesteps=[int(t) for t in spaced.timesteps])
+        np.testing.assert_array_equal(given.coefficients, spaced.coefficients)
+        assert given.spacing is None and given.config["timesteps"] == list(spaced.timesteps)
+        assert spaced.config["timesteps"] is None
+        assert cls(schedule, 3, timesteps=np.array([999, 500, 1])).num_steps == 3
+        # The config reproduces the sampler: every declared option, and the steps.
+        again = make_sampler(name, schedule, given.config["num_steps"],
+                             **{k: v for k, v in given.config.items() if k not in ("sampler", "num_steps")})
+        np.testing.assert_array_equal(again.coefficients, given.coefficients)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"timesteps": [500, 999]}, r"strictly decreasing integers in \[0, T - 1\]"),
+    ({"timesteps": [999, 999, 0]}, "strictly decreasing"),
+    ({"timesteps": [1000, 10]}, r"\(T = 1000\), got \[1000, 10\]"),
+    ({"timesteps": [10, -1]}, "strictly decreasing"),
+    ({"timesteps": [999.0, 10.0]}, "timesteps: timesteps must be"),
+    ({"timesteps": "999,10"}, "timesteps: timesteps must be"),
+    ({"timesteps": []}, "strictly decreasing"),
+    ({"timesteps": [999, 500], "num_steps": 3}, "2 timesteps for 3 steps: give one timestep per step"),
+    ({"timesteps": [999, 500], "spacing": "trailing"}, "timesteps or a spacing, not both"),
+])
+def test_bad_explicit_timesteps_are_one_line(kwargs, fragment):
+    with pytest.raises(UserError, match=fragment) as caught:
+        DDIMSampler(NoiseSchedule.linear(1000), **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_each_declared_option_reaches_the_command_line_a_request_and_a_spec():
+    # Options are declared once (Sampler.OPTIONS): every one is a flag of `ddpmrt sample`, a field of a
+    # request and a key of a report spec, and a sampler's config is exactly its declared options.
+    from ddpmrt.engine.sampler_factory import SAMPLER_CLASSES, parse_spec
+    from ddpmrt.engine.serve_requests import _fields
+    from ddpmrt.export.cli import build_parser
+
+    sample = next(a for a in build_parser()._subparsers._group_actions[0].choices["sample"]._actions
+                  if a.dest == "sampler").container
+    flags = {a.dest for a in sample._actions}
+    schedule = NoiseSchedule.linear(1000)
+    for name, cls in SAMPLER_CLASSES.items():
+        sampler = cls(schedule, 4)
+        assert list(sampler.config) == ["sampler", "num_steps", *(o.name for o in cls.OPTIONS if o.name != "timesteps"),
+                                        "timesteps"]
+        for option in cls.OPTIONS:
+            assert option.name in flags and option.name in _fields(), option.name
+            value = sampler.config[option.name]
+            if value is None or option.name == "spacing":
+                continue
+            text = ",".join(map(str, value)) if isinstance(value, list) else ("on" if value is True else
+                                                                              "off" if value is False else str(value))
+            spec = parse_spec(f"{name}:4:{option.name}={text}")
+            assert spec.make(schedule, clip_sample=sampler.clip_sample or 0).config == sampler.config, option.name

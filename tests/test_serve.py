@@ -247,8 +247,16 @@ def test_parse_request_defaults_and_limits():
     unipc = parse_request({"sampler": "unipc", "steps": 8, "order": 3, "variant": "bh1", "corrector": False}, schedule)
     assert unipc.make_sampler(schedule).config == make_sampler("unipc", schedule, 8, order=3, variant="bh1",
                                                                corrector=False).config
+    # Timesteps as data: a flat array, grouped by value (requests with the same list share a call).
+    tuned = parse_request({"sampler": "dpmsolver", "order": 3, "timesteps": [999, 800, 500, 200, 20]}, schedule)
+    assert tuned.options == (("order", 3), ("timesteps", (999, 800, 500, 200, 20)))
+    assert tuned.make_sampler(schedule).num_steps == 5 and hash(tuned.settings)
     for body, fragment in (({"sampler": "dpmsolver", "eta": 0.5}, "takes no eta"),
-                           ({"sampler": "unipc", "order": 4}, r"must lie in \[1, 3\]"),
+                           ({"sampler": "unipc", "order": 4}, "order must be an integer from 1 to 3"),
+                           ({"timesteps": [999, 999]}, "strictly decreasing"),
+                           ({"timesteps": [999, 500], "steps": 3}, "2 timesteps for 3 steps"),
+                           ({"timesteps": [999, 500], "spacing": "trailing"}, "timesteps or a spacing, not both"),
+                           ({"eta": [0.5]}, "must be a number or a string"),
                            ({"sampler": "dpmsolver", "steps": 2, "order": 3}, "needs at least 3 steps")):
         with pytest.raises(UserError, match=fragment):
             parse_request(body, schedule)

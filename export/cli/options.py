@@ -92,6 +92,26 @@ def add_threads(p: argparse.ArgumentParser, what: str = "CPU threads for ONNX Ru
     p.add_argument("--threads", type=THREADS, help=f"{what} (default: {default})")
 
 
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    """How a loaded model runs: --backend, --device, --threads, --cuda-graph and --precision (load_model's options)."""
+    p.add_argument("--backend", default="auto",
+                   help="auto, inductor, onnxruntime, openvino, tensorrt or torch (default auto: by file type; an .onnx "
+                        "on the CPU runs on openvino where installed, else onnxruntime; a checkpoint on --device cuda runs "
+                        "on inductor, torch.compile plus one CUDA graph per loop; on a CPU where bf16 is faster on openvino "
+                        "(its ONNX export, made once and cached) or else inductor; eager torch elsewhere)")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="cpu or cuda (default cpu; an engine runs on cuda, a .pt2 on the device it was built for)")
+    add_threads(p)
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph "
+                        "(default: only a CUDA .pt2 does)")
+    p.add_argument("--precision", choices=RUN_PRECISIONS, default="auto",
+                   help="auto (default) = fp16 on CUDA; on the CPU bf16 where it is faster (AMX-BF16, AVX512-BF16 "
+                        "on AMD), else fp32, and int8 for an int8 .onnx; fp32 is IEEE fp32 (tf32 asks for TF32 "
+                        "convolutions on CUDA); onnxruntime "
+                        "computes fp32; int8 needs a model from export-onnx --precision int8")
+
+
 def add_seed(p: argparse.ArgumentParser, help_text: str, default: int | None = 0) -> None:
     shown = f" (default {default})" if default is not None else ""
     p.add_argument("--seed", type=SEED, default=default, help=help_text + shown)
@@ -127,3 +147,46 @@ def export_source(ns: argparse.Namespace, precision: str):
     from ddpmrt.export.model.sources import export_source as source
 
     return source(ns.model, ns.from_diffusers, description(ns)[0], precision)
+
+
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """--sampler, --steps and a flag for every option any sampler declares (Sampler.OPTIONS).  They default
+    to None here: make_sampler fills in the commands' defaults and refuses an option a sampler does not take;
+    each flag's help names the samplers that take it and their defaults."""
+    from ddpmrt.engine.sampler_factory import SAMPLER_CLASSES, SAMPLERS, all_options
+
+    def shown_default(value) -> str:
+        return "off" if value is None else (",".join(map(str, value)) or "none") if isinstance(value, tuple) else \
+            ("on" if value is True else "off" if value is False else f"{value:g}" if isinstance(value, float) else str(value))
+
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="ddim, ddpm, or a few-step multistep solver: dpmsolver (DPM-Solver++) or unipc (default ddim)")
+    steps = ", ".join(f"{cls.STEPS} for {name}" for name, cls in SAMPLER_CLASSES.items())
+    p.add_argument("--steps", type=steps_arg, help=f"network calls, at most the model's training timesteps (default {steps}"
+                   "; with --timesteps, their count)")
+    for name, declared in all_options().items():
+        option = declared[0][1]
+        takers = [sampler for sampler, _ in declared]
+        who = "every sampler" if len(takers) == len(SAMPLERS) else ", ".join(takers) + " only" * (len(takers) == 1)
+        defaults = dict.fromkeys(shown_default(o.for_commands) for _, o in declared)
+        default = "" if option.for_commands is None and len(defaults) == 1 else \
+            f"; default {' / '.join(defaults)}" + (f" ({', '.join(takers)})" if len(defaults) > 1 else "")
+        p.add_argument(option.flag, dest=name, metavar=option.metavar or name.upper(),
+                       help=f"{who}: {option.help}{default}")
+
+
+def sampler_options(ns: argparse.Namespace) -> dict:
+    """The sampler options given on the command line, read as their declarations say (make_sampler checks them
+    against the sampler chosen)."""
+    from ddpmrt.engine.sampler_factory import all_options
+
+    return {name: declared[0][1].parse(getattr(ns, name)) for name, declared in all_options().items()
+            if getattr(ns, name, None) is not None}
+
+
+def tuned_schedules(model: str):
+    """The tuned timesteps stored with `model` (--spacing tuned), read only if asked for."""
+    from ddpmrt.engine.artifacts.schedules import TunedSchedules
+    from ddpmrt.engine.backends import resolve_model_path
+
+    return TunedSchedules(resolve_model_path(model), str(model))

@@ -42,6 +42,7 @@ def run(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.artifacts.io import check_output_dir
     from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.checks import int_list
+    from ddpmrt.engine.sampler_factory import TUNED
     from ddpmrt.engine.samplers import SPACINGS
     from ddpmrt.export.evaluation.report import parse_samplers, run_report
 
@@ -51,12 +52,12 @@ def run(ns: argparse.Namespace) -> None:
         raise UserError(f"{checkpoint} is not a checkpoint directory; report needs the weights")
     spacings = [s.strip() for s in ns.spacing.split(",") if s.strip()]
     for spacing in spacings:
-        if spacing not in SPACINGS:
-            raise UserError(f"unknown spacing {spacing!r}; choose one or more of {', '.join(SPACINGS)}")
+        if spacing not in (*SPACINGS, TUNED):
+            raise UserError(f"unknown spacing {spacing!r}; choose one or more of {', '.join(SPACINGS)}, {TUNED}")
     if not spacings or len(set(spacings)) != len(spacings):
         raise UserError(f"--spacing {ns.spacing!r}: name each spacing once, e.g. leading,trailing")
     seeds = int_list(ns.seeds, "--seeds", low=0, high=MAX_SEED)
     run_report(checkpoint, Path(ns.out), parse_samplers(ns.samplers), num_samples=ns.samples, spacings=spacings,
                backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet, seeds=seeds,
-               precision=ns.precision)
+               precision=ns.precision, name=ns.model)
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))

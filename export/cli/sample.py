@@ -8,59 +8,18 @@ import sys
 from ddpmrt.engine.errors import UserError
 from ddpmrt.export.cli.options import (
     MAX_BATCH,
-    RUN_PRECISIONS,
     add_description,
     add_quiet,
+    add_runtime,
     add_seed,
-    add_threads,
+    add_sampler_options,
     description,
     int_in,
-    real_in,
-    steps_arg,
+    sampler_options,
+    tuned_schedules,
 )
 
 NAME, OUTPUT = "sample", "file"
-
-
-def add_sampler_options(p: argparse.ArgumentParser) -> None:
-    """--sampler, --steps and each sampler's options.  They default to None here: make_sampler fills in
-    SAMPLER_DEFAULTS, the one set every command uses, and refuses an option a sampler does not take."""
-    from ddpmrt.engine.sampler_factory import SAMPLER_DEFAULTS, SAMPLERS
-    from ddpmrt.engine.samplers import SPACINGS
-
-    ddim, ddpm, dpm, unipc = (SAMPLER_DEFAULTS[name] for name in ("ddim", "ddpm", "dpmsolver", "unipc"))
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                   help="ddim, ddpm, or a few-step multistep solver: dpmsolver (DPM-Solver++) or unipc (default ddim)")
-    p.add_argument("--steps", type=steps_arg,
-                   help=f"network calls, at most the model's training timesteps (default {ddim['steps']} for ddim and "
-                        f"ddpm, {dpm['steps']} for dpmsolver and unipc)")
-    p.add_argument("--eta", type=real_in(0, 10),
-                   help=f"ddim only: η in [0, 10], 0 deterministic, 1 DDPM-like (default {ddim['eta']:g})")
-    p.add_argument("--variance", choices=["fixed_small", "fixed_large"],
-                   help=f"ddpm only: the posterior variance (default {ddpm['variance']})")
-    p.add_argument("--order", type=int_in(1, 3),
-                   help=f"dpmsolver and unipc: solver order 1-3 (default {dpm['order']})")
-    p.add_argument("--solver-type", choices=["midpoint", "heun"],
-                   help=f"dpmsolver only: the second-order form (default {dpm['solver_type']})")
-    p.add_argument("--variant", choices=["bh1", "bh2"], help=f"unipc only: B(h) = h or e^h - 1 (default {unipc['variant']})")
-    p.add_argument("--corrector", choices=["on", "off"],
-                   help="unipc only: the UniC corrector, which costs no network call (default on)")
-    p.add_argument("--spacing", choices=SPACINGS,
-                   help=f"timestep spacing (default {ddim['spacing']} for ddim and ddpm: the best measured; "
-                        f"{dpm['spacing']} for the solvers, as diffusers)")
-    p.add_argument("--clip-sample", type=real_in(0, 100),
-                   help=f"clip x̂₀ to ±C, as diffusers does (default {ddim['clip_sample']:g}: images lie in [-1, 1]); "
-                        "0 turns it off")
-
-
-def sampler_options(ns: argparse.Namespace) -> dict:
-    """The sampler options given on the command line (make_sampler fills in the rest)."""
-    from ddpmrt.engine.sampler_factory import ALL_OPTIONS
-
-    options = {key: getattr(ns, key) for key in ALL_OPTIONS if getattr(ns, key, None) is not None}
-    if "corrector" in options:
-        options["corrector"] = options["corrector"] == "on"
-    return options
 
 
 def add_parser(sub) -> None:
@@ -71,22 +30,7 @@ def add_parser(sub) -> None:
     add_sampler_options(p)
     p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=64, help="images to sample (default 64)")
     add_seed(p, "noise seed: image k of a seed is the same in any batch")
-    p.add_argument("--backend", default="auto",
-                   help="auto, inductor, onnxruntime, openvino, tensorrt or torch (default auto: by file type; an .onnx "
-                        "on the CPU runs on openvino where installed, else onnxruntime; a checkpoint on --device cuda runs "
-                        "on inductor, torch.compile plus one CUDA graph per loop; on a CPU where bf16 is faster on openvino "
-                        "(its ONNX export, made once and cached) or else inductor; eager torch elsewhere)")
-    p.add_argument("--device", choices=["cpu", "cuda"],
-                   help="cpu or cuda (default cpu; an engine runs on cuda, a .pt2 on the device it was built for)")
-    add_threads(p)
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="GPU backends: capture the whole sampling loop once and replay it as a CUDA graph "
-                        "(default: only a CUDA .pt2 does)")
-    p.add_argument("--precision", choices=RUN_PRECISIONS, default="auto",
-                   help="auto (default) = fp16 on CUDA; on the CPU bf16 where it is faster (AMX-BF16, AVX512-BF16 "
-                        "on AMD), else fp32, and int8 for an int8 .onnx; fp32 is IEEE fp32 (tf32 asks for TF32 "
-                        "convolutions on CUDA); onnxruntime "
-                        "computes fp32; int8 needs a model from export-onnx --precision int8")
+    add_runtime(p)
     add_description(p, "for an .onnx without ddpmrt metadata or a bare diffusers UNet folder: "
                        "linear[:T:start:end] or cosine[:T]")
     p.add_argument("--out", required=True, help="a .png grid or a .npz with array 'images'")
@@ -119,7 +63,8 @@ def run(ns: argparse.Namespace) -> None:
     if ns.cuda_graph and getattr(model, "device_loop", None) is None:
         raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda "
                         "(and cuda-python with NVRTC: pip install 'ddpmrt[gpu]')")
-    sampler = make_sampler(ns.sampler, model.schedule, ns.steps, **sampler_options(ns))
+    sampler = make_sampler(ns.sampler, model.schedule, ns.steps, tuned=tuned_schedules(ns.from_diffusers or ns.model),
+                           **sampler_options(ns))
     if model.backend == "inductor" and not ns.quiet:
         # The first step waits for TorchInductor; without a word it would look like a hang.  (Only inductor:
         # OpenVINO and ONNX Runtime compile at load, in a second or two.)

@@ -18,11 +18,12 @@ import json
 import time
 from pathlib import Path
 
-from ddpmrt.engine import load_model, make_grid, make_sampler, save_png, to_uint8
+from ddpmrt.engine import load_model, make_grid, save_png, to_uint8
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
 from ddpmrt.engine.profiling import environment
+from ddpmrt.engine.sampler_factory import SamplerSpec, parse_specs
 from ddpmrt.engine.samplers import DEFAULT_SPACING
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.conversion.onnx_export import export_onnx
@@ -31,43 +32,33 @@ from ddpmrt.export.evaluation.quality import JUDGED_DATASETS, ClassifierJudge
 from ddpmrt.export.model.checkpoint import read_config
 from ddpmrt.export.model.sources import from_checkpoint
 
-# A row is (sampler, steps, parameter[, variant]): η for ddim, the order for dpmsolver and unipc, None for
-# ddpm; UniPC's variant (bh1, bh2) where given, else its default bh2.
 # SOLVERS compares the multistep solvers at few network calls with DDIM at more; FULL adds the
-# stochastic samplers and long runs; QUICK is what the demo runs.
-SOLVERS = ([("ddim", s, 0.0) for s in (10, 25, 50, 100)]
-           + [(kind, s, order) for kind in ("dpmsolver", "unipc") for order in (2, 3) for s in (5, 8, 10, 15, 20)]
-           + [("unipc", s, 3, "bh1") for s in (5, 8, 10, 15, 20)])
-FULL = [("ddim", s, 0.0) for s in (5, 10, 20, 50, 100, 250, 1000)] + \
-       [("ddim", s, 1.0) for s in (20, 50, 100)] + [("ddpm", s, None) for s in (50, 250, 1000)] + \
-       [(kind, s, order) for kind in ("dpmsolver", "unipc") for order in (2, 3) for s in (5, 10, 20)]
-QUICK = [("ddim", s, 0.0) for s in (5, 10, 20, 50)] + [("ddim", 20, 1.0), ("ddpm", 50, None), ("unipc", 10, 2)]
+# stochastic samplers and long runs; QUICK is what the demo runs.  Each is a list of sampler specs
+# (sampler_factory.parse_specs: NAME:STEPS[:VALUE...][:KEY=VALUE...]).
+SOLVERS = parse_specs(",".join([f"ddim:{s}" for s in (10, 25, 50, 100)]
+                               + [f"{kind}:{s}:{order}" for kind in ("dpmsolver", "unipc") for order in (2, 3)
+                                  for s in (5, 8, 10, 15, 20)]
+                               + [f"unipc:{s}:3:bh1" for s in (5, 8, 10, 15, 20)]))
+FULL = parse_specs(",".join([f"ddim:{s}" for s in (5, 10, 20, 50, 100, 250, 1000)] + [f"ddim:{s}:1" for s in (20, 50, 100)]
+                            + [f"ddpm:{s}" for s in (50, 250, 1000)]
+                            + [f"{kind}:{s}:{order}" for kind in ("dpmsolver", "unipc") for order in (2, 3)
+                               for s in (5, 10, 20)]))
+QUICK = parse_specs("ddim:5,ddim:10,ddim:20,ddim:50,ddim:20:1,ddpm:50,unipc:10:2")
 SETS = {"quick": QUICK, "full": FULL, "solvers": SOLVERS}
 
 
-def family(spec) -> str:
-    """The line a row belongs to in the plot: the sampler and its parameter, not its steps."""
-    kind, param = spec[0], spec[2]
-    if kind == "ddim":
-        return f"DDIM η={param:g}"
-    variant = f" {spec[3]}" if len(spec) > 3 else ""
-    return {"ddpm": "DDPM", "dpmsolver": f"DPM-Solver++({param}M)", "unipc": f"UniPC-{param}{variant}"}[kind]
-
-
-def label(spec) -> str:
-    return f"{family(spec)}, {spec[1]} steps"
-
-
-def report_sampler(spec, schedule, spacing: str, for_gaussian: bool = False):
+def report_sampler(spec: SamplerSpec, schedule, spacing: str, for_gaussian: bool = False, tuned=None):
     """The sampler of one report row, from make_sampler (the factory and defaults of `ddpmrt sample`).
 
-    Images: x̂₀ clipped to [-1, 1] (the default); the Gaussian check needs the linear, unclipped update."""
-    kind, steps, param = spec[:3]
-    option = {"ddim": "eta", "dpmsolver": "order", "unipc": "order"}.get(kind)
-    options = {option: param} if option else {}
-    if len(spec) > 3:
-        options["variant"] = spec[3]
-    return make_sampler(kind, schedule, steps, spacing=spacing, clip_sample=0.0 if for_gaussian else None, **options)
+    Images: x̂₀ clipped to [-1, 1] (the default); the Gaussian check needs the linear, unclipped update.
+    A spec with its own timesteps ignores the report's spacing; `tuned` is the model's table for spacing
+    "tuned" (the Gaussian check then runs the U-Net's tuned timesteps: what they cost or buy there)."""
+    own = dict(spec.options).get("timesteps") is not None
+    sampler = spec.make(schedule, tuned=tuned, spacing=None if own else spacing)
+    if not for_gaussian:
+        return sampler
+    return spec.make(schedule, spacing=None, timesteps=list(sampler.timesteps), clip_sample=0.0) if spacing == "tuned" \
+        else spec.make(schedule, spacing=None if own else spacing, clip_sample=0.0)
 
 
 REPORT_BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
@@ -155,8 +146,8 @@ def best_spacing(rows: list[dict], key: str) -> str | None:
     if len(spacings) < 2:
         return spacings[0] if spacings else None
     ranks = {s: [] for s in spacings}
-    def setting_of(r):  # everything but the spacing (rows of older reports carry eta, not param)
-        return r["sampler"], r["steps"], r.get("param", r.get("eta")), r.get("variant"), r.get("seed", 0)
+    def setting_of(r):  # everything but the spacing (rows of older reports carry param or eta, not family)
+        return r["sampler"], r["steps"], r.get("family", r.get("param", r.get("eta"))), r.get("variant"), r.get("seed", 0)
 
     for setting in {setting_of(r) for r in rows}:
         group = [r for r in rows if setting_of(r) == setting]
@@ -170,16 +161,19 @@ def best_spacing(rows: list[dict], key: str) -> str | None:
 def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 500, gaussian_samples: int = 4096,
                spacings=(DEFAULT_SPACING,), backend: str = "onnxruntime", device: str = "cpu",
                threads: int | None = None, seed: int = 0, progress: bool = True, seeds=None,
-               precision: str = "fp32") -> dict:
+               precision: str = "fp32", name: str | None = None) -> dict:
     """Every sampler of `samplers` at every spacing and seed (`seeds`, default just `seed`): its latency,
     its quality on the model's data set, and its exact quality on Gaussian data."""
     from tqdm.auto import tqdm
 
+    from ddpmrt.engine.artifacts.schedules import TunedSchedules
+
     config = read_config(checkpoint)
     schedule = NoiseSchedule.from_dict(config["schedule"])
-    for spec in samplers:  # every setting checked (order against steps, spacing) before any work
+    tuned = TunedSchedules(checkpoint, name or str(checkpoint))
+    for spec in samplers:  # every setting checked (order against steps, spacing, a tuned entry) before any work
         for spacing in spacings:
-            report_sampler(spec, schedule, spacing)
+            report_sampler(spec, schedule, spacing, tuned=tuned)
     out.mkdir(parents=True, exist_ok=True)
     judge = None
     dataset = config.get("data", {}).get("name")
@@ -192,27 +186,26 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
     # With T steps every spacing gives the same timesteps: measure those once.
     seeds = list(seeds or [seed])
     runs = [(spec, spacing, s) for s in seeds for spec in samplers for spacing in spacings
-            if spec[1] < T or spacing == spacings[0]]
+            if (spec.steps or T) < T or spacing == spacings[0]]
 
     rows = []
     for spec, spacing, seed in tqdm(runs, desc="report", disable=not progress):
-        sampler = report_sampler(spec, model.schedule, spacing)
+        sampler = report_sampler(spec, model.schedule, spacing, tuned=tuned)
         start = time.perf_counter()
         images = sampler.sample(model, (num_samples, *model.image_shape), seed=seed, progress=False)
         elapsed = time.perf_counter() - start
-        name = label(spec) + (f", {spacing}" if len(spacings) > 1 else "")
+        name = spec.label + (f", {spacing}" if len(spacings) > 1 else "")
         stem = name.replace(" ", "").replace(",", "_").replace("η=", "eta").replace("(", "").replace(")", "").replace("++", "pp")
         grid = out / "samples" / (stem + (f"_seed{seed}" if len(seeds) > 1 else "") + ".png")
         save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // model.image_shape[-1]))
-        row = {"sampler": spec[0], "steps": spec[1], "param": spec[2], "eta": spec[2] if spec[0] == "ddim" else None,
-               "order": spec[2] if spec[0] in ("dpmsolver", "unipc") else None, "family": family(spec),
-               "variant": spec[3] if len(spec) > 3 else None,
-               "network_calls": spec[1], "seed": seed, "label": name, "spacing": spacing,
+        row = {"sampler": spec.name, "steps": sampler.num_steps, "options": dict(sampler.config, sampler=None),
+               "family": spec.family, "network_calls": sampler.num_steps, "seed": seed, "label": name,
+               "spacing": spacing if sampler.spacing is not None or spacing == "tuned" else "timesteps",
                "ms_per_image": 1e3 * elapsed / num_samples, "num_samples": num_samples,
                "grid": str(grid.relative_to(out))}
         if judge is not None:
             row.update(judge.scores(images))
-        g_sampler = report_sampler(spec, model.schedule, spacing, for_gaussian=True)
+        g_sampler = report_sampler(spec, model.schedule, spacing, for_gaussian=True, tuned=tuned)
         g_samples = g_sampler.sample(gaussian, (gaussian_samples, *data.image_shape), seed=seed, progress=False)
         measured = empirical_moments(g_samples)
         theory = data.predicted_moments(g_sampler)
@@ -323,32 +316,7 @@ def _plot(report: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def parse_samplers(text: str):
-    """`quick`, `full`, `solvers`, or a list like ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8.
-
-    ddim:STEPS[:ETA], ddpm:STEPS, dpmsolver:STEPS[:ORDER], unipc:STEPS[:ORDER[:VARIANT]] (order 2 unless given)."""
-    if text in SETS:
-        return SETS[text]
-    specs = []
-    for item in text.split(","):
-        parts = item.split(":")
-        try:
-            if parts[0] == "ddim" and len(parts) in (2, 3):
-                specs.append(("ddim", int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0))
-                continue
-            if parts[0] == "ddpm" and len(parts) == 2:
-                specs.append(("ddpm", int(parts[1]), None))
-                continue
-            if parts[0] in ("dpmsolver", "unipc") and len(parts) in (2, 3, 4 if parts[0] == "unipc" else 3):
-                order = int(parts[2]) if len(parts) >= 3 else 2
-                if order not in (1, 2, 3):
-                    raise UserError(f"--samplers item {item!r}: the order must be 1, 2 or 3")
-                if len(parts) == 4 and parts[3] not in ("bh1", "bh2"):
-                    raise UserError(f"--samplers item {item!r}: the UniPC variant must be bh1 or bh2")
-                specs.append((parts[0], int(parts[1]), order, *parts[3:]))
-                continue
-        except ValueError:
-            pass
-        raise UserError(f"--samplers item {item!r} not understood; use quick, full, solvers, or e.g. "
-                        "ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8:3:bh1")
-    return specs
+def parse_samplers(text: str) -> list[SamplerSpec]:
+    """`quick`, `full`, `solvers`, or sampler specs like ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8:order=3
+    (sampler_factory.parse_specs)."""
+    return SETS[text] if text in SETS else parse_specs(text)
