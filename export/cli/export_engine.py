@@ -89,3 +89,7 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
         print(f"{out} is up to date ({what}, {size_mb:.1f} MB); --force rebuilds")
     else:
         print(f"built {out} ({what}) in {result.seconds:.1f} s, {size_mb:.1f} MB")
+    if not ns.from_diffusers:
+        from ddpmrt.export.conversion.pipeline import carry_tuned
+
+        carry_tuned(ns.model, out)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ddpmrt.export.cli.options import ONNX_PRECISIONS, add_export_source, export_source, int_in, onnx_batch_arg, steps_arg
+from ddpmrt.export.conversion.pipeline import carry_tuned
 
 NAME, OUTPUT = "export-onnx", "file"
 
@@ -38,6 +39,8 @@ def run(ns: argparse.Namespace) -> None:
                          unwrap=source.unwrap)
     size_mb = out.stat().st_size / 1e6
     print(f"wrote {out} ({ns.precision}, {size_mb:.1f} MB) in {result.seconds:.1f} s")
+    if not ns.from_diffusers:
+        carry_tuned(ns.model, out)
 
 
 def _export_int8(ns: argparse.Namespace, out: Path) -> None:
@@ -58,3 +61,5 @@ def _export_int8(ns: argparse.Namespace, out: Path) -> None:
     size_mb = out.stat().st_size / 1e6
     print(f"wrote {out} (int8, calibrated on {result.calibration_inputs} inputs of DDIM-{calibration.steps} "
           f"trajectories; ε within {result.relative_error:.1%} of fp32's range; {size_mb:.1f} MB) in {result.seconds:.1f} s")
+    if not ns.from_diffusers:
+        carry_tuned(ns.model, out)

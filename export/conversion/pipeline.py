@@ -82,7 +82,22 @@ def export_engine(model: str | None, out, from_diffusers: str | None = None, pre
         print(f"{plan} is up to date ({what}, {size_mb:.1f} MB); --force rebuilds")
     else:
         print(f"built {plan} ({what}) in {result.seconds:.1f} s, {size_mb:.1f} MB")
+    if not from_diffusers:
+        carry_tuned(model, onnx_path)
+        carry_tuned(str(onnx_path), plan)
     return onnx_path, plan
+
+
+def carry_tuned(model: str | None, artifact: Path) -> None:
+    """The tuned timesteps of the model exported (a checkpoint's schedules.json, or an .onnx's) to the artifact."""
+    from ddpmrt.engine.artifacts.schedules import carry_schedules
+    from ddpmrt.engine.backends import resolve_model_path
+
+    if not model or Path(model) == Path(artifact):
+        return
+    written = carry_schedules(resolve_model_path(model), Path(artifact))
+    if written is not None:
+        print(f"carried the tuned timesteps over to {written}")
 
 
 def sampling_backend(flavour) -> tuple[str, str]:
