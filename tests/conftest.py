@@ -18,6 +18,41 @@ os.environ.setdefault("DDPMRT_CPU_COMPILE", "0")
 os.environ.setdefault("DDPMRT_CACHE_DIR", tempfile.mkdtemp(prefix="ddpmrt-test-cache-"))
 
 
+# Every test has one kind, by its file (a test of a library file that runs the command line is `cli`):
+#   unit         the library in process: samplers, schedules, kernels on the host, checks, fuzz cases
+#   cli          the command line as a user runs it, in a subprocess
+#   integration  exports, training, servers, backends, benchmark scripts: the slow end-to-end paths
+#   contract     the architecture's rules: import layers, packaging, the README's own commands
+# `pytest -m "unit or contract" -m "not slow"` is the quick development run (README, Tests).
+KINDS = ("unit", "cli", "integration", "contract")
+KIND_BY_FILE = {
+    "unit": ("test_samplers", "test_solvers", "test_schedule", "test_gaussian", "test_philox", "test_device_loop",
+             "test_kernels", "test_sidecar", "test_fuzz", "test_tuning", "test_unet", "test_cuda_calls"),
+    "cli": ("test_cli", "test_errors", "test_output_paths", "test_reports"),
+    "integration": ("test_export", "test_openvino", "test_torch_backend", "test_train", "test_serve", "test_shipped_model",
+                    "test_tensorrt", "test_int8", "test_diffusers_folders", "test_benchmark_scripts", "test_gpu_check",
+                    "test_faults", "test_gpu_loop", "test_check"),
+    "contract": ("test_layers", "test_packaging", "test_readme"),
+}
+
+# Tests of a unit file that run whole commands (in process) against write faults.
+KIND_BY_TEST = {"test_a_full_disk": "cli", "test_a_read_only_folder": "cli", "test_permission_denied": "cli"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    kind_of = {name: kind for kind, names in KIND_BY_FILE.items() for name in names}
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module not in kind_of:
+            raise pytest.UsageError(f"{module}.py has no kind: add it to KIND_BY_FILE in tests/conftest.py")
+        kind = KIND_BY_TEST.get(item.function.__name__, kind_of[module])
+        if kind == "unit" and "run_cli(" in inspect.getsource(item.function):
+            kind = "cli"
+        item.add_marker(getattr(pytest.mark, kind))
+
+
 def run_cli(*args: str, cwd=None, timeout: int = 600, env=None) -> subprocess.CompletedProcess:
     """`ddpmrt ARGS...` via `python -m`, capturing output (the installed console script runs the same main)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

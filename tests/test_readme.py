@@ -85,6 +85,7 @@ def test_every_readme_command_parses_and_names_its_extras(heading, command):
     assert {"export", "tensorrt-rtx"} <= set(install_line().strip(".[]").split(","))
 
 
+@pytest.mark.slow
 def test_the_quick_readme_commands_run_as_written(tmp_path):
     pytest.importorskip("torch", reason="the README's install has the torch side: pip install -e '.[export]'")
     pytest.importorskip("tensorrt_rtx", reason="the README's install has TensorRT-RTX: pip install -e '.[tensorrt-rtx]'")
