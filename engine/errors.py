@@ -30,3 +30,21 @@ def out_of_memory(what: str) -> UserError:
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of a library's error message (they run to many lines), or its type's name."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+def install_hint(extra: str) -> str:
+    """The `pip install` of an optional extra, in a form that works however ddpmrt was installed.
+
+    ddpmrt is installed from its repository, so `pip install 'ddpmrt[openvino]'` cannot find it: the
+    hint names the extra's own requirements, read from the installed package's metadata."""
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("ddpmrt") or []
+    except metadata.PackageNotFoundError:
+        requires = []
+    packages = [r.split(";")[0].strip() for r in requires
+                if r.split(";", 1)[-1].replace("'", '"').replace(" ", "") == f'extra=="{extra}"']
+    if packages:
+        return "pip install " + " ".join(f'"{p}"' for p in packages)
+    return f'pip install -e ".[{extra}]" in the ddpmrt repository'

@@ -118,7 +118,8 @@ class SamplerSpec:
         else:
             text = f"UniPC-{value['order']}" + (f" {given['variant']}" if "variant" in given else "") + \
                 ("" if value["corrector"] else " no corrector")
-        return text + (" timesteps" if value["timesteps"] is not None else "")
+        spacing = f" {given['spacing']}" if "spacing" in given else ""
+        return text + spacing + (" timesteps" if value["timesteps"] is not None else "")
 
     @property
     def label(self) -> str:
@@ -144,6 +145,9 @@ def parse_spec(text: str) -> SamplerSpec:
         if "=" in part:
             key, value = part.split("=", 1)
             key = key.strip().replace("-", "_")
+            if key == "spacing" and value == TUNED:
+                given["spacing"] = TUNED  # the model's tuned timesteps (make_sampler looks them up)
+                continue
             if key not in declared:
                 raise UserError(f"sampler spec {shown(text)}: {cls.NAME} takes no {key}; "
                                 f"its options are {', '.join(declared)}")

@@ -259,7 +259,8 @@ class Sampler:
 
     def sample(self, model, shape, seed: int = 0, x_T: np.ndarray | None = None, progress: bool = True,
                image_indices=None, stage=None) -> np.ndarray:
-        """Run the whole reverse process; returns float32 images in the model's space [-1, 1].
+        """Run the whole reverse process; returns float32 images in the model's space: about [-1, 1], slightly
+        beyond it where x̂₀ is not clipped (clip_sample); images.to_uint8 clips when it converts.
 
         `model(x_t, t)` takes float32 NCHW and int64 (N,) timesteps and returns ε.
         Noise comes from philox.gaussian_noise keyed by (seed, image index, step), so image k

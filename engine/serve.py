@@ -41,7 +41,7 @@ import threading
 
 import numpy as np
 
-from ddpmrt.engine.errors import UserError, first_line
+from ddpmrt.engine.errors import UserError, first_line, install_hint
 from ddpmrt.engine.serve_requests import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGES,
@@ -140,7 +140,7 @@ def build_app(model: str, backend: str = "auto", device: str = "cpu", replicas: 
         from fastapi.responses import Response
         from ray import serve
     except ImportError:
-        raise UserError("serving needs Ray Serve: pip install 'ddpmrt[serve]'") from None
+        raise UserError(f"serving needs Ray Serve: {install_hint('serve')}") from None
     if replicas is None:
         replicas = _gpu_count() if device == "cuda" else 1
     if device == "cuda" and replicas < 1:

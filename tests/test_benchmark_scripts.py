@@ -50,7 +50,7 @@ def test_unet_levers_refuses_a_cuda_only_variant_on_the_cpu():
 
 
 def test_sanitize_onnx_builds_both_variants(tmp_path):
-    pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX to build: pip install 'ddpmrt[tensorrt-rtx]'")
+    pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX to build: pip install -e '.[tensorrt-rtx]'")
     pytest.importorskip("polygraphy", reason="needs Polygraphy: pip install polygraphy onnx-graphsurgeon")
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/sanitize_onnx.py"), "--configs", "digits",
                              "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)

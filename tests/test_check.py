@@ -96,7 +96,7 @@ def test_bad_input_is_one_line(tmp_path, digits):
 
 
 def test_export_engine_sanitizes_checks_and_records_it(tmp_path):
-    pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX to build: pip install 'ddpmrt[tensorrt-rtx]'")
+    pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX to build: pip install -e '.[tensorrt-rtx]'")
     plan = tmp_path / "d.plan"
     result = run_cli("export-engine", "digits", "--flavour", "tensorrt-rtx", "--targets", "sm86", "--batch", "1:2:4",
                      "--sanitize", "--check", "--out", str(plan))
@@ -129,7 +129,7 @@ def test_engine_inspection_on_a_gpu(tmp_path):
 
     if device_compute_capability() is None:
         pytest.skip("needs a GPU: deserializing an engine for inspection needs one (TensorRT-RTX too)")
-    flavour_module = pytest.importorskip("tensorrt", reason="needs TensorRT on the GPU (pip install 'ddpmrt[tensorrt]')")
+    flavour_module = pytest.importorskip("tensorrt", reason="needs TensorRT on the GPU (pip install -e '.[tensorrt]')")
     assert flavour_module
     plan = tmp_path / "d.plan"
     result = run_cli("export-engine", "digits", "--flavour", "tensorrt", "--batch", "1:2:4", "--out", str(plan))

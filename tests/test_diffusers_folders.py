@@ -153,7 +153,7 @@ def test_a_bare_unet_folder_needs_schedule(pipelines, tmp_path):
 
 def test_a_pipeline_folder_runs_on_openvino_as_its_cached_export(pipelines, tmp_path, monkeypatch):
     # What a checkpoint's default is where bf16 is faster: the folder's ONNX export on OpenVINO.
-    pytest.importorskip("openvino", reason="needs OpenVINO: pip install 'ddpmrt[openvino]'")
+    pytest.importorskip("openvino", reason="needs OpenVINO: pip install -e '.[openvino]'")
     monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
     model = load_model(pipelines / "ddim", backend="openvino", precision="fp32")
     eager = load_model(pipelines / "ddim", backend="torch", precision="fp32")

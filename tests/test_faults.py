@@ -138,7 +138,7 @@ def test_a_fault_in_a_request_is_500_in_one_line_logged_once(caplog):
 
 
 def test_serve_checks_the_model_before_ray_starts(tmp_path):
-    pytest.importorskip("ray", reason="needs Ray Serve: pip install 'ddpmrt[serve]'")
+    pytest.importorskip("ray", reason="needs Ray Serve: pip install -e '.[serve]'")
     damaged = tmp_path / "damaged.onnx"
     damaged.write_bytes(b"\x08\x07" + os.urandom(4000))
     for args in ([str(damaged)], [str(damaged), "--device", "cuda"], [str(tmp_path / "missing.onnx")],

@@ -394,7 +394,7 @@ READ_ONLY_CASES = ["train", "sample-png", "export-onnx", "export-engine", "bench
 
 
 def _run_fault_case(command: str, disk, capsys) -> list[str]:
-    pytest.importorskip(NEEDS.get(command, "numpy"), reason="needs TensorRT-RTX: pip install 'ddpmrt[tensorrt-rtx]'")
+    pytest.importorskip(NEEDS.get(command, "numpy"), reason="needs TensorRT-RTX: pip install -e '.[tensorrt-rtx]'")
     argv = [a.format(disk=disk) for a in QUICK[command]]
     before = set(p.name for p in disk.iterdir())
     with deadline(300):
@@ -444,7 +444,7 @@ def test_permission_denied(command):
 
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv (as on the CI machine) to run a command as another user")
-    pytest.importorskip(NEEDS.get(command, "numpy"), reason="needs TensorRT-RTX: pip install 'ddpmrt[tensorrt-rtx]'")
+    pytest.importorskip(NEEDS.get(command, "numpy"), reason="needs TensorRT-RTX: pip install -e '.[tensorrt-rtx]'")
     import tempfile
 
     # pytest's own temporary folders are root's alone (0700): nobody could not even reach them.

@@ -25,7 +25,7 @@ def _ready() -> bool:
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not _ready(), reason="needs an NVIDIA GPU, PyTorch with CUDA, cuda-python and "
-                                                      "NVRTC (pip install 'ddpmrt[gpu]')")]
+                                                      "NVRTC (pip install -e '.[gpu]')")]
 
 
 @pytest.mark.parametrize("backend", ["torch", "inductor"])

@@ -7,7 +7,7 @@ from ddpmrt.engine import DDIMSampler, UserError, load_model
 
 from conftest import assert_user_error, run_cli
 
-pytest.importorskip("onnxruntime.quantization", reason="needs ONNX Runtime's quantizer: pip install 'ddpmrt[onnxruntime]'")
+pytest.importorskip("onnxruntime.quantization", reason="needs ONNX Runtime's quantizer: pip install -e '.[onnxruntime]'")
 pytest.importorskip("torch")
 
 

@@ -239,7 +239,7 @@ def _has_gpu() -> bool:
 def needs_gpu(test):
     """A GPU test: marked `gpu` (pytest -m gpu selects them) and skipped with its reason where none is visible."""
     skip = pytest.mark.skipif(not (_has_nvrtc() and _has_gpu()),
-                              reason="needs an NVIDIA GPU, cuda-python and NVRTC (pip install 'ddpmrt[gpu]')")
+                              reason="needs an NVIDIA GPU, cuda-python and NVRTC (pip install -e '.[gpu]')")
     return pytest.mark.gpu(skip(test))
 
 

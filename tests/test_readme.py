@@ -30,7 +30,7 @@ RUN_AS_WRITTEN = (  # prefixes of the commands run exactly as the README writes 
 )
 # What each command needs beyond the Quick start's install (".[export,tensorrt-rtx]"), and the words in
 # its section of the README that tell a user so.
-NEEDS = {"serve": "ddpmrt[serve]", "bench": "pip install diffusers"}
+NEEDS = {"serve": "pip install -e \".[serve]\"", "bench": "pip install diffusers"}
 
 
 def sections() -> list[tuple[str, str]]:

@@ -185,13 +185,18 @@ def test_report_measures_quality_and_latency(tmp_path):
         assert abs(row["gaussian_w2_to_data"] - row["gaussian_w2_theory_to_data"]) < 0.1
         assert (out / row["grid"]).is_file()
     assert report["judge"]["test_accuracy"] > 0.95 and report["judge"]["real_vs_real"]["fid"] > 0
-    assert (out / "quality_vs_latency.png").is_file() and "| DDPM, 4 steps, trailing |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert (out / "quality_vs_calls.png").is_file() and "| DDPM, 4 steps, trailing |" in markdown
+    # Every sample grid is shown, and exists.
+    grids = re.findall(r'<img src="([^"]+)"', markdown)
+    assert len(grids) == len(json.loads((out / "report.json").read_text())["rows"])
+    assert all((out / grid).is_file() for grid in grids)
 
 
 def test_report_on_openvino_in_bf16(tmp_path):
     # The CPU default's engine and precision, judged like the rest: the U-Net and the Gaussian's ε* both on
     # OpenVINO in bf16 (OpenVINO computes f32 where the CPU has no bf16 kernels, and the report says so).
-    openvino = pytest.importorskip("openvino", reason="needs OpenVINO: pip install 'ddpmrt[openvino]'")
+    openvino = pytest.importorskip("openvino", reason="needs OpenVINO: pip install -e '.[openvino]'")
     out = tmp_path / "report"
     result = run_cli("report", "digits", "--backend", "openvino", "--precision", "bf16", "--samplers", "ddim:3",
                      "--samples", "16", "--threads", "1", "--out", str(out), "--quiet")

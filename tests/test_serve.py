@@ -7,6 +7,7 @@ several requests did form, and bad bodies get 400 with one line.
 
 import io
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -15,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray", reason="needs Ray Serve: pip install 'ddpmrt[serve]'")
-serve = pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ddpmrt[serve]'")
+ray = pytest.importorskip("ray", reason="needs Ray Serve: pip install -e '.[serve]'")
+serve = pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install -e '.[serve]'")
 pytest.importorskip("torch", reason="exports the shipped model to ONNX")
 
 from ddpmrt.engine import UserError  # noqa: E402
@@ -76,38 +77,95 @@ def request_bodies():
     return bodies
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc's parent links."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
 def test_the_serve_command(onnx_model, tmp_path):
-    # The command line as a user runs it: its own Ray instance, HTTP on loopback, stopped by Ctrl-C.
+    # The command line as a user runs it: its own Ray instance, HTTP on loopback, stopped by SIGTERM sent to
+    # the serve process alone (as a service manager does), which must leave no process it started behind.
     # (Runs before the module's in-process Ray is started.)
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("finds the processes serve started through /proc (Linux)")
     port = free_port()
     process = subprocess.Popen([sys.executable, "-c", "import sys; from ddpmrt.export.cli import main; sys.exit(main())",
                                 "serve", str(onnx_model), "--port", str(port), "--max-batch", "4"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    started = []
     try:
         deadline, status = time.monotonic() + 120, None
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 status, content, _ = post(f"http://127.0.0.1:{port}", {"steps": 2, "n": 1, "format": "npz"})
-                break
+                if status == 200:
+                    break
             except OSError:
-                time.sleep(1)
-        assert status == 200, process.stdout.read() if process.poll() is not None else "no answer in 120 s"
+                pass
+            time.sleep(1)  # no listener yet, or Serve's proxy up before the app (404)
+        assert status == 200, "".join(lines) if process.poll() is not None else f"no answer in 120 s ({status})"
         assert np.load(io.BytesIO(content))["images"].shape == (1, 16, 16, 1)
+        while time.monotonic() < deadline and not any("ddpmrt serve:" in line for line in lines):
+            time.sleep(0.2)
+        started = descendants(process.pid)
+        assert started, "serve started no Ray processes?"
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
-            output, _ = process.communicate(timeout=60)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-            output, _ = process.communicate()
-    # Ctrl-C shuts Serve and Ray down and exits 130 (the banner may not be printed yet: Serve answers
-    # as soon as the app runs, while serve.run still waits for its status).
+            process.wait()
+        reader.join(timeout=5)
+    output = "".join(lines)
+    # SIGTERM shuts Serve and Ray down as Ctrl-C does, and exits 130; nothing it started outlives it by 15 s.
     assert "Traceback" not in output and process.returncode == 130, output[-2000:]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(running(pid) for pid in started):
+        time.sleep(0.5)
+    assert not [pid for pid in started if running(pid)], {pid: command_line(pid) for pid in started if running(pid)}
+    # The server's own line is the last a user reads (Ray's INFO lines go to its log files), before the stop.
+    banner = [i for i, line in enumerate(lines) if line.startswith("ddpmrt serve:")]
+    assert banner and all(line.startswith("ddpmrt: interrupted") or not line.strip() for line in lines[banner[0] + 1:]), output
 
 
 def test_serve_argument_errors(tmp_path):

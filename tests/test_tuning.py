@@ -194,7 +194,7 @@ def test_report_puts_tuned_rows_beside_the_standard_ones(checkpoint, tmp_path):
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["label"] for r in rows] == ["DDIM η=0, 3 steps, leading", "DDIM η=0, 3 steps, tuned"]
     assert rows[1]["options"]["timesteps"] == [999, 500, 100] and rows[0]["options"]["timesteps"] is None
-    assert (out / "quality_vs_latency.png").is_file()
+    assert (out / "quality_vs_calls.png").is_file()
     # A setting with no entry: one line naming the command, before any work.
     assert_user_error(run_cli("report", str(checkpoint), "--samplers", "ddim:4", "--spacing", "tuned", "--out",
                               str(tmp_path / "r2")), f"ddpmrt tune {checkpoint} --sampler ddim --calls 4")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, install_hint
 from ddpmrt.engine.schedule import NoiseSchedule
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -62,12 +62,12 @@ def model_loader(kind: str) -> Callable:
         found = [ep for ep in entry_points(group=LOADER_GROUP) if ep.name == kind]
         if not found:
             raise UserError(f"no loader for {kind} folders is installed; reinstall ddpmrt with its torch side: "
-                            "pip install 'ddpmrt[export]'")
+                            f"{install_hint('export')}")
         try:
             _loaders[kind] = found[0].load()
         except ImportError as exc:
             raise UserError(f"{kind} folders run on the torch backend, which needs {exc.name or 'PyTorch'}: "
-                            "pip install 'ddpmrt[export]' (or use an .onnx model with --backend onnxruntime)") from None
+                            f"{install_hint('export')} (or use an .onnx model with --backend onnxruntime)") from None
     return _loaders[kind]
 
 
@@ -85,8 +85,15 @@ def resolve_model_path(model: str | Path) -> Path:
     shipped = SHIPPED_MODELS_DIR / str(model)
     if (shipped / "config.json").is_file():
         return shipped
-    raise UserError(f"model {str(model)!r} not found: give a checkpoint directory, an .onnx or .plan file, "
-                    f"or a shipped model ({', '.join(shipped_models()) or 'none installed'})")
+    text = str(model)
+    if "/" in text.replace("\\", "/").strip("/") and not text.startswith((".", "/", "~")) and text.count("/") == 1 \
+            and not Path(text).suffix:
+        # owner/name: a Hugging Face hub id.  ddpmrt never downloads at run time: the user fetches it once.
+        raise UserError(f"model {text!r} not found here; a hub id must be downloaded first, e.g. python -c \"from diffusers "
+                        f"import DDPMPipeline; DDPMPipeline.from_pretrained('{text}').save_pretrained('{text.split('/')[-1]}')\" "
+                        f"(or: huggingface-cli download {text} --local-dir {text.split('/')[-1]}), then pass that folder")
+    raise UserError(f"model {text!r} not found: give a checkpoint directory, a diffusers pipeline or unet/ folder, an "
+                    f".onnx, .plan or .pt2 file, or a shipped model ({', '.join(shipped_models()) or 'none installed'})")
 
 
 def is_diffusers_folder(path: Path) -> bool:
@@ -141,7 +148,7 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
             if device != "cpu":
                 raise UserError("the openvino backend runs on the CPU; use --device cpu, or --backend inductor on cuda")
             if not openvino_backend.available():  # one line naming the extra, before any export
-                raise UserError("the openvino backend needs OpenVINO: pip install 'ddpmrt[openvino]' (or use "
+                raise UserError(f"the openvino backend needs OpenVINO: {install_hint('openvino')} (or use "
                                 "--backend inductor or torch)")
         loader = model_loader("diffusers" if is_diffusers_folder(path) else "checkpoint")
         return loader(path, backend=backend, device=device, precision=precision, cuda_graph=bool(cuda_graph),

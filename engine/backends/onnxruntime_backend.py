@@ -18,15 +18,15 @@ from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, rea
 from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
 from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.checks import model_inputs
-from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
+from ddpmrt.engine.errors import UserError, first_line, install_hint, is_out_of_memory, out_of_memory
 
 
 def _import_ort():
     try:
         import onnxruntime as ort
     except ImportError:
-        raise UserError("the onnxruntime backend needs ONNX Runtime: pip install 'ddpmrt[onnxruntime]' "
-                        "(or 'ddpmrt[gpu]' for CUDA)") from None
+        raise UserError(f"the onnxruntime backend needs ONNX Runtime: {install_hint('onnxruntime')} "
+                        f"(for CUDA: {install_hint('gpu')})") from None
     return ort
 
 
@@ -75,7 +75,7 @@ class OnnxRuntimeModel(LoadedModel):
             options.intra_op_num_threads = int(threads)
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UserError("--device cuda needs onnxruntime-gpu (pip install 'ddpmrt[gpu]'); "
+                raise UserError(f"--device cuda needs onnxruntime-gpu ({install_hint('gpu')}); "
                                 "or use --device cpu")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:

@@ -26,7 +26,7 @@ from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
 from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.cpu import resolve_cpu_precision
-from ddpmrt.engine.errors import UserError, first_line, is_out_of_memory, out_of_memory
+from ddpmrt.engine.errors import UserError, first_line, install_hint, is_out_of_memory, out_of_memory
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}
 STATIC_BATCHES_KEPT = 4  # batch sizes kept compiled at once (OpenVinoModel._compiled_for)
@@ -36,7 +36,7 @@ def import_openvino():
     try:
         import openvino
     except ImportError:
-        raise UserError("the openvino backend needs OpenVINO: pip install 'ddpmrt[openvino]' (or use --backend "
+        raise UserError(f"the openvino backend needs OpenVINO: {install_hint('openvino')} (or use --backend "
                         "onnxruntime)") from None
     return openvino
 

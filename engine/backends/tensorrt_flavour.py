@@ -16,11 +16,11 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, install_hint
 
 FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}   # flavour name -> module
 PIP_COMMANDS = {"tensorrt": "pip install tensorrt (its libraries come from NVIDIA's package index)",
-                "tensorrt-rtx": "pip install 'ddpmrt[tensorrt-rtx]' (or: pip install tensorrt-rtx)"}
+                "tensorrt-rtx": f"{install_hint('tensorrt-rtx')} (or: pip install tensorrt-rtx)"}
 
 # TensorRT-RTX compute-capability targets by the names --targets accepts.
 RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")

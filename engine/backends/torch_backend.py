@@ -24,7 +24,7 @@ from ddpmrt.engine.artifacts.sidecar import PACKAGE, check_batch, check_device, 
 from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.cpu import resolve_cpu_precision
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, install_hint
 from ddpmrt.engine.gpu.cuda_runtime import describe_graph
 from ddpmrt.engine.schedule import NoiseSchedule
 
@@ -314,7 +314,7 @@ def load_aot_package(path: Path, device: str | None = None, cuda_graph: bool = T
     try:
         import torch
     except ImportError:
-        raise UserError("an inductor package needs PyTorch: pip install 'ddpmrt[export]'") from None
+        raise UserError(f"an inductor package needs PyTorch: {install_hint('export')}") from None
     if built_for == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{path.name} was compiled for CUDA and PyTorch sees no GPU; build a --device cpu package here")
     if sidecar["torch_version"] != torch.__version__:

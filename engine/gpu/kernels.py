@@ -24,7 +24,7 @@ import numpy as np
 
 from ddpmrt.engine import checks
 from ddpmrt.engine.artifacts.io import atomic_write, cache_dir
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, install_hint
 from ddpmrt.engine.gpu.cuda_runtime import check
 
 SOURCE = "ddpm_update.cu"
@@ -69,7 +69,7 @@ def _nvrtc():
         nvrtc.nvrtcVersion()
     except (ImportError, OSError, RuntimeError):  # not installed, or the NVRTC library cannot be loaded
         raise UserError("the fused CUDA kernel is compiled with NVRTC, which is not installed: "
-                        "pip install 'ddpmrt[gpu]' (cuda-python and nvidia-cuda-nvrtc)") from None
+                        f"{install_hint('gpu')} (cuda-python and nvidia-cuda-nvrtc)") from None
     return nvrtc
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, install_hint
 from ddpmrt.export.cli.options import (
     MAX_BATCH,
     add_description,
@@ -39,9 +39,13 @@ def add_parser(sub) -> None:
 
 
 def backend_description(model) -> str:
-    """What ran: the backend, its device and the precision it computed in (auto resolves per CPU)."""
-    precision = getattr(model, "precision", None) or getattr(getattr(model, "metadata", None), "precision", "fp32")
-    return f"{model.backend} on {getattr(model, 'device', 'cuda')}, {precision}"
+    """What ran: the backend, its device and the precision it computed in (auto resolves per CPU; a .pt2
+    package computes in the precision it was built in, which its sidecar records)."""
+    sidecar = getattr(model, "sidecar", None) or {}
+    precision = sidecar.get("precision") or getattr(model, "precision", None) or \
+        getattr(getattr(model, "metadata", None), "precision", "fp32")
+    backend = "AOTInductor package" if model.backend == "inductor" and sidecar else model.backend
+    return f"{backend} on {getattr(model, 'device', 'cuda')}, {precision}"
 
 
 def run(ns: argparse.Namespace) -> None:
@@ -62,13 +66,14 @@ def run(ns: argparse.Namespace) -> None:
                        schedule=schedule, image_shape=image_shape, cuda_graph=ns.cuda_graph, precision=ns.precision)
     if ns.cuda_graph and getattr(model, "device_loop", None) is None:
         raise UserError("--cuda-graph needs a GPU backend: a .plan engine, or a checkpoint with --device cuda "
-                        "(and cuda-python with NVRTC: pip install 'ddpmrt[gpu]')")
+                        f"(and cuda-python with NVRTC: {install_hint('gpu')})")
     sampler = make_sampler(ns.sampler, model.schedule, ns.steps, tuned=tuned_schedules(ns.from_diffusers or ns.model),
                            **sampler_options(ns))
-    if model.backend == "inductor" and not ns.quiet:
-        # The first step waits for TorchInductor; without a word it would look like a hang.  (Only inductor:
-        # OpenVINO and ONNX Runtime compile at load, in a second or two.)
-        print(f"compiling the network with inductor ({model.precision}; 30-60 s in a new process on a CPU); "
+    if model.backend == "inductor" and not getattr(model, "sidecar", None) and not ns.quiet:
+        # The first step waits for TorchInductor; without a word it would look like a hang.  (Only inductor's
+        # JIT: a .pt2 package was compiled ahead; OpenVINO and ONNX Runtime compile at load, in a second or two.)
+        print(f"compiling the network with inductor ({model.precision}; 30-60 s the first time on a CPU, then kept in "
+              "Inductor's cache for later runs); "
               "--backend torch runs it eager", file=sys.stderr)
     images = sampler.sample(model, (ns.batch, *model.image_shape), seed=ns.seed, progress=not ns.quiet)
     save_images(images, out)

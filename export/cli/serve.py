@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import time
 
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, install_hint
 from ddpmrt.export.cli.options import MAX_BATCH, add_threads, int_in, real_in
 
 NAME, OUTPUT = "serve", None
@@ -36,7 +38,20 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000, help="HTTP port (default 8000)")
     p.add_argument("--address", help="a running Ray cluster (e.g. auto or ray://head:10001); default: start one here")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Serve's own log lines here (default: they go to Ray's log folder)")
     p.set_defaults(func=run)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (and SIGHUP) end the server as Ctrl-C does: Python's default for them exits at once, before the
+    `finally` that shuts Serve and Ray down, which left Ray's agents running."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
 
 
 def run(ns: argparse.Namespace) -> None:
@@ -48,9 +63,13 @@ def run(ns: argparse.Namespace) -> None:
         import ray
         from ray import serve
     except ImportError:
-        raise UserError("serving needs Ray Serve: pip install 'ddpmrt[serve]'") from None
+        raise UserError(f"serving needs Ray Serve: {install_hint('serve')}") from None
     check_model_apart(model, ns.backend, ns.device, ns.threads)  # one line in seconds, not Serve's retries
-    ray.init(address=ns.address, include_dashboard=False, logging_level="ERROR")
+    if not ns.verbose:  # Serve's INFO lines (the controller, proxies, deployments) stay in Ray's log files
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    ray.init(address=ns.address, include_dashboard=False, logging_level="INFO" if ns.verbose else "ERROR",
+             log_to_driver=ns.verbose)
+    _stop_on_signals()  # after ray.init, which installs its own SIGTERM handler (it aborts the driver)
     try:
         serve.start(http_options={"host": ns.host, "port": ns.port, "request_timeout_s": ns.request_timeout_s})
         app = build_app(model, backend=ns.backend, device=ns.device, replicas=ns.replicas, max_batch=ns.max_batch,
@@ -63,5 +82,6 @@ def run(ns: argparse.Namespace) -> None:
         while True:
             time.sleep(3600)
     finally:
-        serve.shutdown()
+        if ns.address:  # a cluster that outlives us: take Serve down there; our own local one goes whole below
+            serve.shutdown()
         ray.shutdown()

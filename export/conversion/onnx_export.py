@@ -19,6 +19,7 @@ import copy
 import inspect
 import json
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -152,6 +153,9 @@ def cached_export(source, opset: int = 18, force: bool = False) -> Path:
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in metadata.source or "model")[:40]
     path = cache_dir() / ONNX_CACHE / f"{name}-{sha256_bytes(key.encode())[:16]}.onnx"
     if force or not path.is_file():
+        # First use: a few seconds of export, then OpenVINO's compile, before the first step; say so.
+        print(f"exporting {metadata.source or 'the checkpoint'} to ONNX for OpenVINO, once (a few seconds; cached in "
+              f"{path.parent})", file=sys.stderr)
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(source.module, metadata, path, opset=opset, unwrap=source.unwrap, log=None)
     return path

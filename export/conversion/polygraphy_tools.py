@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ddpmrt.engine.errors import UserError, first_line
 
-INSTALL = "pip install polygraphy onnx-graphsurgeon (both come with ddpmrt[tensorrt-rtx], [tensorrt], [gpu] and [dev])"
+INSTALL = "pip install polygraphy onnx-graphsurgeon (both come with the extras tensorrt-rtx, tensorrt, gpu and dev)"
 
 
 def load_polygraphy(rtx: bool = False):

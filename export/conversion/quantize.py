@@ -33,7 +33,7 @@ from ddpmrt.engine import DDIMSampler, load_model
 from ddpmrt.engine.artifacts.integrity import ONNX_SEAL_KEY, PLACEHOLDER, seal_onnx_file
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, install_hint
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 VALIDATION_TIMESTEPS = (0, 250, 500, 750, 999)
@@ -95,7 +95,7 @@ def _import_quantizer():
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
-        raise UserError("--precision int8 quantizes with ONNX Runtime: pip install 'ddpmrt[onnxruntime]'") from None
+        raise UserError(f"--precision int8 quantizes with ONNX Runtime: {install_hint('onnxruntime')}") from None
     return onnx, CalibrationDataReader, QuantFormat, QuantType, quantize_static, quant_pre_process
 
 

@@ -31,7 +31,7 @@ import torch
 
 from ddpmrt.engine import cpu, load_model, make_sampler
 from ddpmrt.engine.artifacts.io import atomic_write
-from ddpmrt.engine.errors import UserError
+from ddpmrt.engine.errors import UserError, install_hint
 from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
 from ddpmrt.export.conversion.onnx_export import export_onnx
 from ddpmrt.export.evaluation.bench_backends import (  # noqa: F401
@@ -137,7 +137,7 @@ def _onnx_models(checkpoint, source, work, threads, wanted, models, missing) -> 
         from ddpmrt.export.conversion.quantize import quantize_onnx
 
         if not openvino_backend.available():
-            missing["openvino-int8-cpu"] = "needs OpenVINO: pip install 'ddpmrt[openvino]'"
+            missing["openvino-int8-cpu"] = f"needs OpenVINO: {install_hint('openvino')}"
         else:  # what `export-onnx --precision int8` writes, with its default calibration
             quantize_onnx(onnx_path, work / "model-int8.onnx")
             models["openvino-int8-cpu"] = load_model(work / "model-int8.onnx", backend="openvino", threads=threads)
@@ -147,7 +147,7 @@ def _onnx_models(checkpoint, source, work, threads, wanted, models, missing) -> 
         if name not in wanted:
             continue
         if not openvino_backend.available():
-            missing[name] = "needs OpenVINO: pip install 'ddpmrt[openvino]'"
+            missing[name] = f"needs OpenVINO: {install_hint('openvino')}"
         elif name == "openvino-cpu":  # ddpmrt's backend: the precision auto means here, the bench's threads
             models[name] = load_model(onnx_path, backend="openvino", threads=threads)
         else:

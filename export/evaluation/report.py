@@ -9,7 +9,8 @@ For every sampler configuration: milliseconds per image on the chosen backend, t
   and to the distribution theory predicts for that sampler (which separates discretisation error
   from numerical error).
 
-Writes report.json (with the environment), report.md, quality_vs_latency.png and sample grids.
+Writes report.json (with the environment), report.md (with every sample grid), quality_vs_calls.png
+(quality against network calls per image) and the sample grids.
 """
 
 from __future__ import annotations
@@ -51,17 +52,20 @@ def report_sampler(spec: SamplerSpec, schedule, spacing: str, for_gaussian: bool
     """The sampler of one report row, from make_sampler (the factory and defaults of `ddpmrt sample`).
 
     Images: x̂₀ clipped to [-1, 1] (the default); the Gaussian check needs the linear, unclipped update.
-    A spec with its own timesteps ignores the report's spacing; `tuned` is the model's table for spacing
+    A spec with its own timesteps or spacing (dpmsolver:5:3:spacing=tuned) ignores the report's spacing; `tuned` is the model's table for spacing
     "tuned" (the Gaussian check then runs the U-Net's tuned timesteps: what they cost or buy there)."""
-    own = dict(spec.options).get("timesteps") is not None
-    sampler = spec.make(schedule, tuned=tuned, spacing=None if own else spacing)
+    options = dict(spec.options)
+    own = options.get("timesteps") is not None
+    spacing = None if own else options.get("spacing", spacing)  # a spec's own spacing (spacing=tuned) wins
+    sampler = spec.make(schedule, tuned=tuned, spacing=spacing)
     if not for_gaussian:
         return sampler
     return spec.make(schedule, spacing=None, timesteps=list(sampler.timesteps), clip_sample=0.0) if spacing == "tuned" \
-        else spec.make(schedule, spacing=None if own else spacing, clip_sample=0.0)
+        else spec.make(schedule, spacing=spacing, clip_sample=0.0)
 
 
 REPORT_BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
+PLOT = "quality_vs_calls.png"
 
 
 class ReportModels:
@@ -200,7 +204,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
         save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // model.image_shape[-1]))
         row = {"sampler": spec.name, "steps": sampler.num_steps, "options": dict(sampler.config, sampler=None),
                "family": spec.family, "network_calls": sampler.num_steps, "seed": seed, "label": name,
-               "spacing": spacing if sampler.spacing is not None or spacing == "tuned" else "timesteps",
+               "spacing": _row_spacing(spec, spacing, sampler),
                "ms_per_image": 1e3 * elapsed / num_samples, "num_samples": num_samples,
                "grid": str(grid.relative_to(out))}
         if judge is not None:
@@ -240,7 +244,10 @@ def _write(report: dict, out: Path) -> None:
     if judge:
         floor = judge["real_vs_real"]
         lines += [f"FID/KID: features of a {judge.get('dataset', 'digits')} classifier trained on the real training split (test accuracy "
-                  f"{judge['test_accuracy']:.3f}); real-vs-real floor FID {floor['fid']:.2f}, KID {floor['kid']:.4f}.", ""]
+                  f"{judge['test_accuracy']:.3f}); real-vs-real floor FID {floor['fid']:.2f}, KID {floor['kid']:.4f}. "
+                  "Recognised: the share of samples the classifier assigns to one class with probability above 0.5. "
+                  f"FID depends on the sample count ({report['num_samples']} here): compare FIDs of reports with the same "
+                  "count only.", ""]
     lines += ["Gaussian W2: samples of the same sampler with the exact optimal ε on Gaussian data "
               f"({report['gaussian']['dim']} dims, {report['gaussian']['samples']} samples); theory = the exact output "
               "distribution of that sampler. Differences below about √(dim/n) = "
@@ -262,9 +269,23 @@ def _write(report: dict, out: Path) -> None:
                    if "fid" in first else "– | – | –")
         lines.append(f"| {first['label']} | {first['steps']} | {_cell(group, 'ms_per_image', '.2f')} | {learned} | "
                      f"{_cell(group, 'gaussian_w2_to_data', '.3f')} ({first['gaussian_w2_theory_to_data']:.3f}) |")
-    lines += ["", "![quality against latency](quality_vs_latency.png)", ""]
+    lines += ["", f"![quality against network calls]({PLOT})", "",
+              "## Sample grids", "",
+              "The first 64 images of each row (seed " + ", ".join(map(str, seeds)) + "; click for full size).", "",
+              "| sampler | images |", "| --- | --- |"]
+    for group in _by_setting(report["rows"]):
+        for r in group:
+            seed = f" (seed {r['seed']})" if len(seeds) > 1 else ""
+            lines.append(f"| {r['label']}{seed} | [<img src=\"{r['grid']}\" width=\"160\">]({r['grid']}) |")
+    lines.append("")
     write_markdown(out / "report.md", lines)
-    _plot(report, out / "quality_vs_latency.png")
+    _plot(report, out / PLOT)
+
+
+def _row_spacing(spec: SamplerSpec, spacing: str, sampler) -> str:
+    """Where a row's steps went: the report's spacing, the spec's own (tuned), or its explicit timesteps."""
+    own = dict(spec.options).get("spacing", spacing)
+    return own if sampler.spacing is not None or own == "tuned" else "timesteps"
 
 
 def _by_setting(rows: list) -> list[list]:
@@ -289,7 +310,7 @@ def _plot(report: dict, path: Path) -> None:
 
     rows = report["rows"]
     learned = "fid" in rows[0]
-    fig, axes = plt.subplots(1, 2 if learned else 1, figsize=(11 if learned else 6, 4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if learned else 1, figsize=(13 if learned else 8, 4), squeeze=False)
     dataset = report.get("judge", {}).get("dataset", "digits")
     panels = ([("fid", f"FID ({dataset}-classifier features)")] if learned else []) + [("gaussian_w2_to_data", "Gaussian W2 to data")]
     # Quality against network calls, one line per sampler family (per spacing where several were
@@ -302,7 +323,7 @@ def _plot(report: dict, path: Path) -> None:
                          key=lambda g: g[0]["steps"])
             means = [sum(r[key] for r in g) / len(g) for g in sel]
             spread = [(max(r[key] for r in g) - min(r[key] for r in g)) / 2 for g in sel]
-            name = line[0] + (f", {line[1]}" if several else "")
+            name = line[0] + (f", {line[1]}" if several and line[1] not in line[0] else "")
             ax.errorbar([g[0]["steps"] for g in sel], means, yerr=spread, fmt="o-", capsize=2, label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -310,9 +331,15 @@ def _plot(report: dict, path: Path) -> None:
         ax.set_xticks(calls, [str(c) for c in calls])
         ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.set_xlabel("network calls per image")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.set_ylabel(title + " (lower is better)")
+        # Plain numbers on the log axis (matplotlib's default writes 4.2×10⁰).
+        ax.yaxis.set_major_formatter(plt.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(plt.FormatStrFormatter("%g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+    # One legend beside the panels, where it covers no point.
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.8, 0.5))
     save_figure(fig, path)
 
 
