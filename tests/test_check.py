@@ -2,6 +2,8 @@
 fails where they are not (a perturbed weight, an fp16 export that overflows), and bad input is one line."""
 
 import copy
+import subprocess
+import sys
 import json
 
 import pytest
@@ -152,3 +154,33 @@ def test_a_static_batch_onnx_is_checked_at_its_batch(digits, tmp_path):
     assert report["batches"] == [3] and report["artifacts"][0]["ok"]
     with pytest.raises(UserError, match=r"no batch size in common \(5 > 3\)"):
         run_check(digits, [tmp_path / "b3.onnx", tmp_path / "b5.onnx"], tmp_path / "report2")
+
+
+def test_polygraphy_takes_the_engines_flavour_even_after_an_onnx_only_import():
+    # Polygraphy reads POLYGRAPHY_USE_TENSORRT_RTX at its first import; `check` used to import it with the flavour
+    # unset first, so a TensorRT-RTX engine's runner asked for `tensorrt`.  In a fresh process, as `check` runs.
+    script = (
+        "from ddpmrt.export.conversion.polygraphy_tools import load_polygraphy\n"
+        "from ddpmrt.engine.errors import UserError\n"
+        "load_polygraphy()\n"                       # an ONNX-only use first (sanitize, ONNX Runtime runners)
+        "load_polygraphy(True)\n"
+        "from polygraphy.mod.trt_importer import tensorrt_module_and_version_string\n"
+        "assert tensorrt_module_and_version_string().startswith('tensorrt_rtx'), tensorrt_module_and_version_string()\n"
+        "import polygraphy.backend.trt\n"           # the TensorRT backend binds its module now
+        "try:\n    load_polygraphy(False)\nexcept UserError as e:\n    print('refused:', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "refused: Polygraphy's TensorRT runners are already loaded for TensorRT-RTX" in result.stdout
+
+
+def test_engines_of_both_flavours_are_checked_apart(tmp_path):
+    from ddpmrt.export.evaluation.check import engines_flavour
+
+    for name, flavour in (("a.plan", "tensorrt"), ("b.plan", "tensorrt-rtx")):
+        (tmp_path / name).write_bytes(b"engine")
+        (tmp_path / (name + ".json")).write_text(json.dumps({"flavour": flavour}))
+    assert engines_flavour([tmp_path / "b.plan", tmp_path / "m.onnx"]) is True
+    assert engines_flavour([tmp_path / "a.plan"]) is False and engines_flavour([tmp_path / "m.onnx"]) is None
+    with pytest.raises(UserError, match="one TensorRT flavour at a time"):
+        engines_flavour([tmp_path / "a.plan", tmp_path / "b.plan"])

@@ -17,6 +17,7 @@ pytest.importorskip("onnx")
 from ddpmrt.engine.backends import tensorrt_backend  # noqa: E402
 from ddpmrt.engine.backends.tensorrt_backend import check_compatible  # noqa: E402
 from ddpmrt.engine.backends.tensorrt_flavour import Flavour, import_flavour  # noqa: E402
+from ddpmrt.engine.errors import UserError  # noqa: E402
 from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability  # noqa: E402
 
 try:
@@ -296,3 +297,33 @@ def test_load_model_refuses_what_an_engine_cannot_honour(built, tmp_path):
     with pytest.raises(UserError, match="--threads sets CPU threads"):
         load_model(plan, threads=2)
     assert_user_error(run_cli("sample", str(plan), "--precision", "bf16", "--out", str(tmp_path / "x.png")), "built for fp16")
+
+
+def test_targets_current_stands_alone_and_keys_the_cache_by_gpu(monkeypatch):
+    # TensorRT-RTX refuses CURRENT beside named targets (set_compute_capability returns False); and an engine
+    # built for `current` on one GPU must not be "up to date" on another.
+    from types import SimpleNamespace
+
+    from ddpmrt.export.conversion import engine_build
+    from ddpmrt.export.conversion.engine_build import BatchProfile, cache_key, parse_targets
+
+    rtx = SimpleNamespace(is_rtx=True, name="tensorrt-rtx", version="1.7")
+    monkeypatch.setattr(engine_build, "device_compute_capability", lambda: (8, 6))
+    with pytest.raises(UserError, match="cannot be combined with named targets"):
+        parse_targets("current,sm86", rtx)
+    assert parse_targets("current", rtx) == ["current"] and parse_targets("sm86,sm89", rtx) == ["sm86", "sm89"]
+    profile = BatchProfile.parse("1:4:16")
+    on_86 = cache_key("abc", rtx, profile, ["current"], None), cache_key("abc", rtx, profile, ["sm86"], None)
+    monkeypatch.setattr(engine_build, "device_compute_capability", lambda: (9, 0))
+    on_90 = cache_key("abc", rtx, profile, ["current"], None), cache_key("abc", rtx, profile, ["sm86"], None)
+    assert on_86[0] != on_90[0] and on_86[1] == on_90[1]
+
+
+@needs_rtx
+def test_a_static_batch_onnx_with_a_dynamic_profile_is_one_line(tmp_path):
+    onnx = tmp_path / "digits-b4.onnx"
+    assert run_cli("export-onnx", "digits", "--batch", "4", "--out", str(onnx)).returncode == 0
+    assert_user_error(run_cli("export-engine", str(onnx), "--out", str(tmp_path / "e.plan"), "--batch", "1:4:16",
+                              "--flavour", "tensorrt-rtx", "--targets", "sm86"),
+                      "has a fixed batch of 4", "--batch 4:4:4")
+    assert not (tmp_path / "e.plan").exists()

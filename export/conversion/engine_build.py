@@ -75,6 +75,10 @@ def parse_targets(text: str, flavour: Flavour) -> list[str]:
             raise UserError("full TensorRT builds for the GPU it runs on: use --targets current, "
                             "or --flavour tensorrt-rtx for explicit targets")
         return targets
+    if "current" in targets and len(targets) > 1:
+        # TensorRT-RTX builds for CURRENT only as the one target (set_compute_capability refuses the mix).
+        raise UserError("--targets current builds for this GPU alone and cannot be combined with named targets; "
+                        "use --targets current, or name the targets, e.g. --targets sm86,sm89")
     for target in targets:
         if target != "current" and target not in RTX_TARGETS:
             hopper = " (Hopper GPUs are not TensorRT-RTX targets: use --flavour tensorrt there)" if target == "sm90" else ""
@@ -90,6 +94,8 @@ def cache_key(onnx_sha256: str, flavour: Flavour, profile: BatchProfile, targets
               "targets": targets, "optimization_level": optimization_level, "ddpmrt": __version__}
     if sanitize:  # (absent when off, so engines built before the option keep their key)
         fields["sanitize"] = True
+    if "current" in targets:  # built for the GPU at hand: another GPU must not find it "up to date"
+        fields["gpu"] = list(device_compute_capability() or [])
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,7 +124,11 @@ def build_engine(onnx_path: Path, plan: Path, metadata: ModelMetadata, onnx_sha2
     existing = None if force else cached_sidecar(plan, ENGINE, key)
     if existing is not None:
         return BuildResult(plan, existing, 0.0, cached=True)
-    read_onnx_metadata(onnx_path, metadata.schedule, metadata.image_shape)  # never build from a damaged file
+    static = read_onnx_metadata(onnx_path, metadata.schedule, metadata.image_shape).static_batch  # never build from a damaged file
+    if static is not None and (profile.min, profile.opt, profile.max) != (static,) * 3:
+        # TensorRT's set_shape would raise ValueError deep in the build.
+        raise UserError(f"{onnx_path.name} has a fixed batch of {static}, which --batch {profile} does not match; use "
+                        f"--batch {static}:{static}:{static}, or export the ONNX with --batch dynamic")
 
     with tempfile.TemporaryDirectory(prefix="ddpmrt-sanitized-") as work:
         sanitized = {"applied": []}
@@ -190,7 +200,9 @@ def _build(flavour: Flavour, onnx_path: Path, metadata: ModelMetadata, profile: 
     if flavour.is_rtx and targets:
         config.num_compute_capabilities = len(targets)
         for index, target in enumerate(targets):
-            config.set_compute_capability(flavour.compute_capability(target), index)
+            if config.set_compute_capability(flavour.compute_capability(target), index) is False:
+                raise UserError(f"TensorRT-RTX {flavour.version} refused target {target} (in --targets "
+                                f"{','.join(targets)}); name targets from {', '.join(RTX_TARGETS)}, or current alone")
     timing_cache_file = plan.with_name(plan.name + ".timing-cache")
     if flavour.has_timing_cache:
         previous = timing_cache_file.read_bytes() if timing_cache_file.is_file() else b""

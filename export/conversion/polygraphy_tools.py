@@ -4,13 +4,17 @@ an engine.  (Comparing artifacts against PyTorch is `ddpmrt check`: export/evalu
     sanitize_onnx(src, dst)        -> what was applied (constant folding, shape inference), node counts
     inspect_engine(plan, flavour)  -> inputs, outputs, profiles and layer count of a built engine
 
-Polygraphy picks TensorRT or TensorRT-RTX when it is first imported (POLYGRAPHY_USE_TENSORRT_RTX),
-so `load_polygraphy(flavour)` sets that before the import.
+Polygraphy reads POLYGRAPHY_USE_TENSORRT_RTX into `polygraphy.config` at its first import, and its
+TensorRT backend binds the module it imports (tensorrt or tensorrt_rtx) when that backend is first
+imported.  So `load_polygraphy(rtx)` sets the flavour in both places while it can still change, and a
+call naming the other flavour after the TensorRT backend was loaded is one line (callers decide the
+flavour first: `ddpmrt check` reads it from the engines' sidecars).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,14 +23,23 @@ from ddpmrt.engine.errors import UserError, first_line
 INSTALL = "pip install polygraphy onnx-graphsurgeon (both come with the extras tensorrt-rtx, tensorrt, gpu and dev)"
 
 
-def load_polygraphy(rtx: bool = False):
-    """The polygraphy package, quiet, for TensorRT-RTX where `rtx`; a UserError naming the install if missing."""
-    os.environ.setdefault("POLYGRAPHY_USE_TENSORRT_RTX", "1" if rtx else "0")
+def load_polygraphy(rtx: bool | None = None):
+    """The polygraphy package, quiet; its TensorRT runners on TensorRT-RTX where `rtx`, on TensorRT where False
+    (None: no engine involved, the flavour is left as it is).  A UserError naming the install if missing."""
+    if rtx is not None:
+        if "polygraphy.backend.trt" in sys.modules and sys.modules["polygraphy.config"].USE_TENSORRT_RTX != rtx:
+            loaded = "TensorRT-RTX" if not rtx else "TensorRT"
+            raise UserError(f"Polygraphy's TensorRT runners are already loaded for {loaded} in this process; check "
+                            f"{'TensorRT-RTX' if rtx else 'TensorRT'} engines in a command of their own")
+        os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if rtx else "0"  # for the first import
     try:
         import polygraphy
+        from polygraphy import config
         from polygraphy.logger import G_LOGGER
     except ImportError:
         raise UserError(f"this needs Polygraphy: {INSTALL}") from None
+    if rtx is not None:
+        config.USE_TENSORRT_RTX = rtx  # read when the TensorRT backend is first imported (trt_importer)
     G_LOGGER.module_severity = G_LOGGER.ERROR  # its progress lines are not ours to print
     return polygraphy
 

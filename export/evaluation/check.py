@@ -171,10 +171,30 @@ def _engine_inspection(plan: Path) -> dict:
     return engine_inspection(plan, flavour)
 
 
+def engines_flavour(artifacts: list[Path]) -> bool | None:
+    """Whether the engines among `artifacts` are TensorRT-RTX ones (True), TensorRT ones (False) or absent (None),
+    from their sidecars; engines of both flavours are one line (Polygraphy runs one flavour per process)."""
+    from ddpmrt.engine.artifacts.sidecar import sidecar_path
+    from ddpmrt.engine.backends import ENGINE_SUFFIXES
+
+    flavours = {}
+    for path in artifacts:
+        if Path(path).suffix.lower() in ENGINE_SUFFIXES and sidecar_path(path).is_file():
+            try:
+                flavours[Path(path).name] = json.loads(sidecar_path(path).read_text(encoding="utf-8")).get("flavour")
+            except (OSError, ValueError, AttributeError):
+                continue  # describe() reports a damaged sidecar in its own words
+    kinds = set(flavours.values()) - {None}
+    if len(kinds) > 1:
+        raise UserError("check compares engines of one TensorRT flavour at a time ("
+                        + ", ".join(f"{name}: {flavour}" for name, flavour in flavours.items()) + "); check them apart")
+    return None if not kinds else kinds.pop() == "tensorrt-rtx"
+
+
 def run_check(source, artifacts: list[Path], out: Path, seed: int = 0) -> dict:
     """Compare `artifacts` against `source` (a Source: the PyTorch fp32 module and its metadata); write
     out/check.json and out/check.md.  CheckFailed where a tolerance is exceeded or an output is not finite."""
-    load_polygraphy()
+    load_polygraphy(engines_flavour(artifacts))  # before anything imports Polygraphy's TensorRT backend
     from polygraphy.comparator import Comparator
 
     from ddpmrt.engine.backends.torch_backend import TorchModel
