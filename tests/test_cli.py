@@ -113,3 +113,23 @@ def test_sample_with_the_multistep_solvers(tmp_path):
                       "the unipc sampler takes no eta (it is deterministic: no noise, no η)")
     assert_user_error(run_cli("sample", "digits", "--sampler", "ddim", "--order", "2", "--out", str(tmp_path / "x.png")),
                       "the ddim sampler takes no order")
+
+
+def test_every_command_runs_with_a_cp1252_console():
+    # Windows' redirected stdout is the ANSI code page in strict mode; η, ε, x̂₀ and ± must not end a command.
+    import os
+    import subprocess
+    import sys
+
+    from ddpmrt.export.cli.main import COMMANDS
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", "import sys; from ddpmrt.export.cli import main; sys.exit(main())",
+                               *args], capture_output=True, encoding="cp1252", timeout=120,
+                              env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+
+    for command in COMMANDS:
+        result = run(command.NAME, "--help")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (command.NAME, result.stderr[-500:])
+    assert "η" not in run("sample", "--help").stdout and "? in [0, 10]" in run("sample", "--help").stdout
+    assert_user_error(run("sample", "digits", "--eta", "99", "--out", "x.png"), "eta must be a number in [0, 10]")

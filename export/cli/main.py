@@ -40,9 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_output() -> None:
+    """Print what the console's encoding can hold and replace the rest: a redirected stdout on Windows is the
+    ANSI code page (cp1252) in strict mode, and η, ε, x̂₀ or ± would end the command.  Files stay UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.errors or "strict") == "strict":
+            stream.reconfigure(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
     from ddpmrt.engine.artifacts.io import NewOutputs, WriteFailed, write_failure
 
+    _tolerant_output()
     ns = build_parser().parse_args(argv)
     outputs = None
     if ns.command in FILE_OUTPUTS + FOLDER_OUTPUTS and getattr(ns, "out", None):

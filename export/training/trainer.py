@@ -131,7 +131,9 @@ def _distributed(device_type: str) -> tuple[int, int]:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # NCCL where it exists (Linux CUDA builds); Windows PyTorch has none, so gloo there and on the CPU.
+        nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
+        torch.distributed.init_process_group("nccl" if nccl else "gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
 
