@@ -231,8 +231,11 @@ def test_demo(tmp_path):
     assert (out / "report.md").is_file() and (out / "model-fp32.onnx").is_file()
     from ddpmrt.export.evaluation.report import QUICK
 
-    assert len(list((out / "samples").glob("*.png"))) == len(QUICK)
+    assert len(list((out / "samples").glob("*.png"))) == len(QUICK) + 2
     assert "ddpmrt demo: done" in result.stdout
+    # A tuned row beside the same solver on its own spacing (the shipped model's table).
+    labels = [row["label"] for row in json.loads((out / "report.json").read_text())["rows"]]
+    assert labels[-2:] == ["DPM-Solver++(3M), 5 steps", "DPM-Solver++(3M) tuned, 5 steps"]
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -27,6 +27,7 @@ def run(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
     from ddpmrt.export.conversion.pipeline import export_engine, sampling_backend
+    from ddpmrt.engine.sampler_factory import parse_specs
     from ddpmrt.export.evaluation.report import QUICK, run_report
 
     start = time.perf_counter()
@@ -42,7 +43,10 @@ def run(ns: argparse.Namespace) -> None:
         export_engine(str(checkpoint), out / "digits-fp16.plan", precision="fp16", batch="1:64:256", flavour=flavour.name)
     backend, device = sampling_backend(flavour)
     print(f"sampling on {backend} ({device})")
-    run_report(checkpoint, out, QUICK, num_samples=ns.samples, backend=backend, device=device, threads=ns.threads,
+    # The quick set, and DPM-Solver++(3M) at 5 calls with its own spacing and with the model's tuned timesteps
+    # (engine/models/digits/schedules.json, from `ddpmrt tune`): what tuning buys, side by side.
+    samplers = QUICK + parse_specs("dpmsolver:5:3,dpmsolver:5:3:spacing=tuned")
+    run_report(checkpoint, out, samplers, num_samples=ns.samples, backend=backend, device=device, threads=ns.threads,
                progress=not ns.quiet)
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"ddpmrt demo: done in {time.perf_counter() - start:.0f} s; open {out / 'report.md'}")
