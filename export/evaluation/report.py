@@ -195,9 +195,8 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
     rows = []
     for spec, spacing, seed in tqdm(runs, desc="report", disable=not progress):
         sampler = report_sampler(spec, model.schedule, spacing, tuned=tuned)
-        start = time.perf_counter()
         images = sampler.sample(model, (num_samples, *model.image_shape), seed=seed, progress=False)
-        elapsed = time.perf_counter() - start
+        latency = _latency(sampler, model, min(num_samples, LATENCY_BATCH), seed)
         name = spec.label + (f", {spacing}" if len(spacings) > 1 else "")
         stem = name.replace(" ", "").replace(",", "_").replace("η=", "eta").replace("(", "").replace(")", "").replace("++", "pp")
         grid = out / "samples" / (stem + (f"_seed{seed}" if len(seeds) > 1 else "") + ".png")
@@ -205,7 +204,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
         row = {"sampler": spec.name, "steps": sampler.num_steps, "options": dict(sampler.config, sampler=None),
                "family": spec.family, "network_calls": sampler.num_steps, "seed": seed, "label": name,
                "spacing": _row_spacing(spec, spacing, sampler),
-               "ms_per_image": 1e3 * elapsed / num_samples, "num_samples": num_samples,
+               **latency, "num_samples": num_samples,
                "grid": str(grid.relative_to(out))}
         if judge is not None:
             row.update(judge.scores(images))
@@ -252,7 +251,8 @@ def _write(report: dict, out: Path) -> None:
               f"({report['gaussian']['dim']} dims, {report['gaussian']['samples']} samples); theory = the exact output "
               "distribution of that sampler. Differences below about √(dim/n) = "
               f"{(report['gaussian']['dim'] / report['gaussian']['samples']) ** 0.5:.3f} are the sampling noise of n samples.",
-              "Latency: one timed run of all samples as one batch (ms/image = total / n).", ""]
+              f"Latency: ms per image at batch {LATENCY_BATCH} (or the sample count, if smaller), the median of "
+              f"{LATENCY_RUNS} timed runs after an untimed one, ± half their range.", ""]
     if report.get("best_spacing"):
         best = report["best_spacing"]
         lines += [f"Timestep spacings compared: {', '.join(report['spacings'])}. Best (lowest mean rank over the "
@@ -267,7 +267,8 @@ def _write(report: dict, out: Path) -> None:
         first = group[0]
         learned = (f"{_cell(group, 'fid', '.2f')} | {_cell(group, 'kid', '.4f')} | {_cell(group, 'recognised', '.1%')}"
                    if "fid" in first else "– | – | –")
-        lines.append(f"| {first['label']} | {first['steps']} | {_cell(group, 'ms_per_image', '.2f')} | {learned} | "
+        spread = f" ± {first['ms_per_image_spread']:.2f}" if len(group) == 1 and "ms_per_image_spread" in first else ""
+        lines.append(f"| {first['label']} | {first['steps']} | {_cell(group, 'ms_per_image', '.2f')}{spread} | {learned} | "
                      f"{_cell(group, 'gaussian_w2_to_data', '.3f')} ({first['gaussian_w2_theory_to_data']:.3f}) |")
     lines += ["", f"![quality against network calls]({PLOT})", "",
               "## Sample grids", "",
@@ -280,6 +281,24 @@ def _write(report: dict, out: Path) -> None:
     lines.append("")
     write_markdown(out / "report.md", lines)
     _plot(report, out / PLOT)
+
+
+LATENCY_BATCH, LATENCY_RUNS = 16, 3
+
+
+def _latency(sampler, model, batch: int, seed: int) -> dict:
+    """ms per image: the median of LATENCY_RUNS timed runs at `batch` after one untimed run at that batch
+    (a static-shape backend compiles there), with half the range as the spread."""
+    shape = (batch, *model.image_shape)
+    sampler.sample(model, shape, seed=seed, progress=False)
+    times = []
+    for _ in range(LATENCY_RUNS):
+        start = time.perf_counter()
+        sampler.sample(model, shape, seed=seed, progress=False)
+        times.append(1e3 * (time.perf_counter() - start) / batch)
+    times.sort()
+    return {"ms_per_image": times[len(times) // 2], "ms_per_image_spread": (times[-1] - times[0]) / 2,
+            "latency_batch": batch, "latency_runs": LATENCY_RUNS}
 
 
 def _row_spacing(spec: SamplerSpec, spacing: str, sampler) -> str:
