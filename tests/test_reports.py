@@ -31,7 +31,10 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
         assert "torch-cuda-graph" in report["unavailable"]
     assert (out / "bench.png").stat().st_size > 1000 and "| onnxruntime-cpu |" in (out / "bench.md").read_text()
     assert all(r["peak_rss_mb"] > 50 for r in report["results"] + report["diffusers"])  # torch alone is larger
-    assert "| peak RSS MB | GPU MB |" in (out / "bench.md").read_text()
+    md = (out / "bench.md").read_text()
+    # Columns with nothing in them on the CPU are left out (no GPU memory, no compiled pipeline here).
+    header = next(line for line in md.splitlines() if line.startswith("| backend |"))
+    assert "| peak RSS MB |" in header and "GPU MB" not in header and "vs compiled" not in header
 
 
 @pytest.mark.slow
@@ -109,7 +112,7 @@ def test_bench_markdown_says_when_a_graph_hides_the_stages(tmp_path):
     # The graph's contents, and the host's time per launch (1.5 ms per step median x 5 steps).
     assert "| inductor-cuda | 4 | 301 | kernel 300, memset 1 | yes | 7.500 |" in md
     assert "| inductor-cuda | fp16 | 4 | in graph | in graph |" in md
-    assert "| torch-cuda | fp16 | 4 | 0.25 | 0.250 |" in md and "| 3.00 (0.3%) |" in md
+    assert "| torch-cuda | fp16 | 4 | 0.25 | 0.250 |" in md and "| 3 (0.3%) |" in md
 
 
 def test_peak_tflops_by_gpu_name():

@@ -508,7 +508,8 @@ def _stage(row: dict, key: str, fmt: str) -> str:
 def _flops(row: dict) -> str:
     if row.get("tflops") is None:
         return ""
-    return f"{row['tflops']:.2f}" + (f" ({row['percent_of_peak']:.1f}%)" if row.get("percent_of_peak") is not None else "")
+    # Three significant digits: a CPU row's 0.0034 TFLOP/s is not "0.00".
+    return f"{row['tflops']:.3g}" + (f" ({row['percent_of_peak']:.2g}%)" if row.get("percent_of_peak") is not None else "")
 
 
 def _ratio(row: dict, key: str) -> str:
@@ -537,24 +538,27 @@ def write_report(report: dict, out: Path) -> None:
              f"instructions ({', '.join(env.get('cpu_matrix_instructions') or []) or 'none reported'}) and clock"
              + ". RSS: the process's peak resident memory when the row finished (rows run in order, so it only grows); "
              "GPU: device memory in use after the row.", "",
-             "| backend | precision | batch | network ms/step | update ms/step | host ms/step | ms/image (p25-p75) "
-             "| images/s | TFLOP/s | vs diffusers | vs compiled | peak RSS MB | GPU MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             ]
+    header = ["backend", "precision", "batch", "network ms/step", "update ms/step", "host ms/step", "ms/image (p25-p75)",
+              "images/s", "TFLOP/s", "vs diffusers", "vs compiled", "peak RSS MB", "GPU MB"]
+    table = []
     for r in report["results"]:
         ms = r["ms_per_image"]
-        lines.append(f"| {r['backend']} | {r.get('precision', '')} | {r['batch']} | {_stage(r, 'network_ms_per_step', '.2f')} | "
-                     f"{_stage(r, 'update_ms_per_step', '.3f')} | {r['host_ms_per_step']['median']:.3f} | "
-                     f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | {r['images_per_s']['median']:.1f} | "
-                     f"{_flops(r)} | {_ratio(r, 'speedup_vs_diffusers')} | {_ratio(r, 'speedup_vs_diffusers_compiled')} | "
-                     f"{_cell(r.get('peak_rss_mb'), '.0f')} | {_cell(r.get('gpu_memory_used_mb'), '.0f')} |")
+        table.append([r["backend"], r.get("precision", ""), str(r["batch"]), _stage(r, "network_ms_per_step", ".2f"),
+                      _stage(r, "update_ms_per_step", ".3f"), f"{r['host_ms_per_step']['median']:.3f}",
+                      f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f})", f"{r['images_per_s']['median']:.1f}",
+                      _flops(r), _ratio(r, "speedup_vs_diffusers"), _ratio(r, "speedup_vs_diffusers_compiled"),
+                      _cell(r.get("peak_rss_mb"), ".0f"), _cell(r.get("gpu_memory_used_mb"), ".0f")])
     for d in report["diffusers"]:
         ms = d["ms_per_image"]
-        mine = "1.00x" if not d.get("compiled") else ""
-        theirs = "1.00x" if d.get("compiled") else ""
-        precision = "fp32" if d.get("device") == "cpu" else "fp16"
-        lines.append(f"| {d['backend']} | {precision} | {d['batch']} | | | | {ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f}) | "
-                     f"{d['images_per_s']['median']:.1f} | {_flops(d)} | {mine} | {theirs} | "
-                     f"{_cell(d.get('peak_rss_mb'), '.0f')} | {_cell(d.get('gpu_memory_used_mb'), '.0f')} |")
+        table.append([d["backend"], "fp32" if d.get("device") == "cpu" else "fp16", str(d["batch"]), "", "", "",
+                      f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f})", f"{d['images_per_s']['median']:.1f}",
+                      _flops(d), "" if d.get("compiled") else "1.00x", "1.00x" if d.get("compiled") else "",
+                      _cell(d.get("peak_rss_mb"), ".0f"), _cell(d.get("gpu_memory_used_mb"), ".0f")])
+    # A column with nothing in any row (GPU MB on the CPU, 'vs compiled' without a compiled pipeline) is left out.
+    kept = [i for i in range(len(header)) if any(row[i] for row in table)]
+    lines += ["| " + " | ".join(header[i] for i in kept) + " |", "| " + " | ".join("---" for _ in kept) + " |"]
+    lines += ["| " + " | ".join(row[i] for i in kept) + " |" for row in table]
     compiled = [d for d in report["diffusers"] if d.get("compiled")]
     if report.get("startup") or compiled:
         lines += ["", "Start-up: seconds from a fresh process to its first image (batch 1); cold with an empty "
