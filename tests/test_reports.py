@@ -91,7 +91,7 @@ def test_bench_names_the_package_backends_in_its_error():
 
 def test_bench_markdown_says_when_a_graph_hides_the_stages(tmp_path):
     from ddpmrt.engine.profiling import environment, summarize
-    from ddpmrt.export.evaluation.bench import write_report
+    from ddpmrt.export.evaluation.bench_report import write_report
 
     def row(backend, stages, network):
         timing = summarize([1.0, 2.0])

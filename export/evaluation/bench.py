@@ -18,7 +18,6 @@ Writes bench.json (with the environment), bench.md and bench.png into the output
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,9 +29,8 @@ import numpy as np
 import torch
 
 from ddpmrt.engine import cpu, load_model, make_sampler
-from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.errors import UserError, install_hint
-from ddpmrt.engine.profiling import environment, gpu_memory_used_mb, peak_rss_mb, profile_device_loop, profile_sampler, summarize
+from ddpmrt.engine.profiling import environment, profile_device_loop, profile_sampler
 from ddpmrt.export.conversion.onnx_export import export_onnx
 from ddpmrt.export.evaluation.bench_backends import (  # noqa: F401
     BENCH_BACKENDS,
@@ -41,8 +39,8 @@ from ddpmrt.export.evaluation.bench_backends import (  # noqa: F401
     DIFFUSERS_COMPILED,
     PACKAGE_BACKENDS,
 )
-from ddpmrt.export.evaluation.plots import pyplot, save_figure, write_markdown
-from ddpmrt.export.model.sources import from_checkpoint, from_diffusers
+from ddpmrt.export.evaluation.bench_diffusers import bench_source, diffusers_pipeline, time_diffusers
+from ddpmrt.export.evaluation.bench_report import write_report
 
 # Dense fp16/bf16 tensor-core peak by GPU name (datasheets; shared/reference/anchors.md), for % of peak.
 # The first name that occurs in the device name wins; --peak-tflops overrides.
@@ -75,25 +73,6 @@ def bench_sampler(name: str, schedule, steps: int):
     if name not in BENCH_SAMPLER_OPTIONS:
         raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
     return make_sampler(name, schedule, steps, **BENCH_SAMPLER_OPTIONS[name])
-
-
-def _source(model: Path, precision: str):
-    """The weights as an export Source: a ddpmrt checkpoint or a diffusers pipeline / unet folder."""
-    from ddpmrt.engine.backends import is_diffusers_folder
-
-    return from_diffusers(model, precision) if is_diffusers_folder(model) else from_checkpoint(model, precision)
-
-
-def _diffusers_schedule(schedule) -> dict:
-    """A diffusers scheduler's schedule arguments for a ddpmrt NoiseSchedule (any kind, by its betas if need be)."""
-    kinds = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
-    args = {"num_train_timesteps": schedule.num_train_timesteps, "timestep_spacing": "leading"}
-    if schedule.kind in ("linear", "scaled_linear"):
-        return {**args, "beta_schedule": kinds[schedule.kind], "beta_start": schedule.params["beta_start"],
-                "beta_end": schedule.params["beta_end"]}
-    if schedule.kind == "cosine" and schedule.params.get("s", 0.008) == 0.008 and schedule.params.get("max_beta", 0.999) == 0.999:
-        return {**args, "beta_schedule": "squaredcos_cap_v2"}
-    return {**args, "trained_betas": schedule.betas.tolist()}
 
 
 def _backends(checkpoint: Path, source, work: Path, threads: int, wanted, packages: Path, batches) -> tuple[dict, dict]:
@@ -195,7 +174,7 @@ def _tensorrt_model(checkpoint, source, work, threads, wanted, models, missing) 
 
     try:
         flavour = import_flavour("auto")
-        source16 = _source(checkpoint, "fp16")
+        source16 = bench_source(checkpoint, "fp16")
         onnx16, plan = work / "model-fp16.onnx", work / "model-fp16.plan"
         export_onnx(source16.module, source16.metadata, onnx16, unwrap=source16.unwrap)
         build_engine(onnx16, plan, source16.metadata, sha256_file(onnx16), flavour, BatchProfile(1, 8, 256), ["current"])
@@ -221,103 +200,9 @@ def _package_models(checkpoint, wanted, packages: Path, batches, models, missing
         # (the start-up's) to the bench's largest.
         package = packages / f"model-{device}.pt2"
         precision = "fp16" if device == "cuda" else cpu.resolve_cpu_precision("auto")
-        build_aot_package(_source(checkpoint, "fp32"), package, device, precision,
+        build_aot_package(bench_source(checkpoint, "fp32"), package, device, precision,
                           BatchProfile(1, max(batches), max(batches)))
         models[name] = load_model(package, device=device)
-
-
-def diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, sampler: str = "ddim", compiled: bool = False):
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
-
-    from ddpmrt.export.model.diffusers_convert import to_diffusers
-
-    source = _source(checkpoint, "fp32")
-    # A ddpmrt U-Net is converted to UNet2DModel; a diffusers folder's UNet2DModel is used as it is.
-    unet = source.module if source.unwrap is not None else to_diffusers(source.module)
-    schedule = _diffusers_schedule(source.metadata.schedule)
-    if sampler == "ddim":
-        pipe = DDIMPipeline(unet=unet,
-                            scheduler=DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=True))
-    elif sampler == "ddpm":
-        pipe = DDPMPipeline(unet=unet,
-                            scheduler=DDPMScheduler(**schedule, clip_sample=True, variance_type="fixed_small"))
-    else:
-        from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-        if sampler == "dpmsolver":
-            scheduler = DPMSolverMultistepScheduler(**schedule, solver_order=2, algorithm_type="dpmsolver++",
-                                                    final_sigmas_type="zero")
-        else:
-            scheduler = UniPCMultistepScheduler(**schedule, solver_order=2, predict_x0=True, final_sigmas_type="zero")
-        pipe = _SchedulerLoop(unet, scheduler)
-    pipe = pipe.to(device)
-    if dtype != torch.float32:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    if compiled:
-        # The one line an experienced diffusers user adds: Inductor plus its own CUDA graphs.
-        pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
-    return pipe
-
-
-class _SchedulerLoop:
-    """A UNet2DModel and a multistep scheduler in the sampling loop of diffusers' unconditional pipelines.
-
-    DDPMPipeline's loop is what a diffusers user writes around these schedulers, but it passes
-    `generator` to `scheduler.step`, which UniPCMultistepScheduler does not take: this is that loop
-    (noise, `set_timesteps`, UNet, `step`, the same conversion to images) without it.
-    """
-
-    def __init__(self, unet, scheduler):
-        self.unet, self.scheduler = unet, scheduler
-
-    @property
-    def device(self):
-        return next(self.unet.parameters()).device
-
-    def to(self, device=None, dtype=None):
-        self.unet = self.unet.to(device=device, dtype=dtype)
-        return self
-
-    def set_progress_bar_config(self, **kwargs) -> None:
-        pass
-
-    @torch.no_grad()
-    def __call__(self, batch_size: int, num_inference_steps: int, generator=None, output_type: str = "np"):
-        from diffusers.utils.torch_utils import randn_tensor
-
-        size = self.unet.config.sample_size
-        shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-        dtype = next(self.unet.parameters()).dtype
-        image = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
-        self.scheduler.set_timesteps(num_inference_steps)
-        for t in self.scheduler.timesteps:
-            image = self.scheduler.step(self.unet(image, t).sample, t, image).prev_sample
-        return (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
-
-
-def _time_diffusers(pipe, batch: int, steps: int, runs: int, warmup: int, sampler: str) -> dict:
-    totals, first_run_s = [], None
-    if pipe.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    extra = {"eta": 0.0} if sampler == "ddim" else {}  # DDPMPipeline takes no eta
-    for run in range(warmup + runs):
-        start = time.perf_counter()
-        pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(run),
-             output_type="np", **extra)  # returns host arrays: synchronized, like ddpmrt's loop
-        if run == 0:
-            first_run_s = time.perf_counter() - start  # compilation included, where there is one
-        if run >= warmup:
-            totals.append(time.perf_counter() - start)
-    row = {"batch": batch, "steps": steps, "runs": runs, "warmup": warmup, "first_run_s": first_run_s,
-           "total_s": summarize(totals),
-           "ms_per_image": summarize(1e3 * t / batch for t in totals),
-           "images_per_s": summarize(batch / t for t in totals)}
-    row["peak_rss_mb"] = peak_rss_mb()
-    if pipe.device.type == "cuda":
-        row["torch_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
-        row["gpu_memory_used_mb"] = gpu_memory_used_mb()
-    return row
 
 
 def network_flops_per_image(source) -> float:
@@ -385,7 +270,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     torch.set_num_threads(threads)
     # The fp32 weights, read once: exported to ONNX, counted in FLOPs, described in the report
     # (the diffusers pipelines load their own copy, which they move and cast).
-    source = _source(checkpoint, "fp32")
+    source = bench_source(checkpoint, "fp32")
     # This run's ONNX files and engines: exported afresh (never a stale file of other weights) and
     # read into memory by the backends as they load, so the folder goes once they are loaded.
     # Packages stay on disk to the end, for their start-up (the folder also goes if the run fails:
@@ -415,7 +300,7 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
         diffusers_rows = []
         for name, device, compiled, pipe in pipes:
             for batch in batches:
-                row = _time_diffusers(pipe, batch, steps, runs, warmup, sampler)
+                row = time_diffusers(pipe, batch, steps, runs, warmup, sampler)
                 row["backend"], row["device"], row["compiled"] = name, device, compiled
                 diffusers_rows.append(row)
                 bar.update(1)
@@ -494,118 +379,3 @@ def _add_derived_figures(results: list, diffusers_rows: list, flops: float, step
                 row[key] = ref["ms_per_image"]["median"] / row["ms_per_image"]["median"]
 
 
-def _cell(value, fmt: str, none: str = "") -> str:
-    return none if value is None else format(value, fmt)
-
-
-def _stage(row: dict, key: str, fmt: str) -> str:
-    """A stage column: its median, or why there is none (the stages ran inside one CUDA graph)."""
-    if row.get(key) is not None:
-        return format(row[key]["median"], fmt)
-    return "in graph" if "graph" in row.get("stages", "") else ""
-
-
-def _flops(row: dict) -> str:
-    if row.get("tflops") is None:
-        return ""
-    # Three significant digits: a CPU row's 0.0034 TFLOP/s is not "0.00".
-    return f"{row['tflops']:.3g}" + (f" ({row['percent_of_peak']:.2g}%)" if row.get("percent_of_peak") is not None else "")
-
-
-def _ratio(row: dict, key: str) -> str:
-    return f"{row[key]:.2f}x" if key in row else ""
-
-
-def write_report(report: dict, out: Path) -> None:
-    with atomic_write(out / "bench.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    env = report["environment"]
-    title = f"{report['sampler']['sampler'].upper()}-{report['sampler']['num_steps']}"
-    peak = report.get("peak_tflops")
-    lines = [f"# ddpmrt bench: {title}, {report['model']['config'].get('ch')}-channel U-Net "
-             f"{'x'.join(map(str, report['model']['image_shape']))}", "",
-             f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores, {env['threads']} threads)"
-             + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU")
-             + f"; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, diffusers {env.get('diffusers')}.",
-             "Medians over the runs after warm-up (spread: 25th-75th percentile of ms/image). GPU rows run the "
-             "device loop: end to end by wall clock, network and update by CUDA events (a loop replayed as one CUDA "
-             "graph has no separate stages: 'in graph'), host = enqueue time; 'vs diffusers' compares with diffusers' "
-             "pipeline on the same device (fp32 on the CPU, fp16 on a GPU) as shipped, 'vs compiled' with its U-Net "
-             "under torch.compile(mode=\"reduce-overhead\", fullgraph=True). "
-             f"TFLOP/s: {report['model'].get('gflop_per_forward_per_image', 0):.2f} GFLOP per image per network call"
-             + (f", % of a {peak:g} TFLOP/s dense fp16 peak" if peak else "")
-             + "; CPU rows: % of the peak of the precision the row computed in, estimated from the CPU's matrix "
-             f"instructions ({', '.join(env.get('cpu_matrix_instructions') or []) or 'none reported'}) and clock"
-             + ". RSS: the process's peak resident memory when the row finished (rows run in order, so it only grows); "
-             "GPU: device memory in use after the row.", "",
-             ]
-    header = ["backend", "precision", "batch", "network ms/step", "update ms/step", "host ms/step", "ms/image (p25-p75)",
-              "images/s", "TFLOP/s", "vs diffusers", "vs compiled", "peak RSS MB", "GPU MB"]
-    table = []
-    for r in report["results"]:
-        ms = r["ms_per_image"]
-        table.append([r["backend"], r.get("precision", ""), str(r["batch"]), _stage(r, "network_ms_per_step", ".2f"),
-                      _stage(r, "update_ms_per_step", ".3f"), f"{r['host_ms_per_step']['median']:.3f}",
-                      f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f})", f"{r['images_per_s']['median']:.1f}",
-                      _flops(r), _ratio(r, "speedup_vs_diffusers"), _ratio(r, "speedup_vs_diffusers_compiled"),
-                      _cell(r.get("peak_rss_mb"), ".0f"), _cell(r.get("gpu_memory_used_mb"), ".0f")])
-    for d in report["diffusers"]:
-        ms = d["ms_per_image"]
-        table.append([d["backend"], "fp32" if d.get("device") == "cpu" else "fp16", str(d["batch"]), "", "", "",
-                      f"{ms['median']:.1f} ({ms['p25']:.1f}-{ms['p75']:.1f})", f"{d['images_per_s']['median']:.1f}",
-                      _flops(d), "" if d.get("compiled") else "1.00x", "1.00x" if d.get("compiled") else "",
-                      _cell(d.get("peak_rss_mb"), ".0f"), _cell(d.get("gpu_memory_used_mb"), ".0f")])
-    # A column with nothing in any row (GPU MB on the CPU, 'vs compiled' without a compiled pipeline) is left out.
-    kept = [i for i in range(len(header)) if any(row[i] for row in table)]
-    lines += ["| " + " | ".join(header[i] for i in kept) + " |", "| " + " | ".join("---" for _ in kept) + " |"]
-    lines += ["| " + " | ".join(row[i] for i in kept) + " |" for row in table]
-    compiled = [d for d in report["diffusers"] if d.get("compiled")]
-    if report.get("startup") or compiled:
-        lines += ["", "Start-up: seconds from a fresh process to its first image (batch 1); cold with an empty "
-                  "Inductor cache, warm with the cache a first process left. An inductor package is built once "
-                  "ahead of time (build s: `export-engine --flavour inductor`), then every process loads the "
-                  "`.pt2` (cold: the first after the build). diffusers-compiled: its first pipeline call in this "
-                  "process (compilation and CUDA-graph recording).", "",
-                  "| backend | build s | cold start s | warm start s | first call s |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['backend']} | {_cell(r.get('build_s'), '.1f')} | {r['cold_start_s']:.1f} | "
-                  f"{r['warm_start_s']:.1f} | |" for r in report.get("startup", [])]
-        lines += [f"| {d['backend']} (batch {d['batch']}) | | | | {_cell(d.get('first_run_s'), '.1f')} |"
-                  for d in compiled]
-    graphed = [r for r in report["results"] if r.get("graph")]
-    if graphed:
-        lines += ["", "CUDA graphs replayed (one per batch and step count): what each holds, and the host's time in "
-                  "one launch.", "", "| backend | batch | nodes | by type | one chain | host ms per launch |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['backend']} | {r['batch']} | {r['graph']['nodes']} | "
-                  + ", ".join(f"{k} {v}" for k, v in r["graph"]["types"].items())
-                  + f" | {({True: 'yes', False: 'no'}).get(r['graph']['straight_line'], '?')} | "
-                  f"{r['host_ms_per_step']['median'] * r['steps']:.3f} |" for r in graphed]
-    if report["unavailable"]:
-        lines += ["", "Not measured here:", ""] + [f"- {k}: {v}" for k, v in report["unavailable"].items()]
-    lines += ["", "![time per image](bench.png)", ""]
-    write_markdown(out / "bench.md", lines)
-    _plot(report, out / "bench.png")
-
-
-def _plot(report: dict, path: Path) -> None:
-    plt = pyplot()
-
-    rows = report["results"] + report["diffusers"]
-    backends = list(dict.fromkeys(r["backend"] for r in rows))
-    batches = sorted({r["batch"] for r in rows})
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(backends)
-    for i, backend in enumerate(backends):
-        values = [next((r["ms_per_image"]["median"] for r in rows if r["backend"] == backend and r["batch"] == b), np.nan)
-                  for b in batches]
-        ax.bar(np.arange(len(batches)) + i * width, values, width, label=backend)
-    ax.set_xticks(np.arange(len(batches)) + width * (len(backends) - 1) / 2, [f"batch {b}" for b in batches])
-    values = [r["ms_per_image"]["median"] for r in rows]
-    if max(values) > 20 * min(values):  # bars start at zero on a linear axis unless the range needs a log one
-        ax.set_yscale("log")
-    ax.set_ylabel("ms per image (median)")
-    ax.set_title(f"{report['sampler']['sampler'].upper()}-{report['sampler']['num_steps']} end to end")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
