@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
-from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
-from ddpmrt.engine.backends.base import LoadedModel
-from ddpmrt.engine.checks import model_inputs
+from ddpmrt.engine.artifacts.integrity import read_onnx_bytes
+from ddpmrt.engine.artifacts.metadata import ModelMetadata
+from ddpmrt.engine.backends.onnx_base import OnnxFileModel
 from ddpmrt.engine.errors import UserError, first_line, install_hint, is_out_of_memory, out_of_memory
 
 
@@ -60,7 +59,7 @@ def _session(ort, model_bytes: bytes, options, providers: list[str], name: str):
         raise
 
 
-class OnnxRuntimeModel(LoadedModel):
+class OnnxRuntimeModel(OnnxFileModel):
     """eps = model(x_t, t) on NumPy arrays, through an ONNX Runtime session."""
 
     backend = "onnxruntime"
@@ -82,16 +81,12 @@ class OnnxRuntimeModel(LoadedModel):
             providers = ["CPUExecutionProvider"]
         model_bytes, sealed = read_onnx_bytes(self.path)  # a damaged ddpmrt file is an error, not wrong samples
         self.session = _session(ort, model_bytes, options, providers, self.path.name)
-        # The file's own metadata; the caller's description only for files that carry none.
-        props = self.session.get_modelmeta().custom_metadata_map
-        check_onnx_metadata_is_sealed(props, sealed, self.path.name)
-        has_metadata = any(key.startswith(PREFIX) for key in props)
-        self.metadata = (ModelMetadata.from_strings(props, self.path.name) if has_metadata or fallback_metadata is None
-                         else fallback_metadata)
-        self.schedule = self.metadata.schedule
-        self.image_shape = self.metadata.image_shape
+        self._read_metadata(self.session.get_modelmeta().custom_metadata_map, sealed, fallback_metadata)
         self.device = device
-        self._check_signature()
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        batch = inputs["x"].shape[0] if "x" in inputs else None
+        self._check_signature(list(inputs), [o.name for o in self.session.get_outputs()],
+                              "x" in inputs and inputs["x"].type == "tensor(float16)", batch if isinstance(batch, int) else None)
         # What it computes in: int8 for a calibrated file (export-onnx --precision int8), else the file's own type.
         self.precision = self.metadata.compute_precision(precision, self.path.name) or self.metadata.precision
         self._binding = self.session.io_binding()
@@ -99,31 +94,9 @@ class OnnxRuntimeModel(LoadedModel):
         # The binding and output buffers are shared state: one call at a time (callers may use threads).
         self._lock = threading.Lock()
 
-    def _check_signature(self) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
-        if set(inputs) != {"x", "t"} or outputs != ["eps"]:
-            raise UserError(f"{self.path.name} has inputs {sorted(inputs)} and outputs {outputs}; "
-                            "ddpmrt expects inputs x, t and output eps (export with `ddpmrt export-onnx`)")
-        x_type = inputs["x"].type
-        expected = "tensor(float16)" if self.metadata.precision == "fp16" else "tensor(float)"
-        if x_type != expected:
-            # A file without metadata: trust the graph's input type.
-            self.metadata.precision = "fp16" if x_type == "tensor(float16)" else "fp32"
-        batch_dim = inputs["x"].shape[0]
-        self.static_batch = batch_dim if isinstance(batch_dim, int) else None
-
-    def check_batch(self, n: int) -> None:
-        if self.static_batch is not None and n != self.static_batch:
-            raise UserError(f"{self.path.name} was exported for batch {self.static_batch}, got {n}; "
-                            "sample with that --batch or re-export with --batch dynamic")
-
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         ort = _import_ort()
-        x, t = model_inputs(x, t, self.image_shape, self.schedule.num_train_timesteps)
-        n = len(x)
-        self.check_batch(n)
-        x = np.ascontiguousarray(x, dtype=self.metadata.input_dtype)
+        x, t = self._inputs(x, t)
         with self._lock:
             return self._run(ort, x, t)
 

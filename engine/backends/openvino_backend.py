@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, read_onnx_bytes
-from ddpmrt.engine.artifacts.metadata import PREFIX, ModelMetadata
-from ddpmrt.engine.backends.base import LoadedModel
-from ddpmrt.engine.checks import model_inputs
+from ddpmrt.engine.artifacts.integrity import read_onnx_bytes
+from ddpmrt.engine.artifacts.metadata import ModelMetadata
+from ddpmrt.engine.backends.onnx_base import OnnxFileModel
 from ddpmrt.engine.cpu import resolve_cpu_precision
 from ddpmrt.engine.errors import UserError, first_line, install_hint, is_out_of_memory, out_of_memory
 
@@ -70,7 +69,7 @@ def _with_batch(model, n: int):
     return model
 
 
-class OpenVinoModel(LoadedModel):
+class OpenVinoModel(OnnxFileModel):
     """eps = model(x_t, t) on NumPy arrays, through an OpenVINO CPU compiled model."""
 
     backend = "openvino"
@@ -91,19 +90,17 @@ class OpenVinoModel(LoadedModel):
                 raise out_of_memory(f"OpenVINO read {self.path.name}") from None
             raise UserError(f"cannot load {self.path.name} with OpenVINO ({first_line(exc, 200)}); the file is "
                             "truncated or not an ONNX model: re-export it") from None
-        props = _metadata_props(model)
-        check_onnx_metadata_is_sealed(props, sealed, self.path.name)
-        has_metadata = any(key.startswith(PREFIX) for key in props)
-        self.metadata = (ModelMetadata.from_strings(props, self.path.name) if has_metadata or fallback_metadata is None
-                         else fallback_metadata)
-        self._check_signature(model)
+        self._read_metadata(_metadata_props(model), sealed, fallback_metadata)
+        inputs = {port.get_any_name(): port for port in model.inputs}
+        batch = inputs["x"].get_partial_shape()[0] if "x" in inputs else None
+        self._check_signature(list(inputs), [port.get_any_name() for port in model.outputs],
+                              "x" in inputs and inputs["x"].get_element_type().get_type_name() == "f16",
+                              batch.get_length() if batch is not None and batch.is_static else None)
         # An int8 file (export-onnx --precision int8): its Q/DQ pairs become OpenVINO's int8 kernels, and the
         # layers kept in float run in f32.
         int8 = self.metadata.compute_precision(precision, self.path.name)
         if int8:
             float_precision = "fp32"
-        self.schedule = self.metadata.schedule
-        self.image_shape = self.metadata.image_shape
         self._core, self._model = core, model
         self._config = {"INFERENCE_PRECISION_HINT": HINTS[float_precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -151,30 +148,12 @@ class OpenVinoModel(LoadedModel):
             self._by_batch.popitem(last=False)
         return self._by_batch[key]
 
-    def _check_signature(self, model) -> None:
-        inputs = {port.get_any_name(): port for port in model.inputs}
-        outputs = [port.get_any_name() for port in model.outputs]
-        if set(inputs) != {"x", "t"} or outputs != ["eps"]:
-            raise UserError(f"{self.path.name} has inputs {sorted(inputs)} and outputs {outputs}; "
-                            "ddpmrt expects inputs x, t and output eps (export with `ddpmrt export-onnx`)")
-        x_type = inputs["x"].get_element_type().get_type_name()
-        self.metadata.precision = "fp16" if x_type == "f16" else "fp32"  # the file's I/O type, not the compute type
-        batch = inputs["x"].get_partial_shape()[0]
-        self.static_batch = batch.get_length() if batch.is_static else None
-
     def serve_traffic(self) -> None:
         # A server's batch sizes vary with the traffic, and a compile per new size would stall requests.
         self.static_shapes = False
 
-    def check_batch(self, n: int) -> None:
-        if self.static_batch is not None and n != self.static_batch:
-            raise UserError(f"{self.path.name} was exported for batch {self.static_batch}, got {n}; "
-                            "sample with that --batch or re-export with --batch dynamic")
-
     def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        x, t = model_inputs(x, t, self.image_shape, self.schedule.num_train_timesteps)
-        self.check_batch(len(x))
-        x = np.ascontiguousarray(x, dtype=self.metadata.input_dtype)
+        x, t = self._inputs(x, t)
         with self._lock:
             compiled, request = self._compiled_for(len(x))
             result = request.infer({"x": x, "t": t})
