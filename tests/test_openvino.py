@@ -170,21 +170,55 @@ def test_each_batch_size_runs_a_static_shape_compile_and_the_last_few_are_kept(o
     assert None in model._by_batch and 7 not in model._by_batch
 
 
+def without_shipped_export(tmp_path):
+    import shutil
+
+    from ddpmrt.engine.backends import resolve_model_path
+
+    folder = tmp_path / "own" / "digits"
+    shutil.copytree(resolve_model_path("digits"), folder, ignore=shutil.ignore_patterns("model.onnx*"))
+    return folder
+
+
+def test_a_shipped_model_runs_on_openvino_from_its_own_export(tmp_path, monkeypatch, cpu_flags):
+    # The shipped models carry their fp32 ONNX export: the default path on OpenVINO reads it, exports nothing
+    # and needs no PyTorch (the first sample in a fresh process took 2.2 s on the 2-core machine).
+    import shutil
+    import subprocess
+    import sys
+
+    from ddpmrt.engine.backends import resolve_model_path
+
+    monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path / "cache"))
+    model = load_model("digits", backend="openvino", precision="fp32")
+    assert model.path == resolve_model_path("digits") / "model.onnx" and not (tmp_path / "cache").exists()
+    script = ("import sys; from ddpmrt.engine import load_model; m = load_model('digits', backend='openvino'); "
+              "print(m.path.name, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["model.onnx", "False"], result.stderr
+    # An export of other weights (a retrained copy) is not used: the checkpoint is exported into the cache.
+    copy = tmp_path / "retrained"
+    shutil.copytree(resolve_model_path("digits"), copy)
+    shutil.copy(resolve_model_path("shapes") / "model.onnx", copy / "model.onnx")
+    assert load_model(copy, backend="openvino", precision="fp32").path.parent == tmp_path / "cache" / "onnx"
+
+
 def test_a_checkpoint_runs_on_openvino_as_its_cached_onnx_export(tmp_path, monkeypatch, cpu_flags):
     # Where bf16 is faster, a checkpoint's default is OpenVINO: its ONNX export, made once, then read back.
     from ddpmrt.export.conversion import onnx_export
 
+    digits = without_shipped_export(tmp_path)  # a checkpoint of the user's own, with no model.onnx beside it
     monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("DDPMRT_CPU_COMPILE", raising=False)
     cpu_flags("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-    model = load_model("digits")
+    model = load_model(digits)
     assert model.backend == "openvino" and model.image_shape == (1, 16, 16)
     assert model.precision == ("bf16" if OPENVINO_HAS_BF16 else "fp32")
     cached = sorted((tmp_path / onnx_export.ONNX_CACHE).glob("digits-*.onnx"))
     assert len(cached) == 1 and model.path == cached[0]
     # fp32 on OpenVINO is the checkpoint's own numbers; the schedule is the checkpoint's.
     reference = load_model("digits", backend="torch", precision="fp32")
-    exact = load_model("digits", backend="openvino", precision="fp32")
+    exact = load_model(digits, backend="openvino", precision="fp32")
     x, t = _inputs()
     np.testing.assert_allclose(exact(x, t), reference(x, t), atol=1e-4)
     np.testing.assert_array_equal(exact.schedule.betas, reference.schedule.betas)
@@ -194,15 +228,15 @@ def test_a_checkpoint_runs_on_openvino_as_its_cached_onnx_export(tmp_path, monke
         raise AssertionError("exported again")
 
     monkeypatch.setattr(onnx_export, "export_onnx", no_export)
-    assert load_model("digits", backend="openvino").path == cached[0]
+    assert load_model(digits, backend="openvino").path == cached[0]
     data = bytearray(cached[0].read_bytes())
     data[len(data) // 2] ^= 0xFF
     cached[0].write_bytes(bytes(data))
     with pytest.raises(AssertionError, match="exported again"):
-        load_model("digits", backend="openvino")
+        load_model(digits, backend="openvino")
     monkeypatch.undo()
     monkeypatch.setenv("DDPMRT_CACHE_DIR", str(tmp_path))
-    np.testing.assert_allclose(load_model("digits", backend="openvino", precision="fp32")(x, t), reference(x, t),
+    np.testing.assert_allclose(load_model(digits, backend="openvino", precision="fp32")(x, t), reference(x, t),
                                atol=1e-4)
 
 
@@ -225,8 +259,9 @@ def test_a_checkpoint_on_openvino_with_an_unwritable_cache_exports_for_itself(tm
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder would go")
     monkeypatch.setenv("DDPMRT_CACHE_DIR", str(blocked))
+    digits = without_shipped_export(tmp_path)
     with pytest.warns(UserWarning, match="cannot be written .* set DDPMRT_CACHE_DIR to a writable folder"):
-        model = load_model("digits", backend="openvino", precision="fp32")
+        model = load_model(digits, backend="openvino", precision="fp32")
     reference = load_model("digits", backend="torch", precision="fp32")
     x, t = _inputs()
     np.testing.assert_allclose(model(x, t), reference(x, t), atol=1e-4)

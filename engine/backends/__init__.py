@@ -107,6 +107,23 @@ def is_diffusers_folder(path: Path) -> bool:
         return False
 
 
+SHIPPED_EXPORT = "model.onnx"   # a checkpoint folder's own fp32 ONNX export (the shipped models carry one)
+
+
+def _shipped_export(folder: Path, threads: int | None, precision: str):
+    """The folder's model.onnx on OpenVINO where it is the export of these very weights (its sealed metadata
+    names their SHA-256): no PyTorch import and no export, so a shipped model's first sample is quick.  None
+    otherwise, and the torch side exports into the cache as for any checkpoint."""
+    from ddpmrt.engine.artifacts.integrity import sha256_file
+    from ddpmrt.engine.backends.openvino_backend import OpenVinoModel
+
+    onnx, weights = folder / SHIPPED_EXPORT, folder / "model.safetensors"
+    if not onnx.is_file() or not weights.is_file():
+        return None
+    model = OpenVinoModel(onnx, threads=threads, precision=precision)
+    return model if model.metadata.source_sha256 == sha256_file(weights) else None
+
+
 def load_model(model: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None,
                schedule: NoiseSchedule | None = None, image_shape=None, cuda_graph: bool | None = None,
                precision: str = "auto"):
@@ -150,6 +167,9 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
             if not openvino_backend.available():  # one line naming the extra, before any export
                 raise UserError(f"the openvino backend needs OpenVINO: {install_hint('openvino')} (or use "
                                 "--backend inductor or torch)")
+            shipped = _shipped_export(path, threads, precision)
+            if shipped is not None:
+                return shipped
         loader = model_loader("diffusers" if is_diffusers_folder(path) else "checkpoint")
         return loader(path, backend=backend, device=device, precision=precision, cuda_graph=bool(cuda_graph),
                       schedule=schedule, threads=threads)
