@@ -1,7 +1,7 @@
 """One factory for every command: `ddpmrt sample`, `serve`, `report` and `bench` build samplers here.
 
     make_sampler("dpmsolver", schedule, 10, order=3)
-    make_sampler(*parse_spec("dpmsolver:10:order=3"), schedule)  # a report's sampler spec
+    parse_spec("dpmsolver:10:order=3").make(schedule)       # a report's sampler spec
 
 The options, their defaults and checks are the sampler classes' declarations (Sampler.OPTIONS);
 this module adds only what the commands do differently from the classes: they clip x̂₀ to ±1
@@ -44,6 +44,7 @@ def all_options() -> dict[str, list[tuple[str, Option]]]:
 
 
 ALL_OPTIONS = tuple(all_options())
+TUNED = "tuned"   # the spacing that means the model's own timesteps (`ddpmrt tune`)
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, tuned=None, **options) -> Sampler:
@@ -68,9 +69,6 @@ def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, t
     return cls(schedule, num_steps=steps, **settings)
 
 
-TUNED = "tuned"
-
-
 def tuned_timesteps(cls: type[Sampler], schedule: NoiseSchedule, steps: int | None, tuned, given: dict) -> list[int]:
     """The tuned timesteps of this setting and step count, or a UserError naming the `ddpmrt tune` that makes them."""
     steps = cls.STEPS if steps is None else steps
@@ -85,8 +83,12 @@ def tuned_timesteps(cls: type[Sampler], schedule: NoiseSchedule, steps: int | No
 
 
 def _flag_value(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else \
-        {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else str(value)
+    """A value as its command-line flag takes it."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,7 @@ def parse_spec(text: str) -> SamplerSpec:
             raise UserError(f"sampler spec {shown(text)}: too many values; name them, e.g. {cls.NAME}:10:"
                             f"{positional[0].name}=...")
         given[option.name] = option.from_text(value)
-    spec = SamplerSpec(cls.NAME, steps, tuple(sorted(given.items())))
-    return spec
+    return SamplerSpec(cls.NAME, steps, tuple(sorted(given.items())))
 
 
 def parse_specs(text: str) -> list[SamplerSpec]:
