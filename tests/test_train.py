@@ -203,6 +203,11 @@ def test_process_group_backend_follows_the_training_device(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: chosen.append(backend))
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
     for device, backend in (("cpu", "gloo"), ("cuda", "nccl"), ("auto", "nccl")):
         train_module._distributed(train_module._device_type(device))
         assert chosen[-1] == backend, device
+    # Windows PyTorch (and any build without NCCL): gloo on CUDA too.
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: False)
+    train_module._distributed(train_module._device_type("cuda"))
+    assert chosen[-1] == "gloo"
