@@ -211,3 +211,21 @@ def test_process_group_backend_follows_the_training_device(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: False)
     train_module._distributed(train_module._device_type("cuda"))
     assert chosen[-1] == "gloo"
+
+
+def test_auto_precision_follows_the_engine_rule_and_is_recorded(monkeypatch, tmp_path):
+    from ddpmrt.engine import cpu
+    from ddpmrt.export.training import trainer
+
+    cpu_device = torch.device("cpu")
+    for faster, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(cpu, "bf16_is_faster", lambda faster=faster: faster)
+        assert trainer.training_precision("auto", cpu_device) == expected
+    assert trainer.training_precision("fp32", cpu_device) == "fp32"  # a named precision is kept as given
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert trainer.training_precision("auto", torch.device("cuda")) == "fp32"
+
+    monkeypatch.setattr(cpu, "bf16_is_faster", lambda: True)
+    train(TrainArgs(out=str(tmp_path / "run"), iters=2, **FAST))
+    training = json.loads((tmp_path / "run" / "config.json").read_text())["training"]
+    assert (training["precision"], training["precision_used"]) == ("auto", "bf16")

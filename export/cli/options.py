@@ -21,7 +21,7 @@ MAX_SEED = 2 ** 64 - 1     # the noise generator's key (Philox), and every other
 RUN_PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16", "int8")   # sample: any model ddpmrt loads
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")                          # export-onnx: the file's precision
 ENGINE_PRECISIONS = ("fp16", "fp32", "bf16")                        # export-engine: an engine or .pt2
-TRAIN_PRECISIONS = ("fp32", "fp16", "bf16")                         # train: autocast
+TRAIN_PRECISIONS = ("auto", "fp32", "fp16", "bf16")                 # train: autocast
 REPORT_PRECISIONS = ("fp32", "bf16", "fp16", "auto")                # report: the U-Net and the Gaussian check
 
 

@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ema-decay", type=real_in(0, 1, high_open=True), help=f"EMA decay (default {d.ema_decay:g})")
     p.add_argument("--grad-clip", type=real_in(0, 1e6, low_open=True), help=f"gradient-norm clip (default {d.grad_clip:g})")
     p.add_argument("--schedule", choices=["linear", "cosine"], help=f"noise schedule (default {d.schedule})")
-    p.add_argument("--precision", choices=TRAIN_PRECISIONS, help=f"autocast precision (default {d.precision})")
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, help=f"autocast precision (default {d.precision}: bf16 on a CUDA GPU that has it and "
+                        "on a CPU where bf16 is faster, as the engine's auto rule; fp32 elsewhere)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda if available, else cpu")
     p.add_argument("--seed", type=SEED, help=f"seed for every random choice (default {d.seed})")
     p.add_argument("--save-every", type=int_in(1, 10 ** 9),

@@ -21,7 +21,7 @@ class TrainArgs:
     seed: int = 0
     num_train_timesteps: int = 1000
     schedule: str = "linear"          # linear | cosine
-    precision: str = "fp32"           # fp32 | fp16 | bf16 (autocast)
+    precision: str = "auto"           # auto | fp32 | fp16 | bf16 (autocast); auto: trainer.training_precision
     device: str = "auto"
     save_every: int = 1000
     save_minutes: float = 10.0        # also checkpoint this often by the clock (0: by step only)
