@@ -30,7 +30,7 @@ KIND_BY_FILE = {
              "test_kernels", "test_sidecar", "test_fuzz", "test_tuning", "test_unet", "test_cuda_calls"),
     "cli": ("test_cli", "test_errors", "test_output_paths", "test_reports"),
     "integration": ("test_export", "test_openvino", "test_torch_backend", "test_train", "test_serve", "test_shipped_model",
-                    "test_tensorrt", "test_int8", "test_diffusers_folders", "test_benchmark_scripts", "test_gpu_check",
+                    "test_tensorrt", "test_int8", "test_diffusers_folders", "test_diffusers_export", "test_benchmark_scripts", "test_gpu_check",
                     "test_faults", "test_gpu_loop", "test_check"),
     "contract": ("test_layers", "test_packaging", "test_readme"),
 }

@@ -12,10 +12,11 @@ import argparse
 import sys
 
 from ddpmrt.engine.errors import UserError
-from ddpmrt.export.cli import bench, check, demo, export_engine, export_onnx, report, sample, serve, train, tune
+from ddpmrt.export.cli import (bench, check, demo, export_diffusers, export_engine, export_onnx, report, sample, serve, train,
+                               tune)
 
 # In the order `ddpmrt --help` lists them.
-COMMANDS = (train, sample, tune, export_onnx, export_engine, check, bench, report, serve, demo)
+COMMANDS = (train, sample, tune, export_onnx, export_engine, export_diffusers, check, bench, report, serve, demo)
 # Where each command writes (OUTPUT: a file, a folder, or nothing).  A write that fails (a full disk, a
 # read-only folder) takes back what the command wrote there; training keeps the checkpoints it completed.
 FILE_OUTPUTS = tuple(c.NAME for c in COMMANDS if c.OUTPUT == "file")

@@ -20,27 +20,15 @@ def bench_source(model: Path, precision: str):
     return from_diffusers(model, precision) if is_diffusers_folder(model) else from_checkpoint(model, precision)
 
 
-def _diffusers_schedule(schedule) -> dict:
-    """A diffusers scheduler's schedule arguments for a ddpmrt NoiseSchedule (any kind, by its betas if need be)."""
-    kinds = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
-    args = {"num_train_timesteps": schedule.num_train_timesteps, "timestep_spacing": "leading"}
-    if schedule.kind in ("linear", "scaled_linear"):
-        return {**args, "beta_schedule": kinds[schedule.kind], "beta_start": schedule.params["beta_start"],
-                "beta_end": schedule.params["beta_end"]}
-    if schedule.kind == "cosine" and schedule.params.get("s", 0.008) == 0.008 and schedule.params.get("max_beta", 0.999) == 0.999:
-        return {**args, "beta_schedule": "squaredcos_cap_v2"}
-    return {**args, "trained_betas": schedule.betas.tolist()}
-
-
 def diffusers_pipeline(checkpoint: Path, device: str, dtype=torch.float32, sampler: str = "ddim", compiled: bool = False):
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
-    from ddpmrt.export.model.diffusers_convert import to_diffusers
+    from ddpmrt.export.model.diffusers_convert import diffusers_schedule, to_diffusers
 
     source = bench_source(checkpoint, "fp32")
     # A ddpmrt U-Net is converted to UNet2DModel; a diffusers folder's UNet2DModel is used as it is.
     unet = source.module if source.unwrap is not None else to_diffusers(source.module)
-    schedule = _diffusers_schedule(source.metadata.schedule)
+    schedule = diffusers_schedule(source.metadata.schedule)
     if sampler == "ddim":
         pipe = DDIMPipeline(unet=unet,
                             scheduler=DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=True))

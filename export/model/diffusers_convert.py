@@ -32,6 +32,18 @@ def diffusers_config(config: UNetConfig) -> dict:
     )
 
 
+def diffusers_schedule(schedule) -> dict:
+    """A diffusers scheduler's schedule arguments for a ddpmrt NoiseSchedule (any kind, by its betas if need be)."""
+    kinds = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+    args = {"num_train_timesteps": schedule.num_train_timesteps, "timestep_spacing": "leading"}
+    if schedule.kind in ("linear", "scaled_linear"):
+        return {**args, "beta_schedule": kinds[schedule.kind], "beta_start": schedule.params["beta_start"],
+                "beta_end": schedule.params["beta_end"]}
+    if schedule.kind == "cosine" and schedule.params.get("s", 0.008) == 0.008 and schedule.params.get("max_beta", 0.999) == 0.999:
+        return {**args, "beta_schedule": "squaredcos_cap_v2"}
+    return {**args, "trained_betas": schedule.betas.tolist()}
+
+
 def _block_pairs(model: UNet):
     """(ddpmrt module, diffusers prefix) for every block, walking both layouts in the same order."""
     c = model.config
