@@ -121,7 +121,15 @@ class SamplerSpec:
             text = f"UniPC-{value['order']}" + (f" {given['variant']}" if "variant" in given else "") + \
                 ("" if value["corrector"] else " no corrector")
         spacing = f" {given['spacing']}" if "spacing" in given else ""
-        return text + spacing + (" timesteps" if value["timesteps"] is not None else "")
+        clip = "" if "clip_sample" not in given else " unclipped" if not given["clip_sample"] else \
+            f" clip ±{given['clip_sample']:g}"
+        return text + spacing + (" timesteps" if value["timesteps"] is not None else "") + clip
+
+    def with_option(self, key: str, value) -> "SamplerSpec":
+        """The same setting with one more option (one the spec names itself is kept)."""
+        given = dict(self.options)
+        given.setdefault(key, value)
+        return SamplerSpec(self.name, self.steps, tuple(sorted(given.items())))
 
     @property
     def label(self) -> str:

@@ -196,6 +196,24 @@ def test_report_measures_quality_and_latency(tmp_path):
     assert all((out / grid).is_file() for grid in grids)
 
 
+def test_report_compares_clipping_in_one_command(tmp_path):
+    from ddpmrt.engine.sampler_factory import SamplerSpec
+    from ddpmrt.export.evaluation.report import _file_stem, with_clipping
+
+    specs = with_clipping([SamplerSpec("ddim", 5), SamplerSpec("ddpm", 8, (("clip_sample", 2.0),))], [1.0, 0.0])
+    assert [s.label for s in specs] == ["DDIM η=0 clip ±1, 5 steps", "DDIM η=0 unclipped, 5 steps",
+                                        "DDPM clip ±2, 8 steps"]  # a spec's own value is kept, once
+    assert _file_stem("DDIM η=0.5 clip ±1, 5 steps") == "DDIMeta0p5clip1_5steps"
+    out = tmp_path / "report"
+    result = run_cli("report", "digits", "--samplers", "ddim:3", "--clip-sample", "1,off", "--samples", "8",
+                     "--threads", "1", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [(r["label"], r["options"]["clip_sample"]) for r in rows] == [
+        ("DDIM η=0 clip ±1, 3 steps", 1.0), ("DDIM η=0 unclipped, 3 steps", None)]
+    assert all((out / r["grid"]).is_file() and r["grid"].isascii() for r in rows)
+
+
 def test_report_on_openvino_in_bf16(tmp_path):
     # The CPU default's engine and precision, judged like the rest: the U-Net and the Gaussian's ε* both on
     # OpenVINO in bf16 (OpenVINO computes f32 where the CPU has no bf16 kernels, and the report says so).
@@ -260,6 +278,8 @@ def test_demo(tmp_path):
     (["report", "digits", "--samplers", "dpmsolver:5:eta=1"], "dpmsolver takes no eta; its options are"),
     (["report", "digits", "--samplers", "dpmsolver:2:3"], "order 3 needs at least 3 steps"),
     (["report", "digits", "--seeds", "0,0"], "distinct integers"),
+    (["report", "digits", "--clip-sample", "1,x"], "each value is a number in [0, 100] or off"),
+    (["report", "digits", "--clip-sample", "1,1"], "name each value once"),
 ])
 def test_bad_arguments(tmp_path, args, fragment):
     assert_user_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--spacing", default=DEFAULT_SPACING,
                    help=f"timestep spacing, or several to compare, e.g. leading,trailing,linspace (default {DEFAULT_SPACING}: "
                         "the best measured)")
+    p.add_argument("--clip-sample", metavar="C[,C...]",
+                   help="clip x̂₀ to ±C at every step, or several values to compare, e.g. 1,0 (0 or off: unclipped); "
+                        "default: each sampler's own, as ddpmrt sample runs it")
     p.add_argument("--backend", choices=["onnxruntime", "openvino", "torch", "tensorrt"], default="onnxruntime",
                    help="onnxruntime (fp32 ONNX), openvino (the ONNX file on the CPU, in --precision), torch, or tensorrt "
                         "(an fp16 engine built here; needs a GPU) (default onnxruntime)")
@@ -44,7 +47,7 @@ def run(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.checks import int_list
     from ddpmrt.engine.sampler_factory import TUNED
     from ddpmrt.engine.samplers import SPACINGS
-    from ddpmrt.export.evaluation.report import parse_samplers, run_report
+    from ddpmrt.export.evaluation.report import parse_samplers, run_report, with_clipping
 
     check_output_dir(ns.out)
     checkpoint = resolve_model_path(ns.model)
@@ -57,7 +60,26 @@ def run(ns: argparse.Namespace) -> None:
     if not spacings or len(set(spacings)) != len(spacings):
         raise UserError(f"--spacing {ns.spacing!r}: name each spacing once, e.g. leading,trailing")
     seeds = int_list(ns.seeds, "--seeds", low=0, high=MAX_SEED)
-    run_report(checkpoint, Path(ns.out), parse_samplers(ns.samplers), num_samples=ns.samples, spacings=spacings,
+    samplers = with_clipping(parse_samplers(ns.samplers), _clip_values(ns.clip_sample))
+    run_report(checkpoint, Path(ns.out), samplers, num_samples=ns.samples, spacings=spacings,
                backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet, seeds=seeds,
                precision=ns.precision, name=ns.model)
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))
+
+
+def _clip_values(text: str | None) -> list[float]:
+    """--clip-sample 1,0,off: the values, each once, in [0, 100] (0 and off: unclipped)."""
+    if text is None:
+        return []
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            value = 0.0 if item.lower() in ("off", "none") else float(item)
+        except ValueError:
+            value = float("nan")
+        if not 0 <= value <= 100:
+            raise UserError(f"--clip-sample {text!r}: each value is a number in [0, 100] or off, e.g. 1,0")
+        if value in values:
+            raise UserError(f"--clip-sample {text!r}: name each value once, e.g. 1,0")
+        values.append(value)
+    return values

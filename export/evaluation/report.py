@@ -64,6 +64,12 @@ def report_sampler(spec: SamplerSpec, schedule, spacing: str, for_gaussian: bool
         else spec.make(schedule, spacing=spacing, clip_sample=0.0)
 
 
+def _file_stem(label: str) -> str:
+    """A row's label as a portable ASCII file name: "DDIM η=0 clip ±1, 10 steps" -> "DDIMeta0clip1_10steps"."""
+    text = label.replace(",", "_").replace("η", "eta").replace("++", "pp").replace(".", "p")
+    return "".join(c for c in text if c.isascii() and (c.isalnum() or c in "_-"))
+
+
 REPORT_BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 PLOT = "quality_vs_calls.png"
 
@@ -198,7 +204,7 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
         images = sampler.sample(model, (num_samples, *model.image_shape), seed=seed, progress=False)
         latency = _latency(sampler, model, min(num_samples, LATENCY_BATCH), seed)
         name = spec.label + (f", {spacing}" if len(spacings) > 1 else "")
-        stem = name.replace(" ", "").replace(",", "_").replace("η=", "eta").replace("(", "").replace(")", "").replace("++", "pp")
+        stem = _file_stem(name)
         grid = out / "samples" / (stem + (f"_seed{seed}" if len(seeds) > 1 else "") + ".png")
         save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // model.image_shape[-1]))
         row = {"sampler": spec.name, "steps": sampler.num_steps, "options": dict(sampler.config, sampler=None),
@@ -366,3 +372,17 @@ def parse_samplers(text: str) -> list[SamplerSpec]:
     """`quick`, `full`, `solvers`, or sampler specs like ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8:order=3
     (sampler_factory.parse_specs)."""
     return SETS[text] if text in SETS else parse_specs(text)
+
+
+def with_clipping(specs: list[SamplerSpec], clips: list[float | None]) -> list[SamplerSpec]:
+    """Every spec once per x̂₀ clip value of `report --clip-sample` (0: unclipped); a spec that names its own
+    clip_sample keeps it and is run once.  No values: each sampler's own default, as `ddpmrt sample` runs it."""
+    if not clips:
+        return list(specs)
+    expanded = []
+    for spec in specs:
+        for clip in clips:
+            variant = spec.with_option("clip_sample", clip)
+            if variant not in expanded:
+                expanded.append(variant)
+    return expanded
