@@ -118,3 +118,31 @@ def test_cpu_int8_judges_quality_and_speed(tmp_path):
     assert report["int8_within_tolerance"] == all(ratio <= 1.1 for ratio in digits["int8_fid_over_fp32"].values())
     speed = {(r["backend"], r["precision"]): r for r in report["speed"]["rows"]}
     assert speed[("onnxruntime", "int8")]["error_vs_fp32"] > 0 and speed[("onnxruntime", "fp32")]["error_vs_fp32"] == 0
+
+
+def test_train_speed_times_the_trainers_own_step(tmp_path):
+    out = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_speed.py"), "--variants", "fp32,bf16+cl@8",
+                             "--steps", "2", "--warmup", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(r["variant"], r["batch"], r["channels_last"]) for r in report["rows"]] == [("fp32", 64, False),
+                                                                                          ("bf16+cl@8", 8, True)]
+    assert report["speed_over_fp32"]["fp32"] == 1.0 and report["auto_means"] in ("fp32", "bf16")
+    assert all(r["images_per_s"] > 0 and r["step_s"]["n"] == 2 for r in report["rows"])
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_speed.py"), "--variants", "fp64"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "PRECISION[+cl][+compile][@BATCH]" in bad.stderr
+
+
+def test_clipping_compares_the_three_rules(tmp_path):
+    pytest.importorskip("diffusers")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/clipping.py"), "digits", "--steps", "2,3",
+                             "--solver-steps", "2", "--num", "8", "--seeds", "0", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "clipping.json").read_text())
+    assert {(r["sampler"], r["rule"], r["steps"]) for r in report["rows"]} == {
+        (s, rule, n) for rule in ("clip", "none", "dynamic") for s, n in (("ddim", 2), ("ddim", 3), ("dpmsolver", 2))}
+    assert all(r["fid"][0] > 0 for r in report["rows"]) and set(report["never_worse"]) >= {"ddim/none", "ddim/clip"}
+    assert "| ddim | 3 |" in (tmp_path / "clipping.md").read_text()
