@@ -265,8 +265,7 @@ def training_precision(precision: str, device: torch.device) -> str:
     the engine's rule says bf16 is faster (AMX-BF16, or AVX512-BF16 on AMD); fp32 elsewhere.
 
     The weights, the optimizer and the EMA stay fp32 either way; autocast runs the convolutions and
-    matrix products in bf16.  On the 2-core AMX Xeon the shipped recipe trained 31 % faster in bf16
-    (benchmarks/results/cpu-train-speed/); the learning curve (cpu-learning-curve/) is bf16 throughout.
+    matrix products in bf16.  The measured gain is in the README ("Training") and benchmarks/results/cpu-train-speed/.
     """
     if precision != "auto":
         return precision
