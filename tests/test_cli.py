@@ -69,7 +69,7 @@ def damaged_checkpoints(tmp_path):
     ("no-such-model", [], "not found"),
     ("digits", ["--steps", "0"], "--steps: the number of steps must be an integer from 1 to the model's training timesteps, got '0'"),
     ("digits", ["--steps", "5000"], "the number of steps must be an integer from 1 to the model's training timesteps (1000), got 5000"),
-    ("digits", ["--backend", "tpu"], "unknown backend"),
+    ("digits", ["--backend", "tpu"], "invalid choice: 'tpu'"),
     ("digits", ["--cuda-graph"], "needs a GPU backend"),
     ("digits", ["--precision", "fp16"], "needs --device cuda"),
     ("{tmp}/bad_json", [], "not valid JSON"),

@@ -62,3 +62,18 @@ def test_a_reintroduced_back_edge_breaks_a_contract(tmp_path, module, line, brok
     result = _lint(src, tmp_path)
     assert result.returncode != 0, result.stdout
     assert broken in result.stdout and "1 broken" in result.stdout, result.stdout
+
+
+def test_backend_names_are_listed_once():
+    # The command line, bench and report take their backend names from load_model's one list.
+    from ddpmrt.engine.backends import BACKENDS
+    from ddpmrt.export.cli.main import build_parser
+    from ddpmrt.export.evaluation.bench_backends import BENCH_BACKENDS, BY_NAME_BACKENDS, REPORT_BACKENDS, row_backend
+
+    assert all(row_backend(row) in BACKENDS for row in BENCH_BACKENDS + BY_NAME_BACKENDS)
+    assert row_backend("openvino-int8-cpu") == "openvino" and row_backend("torch-cuda-graph") == "torch"
+    assert set(REPORT_BACKENDS) < set(BACKENDS)
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command, expected in (("sample", BACKENDS), ("serve", BACKENDS), ("report", REPORT_BACKENDS)):
+        backend = next(a for a in subparsers[command]._actions if a.dest == "backend")
+        assert tuple(backend.choices) == tuple(expected), command

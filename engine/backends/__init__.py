@@ -33,6 +33,8 @@ from ddpmrt.engine.errors import UserError, install_hint
 from ddpmrt.engine.schedule import NoiseSchedule
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# Every backend load_model runs, by name: the one list the command line, bench (bench_backends.py) and report
+# derive theirs from.
 BACKENDS = ("auto", "inductor", "onnxruntime", "openvino", "tensorrt", "torch")
 # The CPU backends of an .onnx file, fastest first (benchmarks/results/cpu-precision-*/: OpenVINO ahead of
 # ONNX Runtime in bf16, on par in fp32).

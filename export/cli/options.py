@@ -92,10 +92,16 @@ def add_threads(p: argparse.ArgumentParser, what: str = "CPU threads for ONNX Ru
     p.add_argument("--threads", type=THREADS, help=f"{what} (default: {default})")
 
 
+def add_backend(p: argparse.ArgumentParser, default_help: str) -> None:
+    """--backend: one of load_model's backends (engine/backends BACKENDS), default auto."""
+    from ddpmrt.engine.backends import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=f"{', '.join(BACKENDS)} {default_help}")
+
+
 def add_runtime(p: argparse.ArgumentParser) -> None:
     """How a loaded model runs: --backend, --device, --threads, --cuda-graph and --precision (load_model's options)."""
-    p.add_argument("--backend", default="auto",
-                   help="auto, inductor, onnxruntime, openvino, tensorrt or torch (default auto: by file type; an .onnx "
+    add_backend(p, "(default auto: by file type; an .onnx "
                         "on the CPU runs on openvino where installed, else onnxruntime; a checkpoint on --device cuda runs "
                         "on inductor, torch.compile plus one CUDA graph per loop; on a CPU where bf16 is faster on openvino "
                         "(its ONNX export, made once and cached) or else inductor; eager torch elsewhere)")

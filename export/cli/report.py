@@ -13,6 +13,7 @@ NAME, OUTPUT = "report", "folder"
 
 def add_parser(sub) -> None:
     from ddpmrt.engine.samplers import DEFAULT_SPACING
+    from ddpmrt.export.evaluation.bench_backends import REPORT_BACKENDS
 
     p = sub.add_parser(NAME, help="quality against latency per sampler and step count (offline metrics)")
     p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--clip-sample", metavar="C[,C...]",
                    help="clip x̂₀ to ±C at every step, or several values to compare, e.g. 1,0 (0 or off: unclipped); "
                         "default: each sampler's own, as ddpmrt sample runs it")
-    p.add_argument("--backend", choices=["onnxruntime", "openvino", "torch", "tensorrt"], default="onnxruntime",
+    p.add_argument("--backend", choices=REPORT_BACKENDS, default="onnxruntime",
                    help="onnxruntime (fp32 ONNX), openvino (the ONNX file on the CPU, in --precision), torch, or tensorrt "
                         "(an fp16 engine built here; needs a GPU) (default onnxruntime)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda (default cpu)")

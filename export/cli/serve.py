@@ -8,7 +8,7 @@ import signal
 import time
 
 from ddpmrt.engine.errors import UserError, install_hint
-from ddpmrt.export.cli.options import MAX_BATCH, add_threads, int_in, real_in
+from ddpmrt.export.cli.options import MAX_BATCH, add_backend, add_threads, int_in, real_in
 
 NAME, OUTPUT = "serve", None
 
@@ -16,8 +16,7 @@ NAME, OUTPUT = "serve", None
 def add_parser(sub) -> None:
     p = sub.add_parser(NAME, help="serve a model over HTTP with Ray Serve (batching, replicas, back-pressure)")
     p.add_argument("model", help="an .onnx or .plan file, checkpoint directory or shipped model name (on every node)")
-    p.add_argument("--backend", default="auto",
-                   help="auto (by file type), onnxruntime, openvino, tensorrt, torch or inductor (default auto)")
+    add_backend(p, "(default auto: by file type, as ddpmrt sample)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cpu, or cuda: one replica per GPU of the cluster (default cpu)")
     p.add_argument("--replicas", type=int_in(1, 4096), help="replicas (default: one per GPU on cuda, else 1)")

@@ -28,6 +28,7 @@ from ddpmrt.engine.sampler_factory import SamplerSpec, parse_specs
 from ddpmrt.engine.samplers import DEFAULT_SPACING
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.conversion.onnx_export import export_onnx
+from ddpmrt.export.evaluation.bench_backends import REPORT_BACKENDS
 from ddpmrt.export.evaluation.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.evaluation.quality import JUDGED_DATASETS, ClassifierJudge
 from ddpmrt.export.model.checkpoint import read_config
@@ -70,7 +71,6 @@ def _file_stem(label: str) -> str:
     return "".join(c for c in text if c.isascii() and (c.isalnum() or c in "_-"))
 
 
-REPORT_BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 PLOT = "quality_vs_calls.png"
 
 
