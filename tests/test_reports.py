@@ -37,6 +37,25 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert "| peak RSS MB |" in header and "GPU MB" not in header and "vs compiled" not in header
 
 
+def test_bench_runs_explicit_and_tuned_timesteps(tmp_path):
+    out = tmp_path / "bench"
+    result = run_cli("bench", "digits", "--batch", "2", "--runs", "1", "--warmup", "1", "--threads", "1", "--no-startup",
+                     "--backends", "onnxruntime-cpu", "--no-diffusers", "--timesteps", "999,700,400,100,10",
+                     "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert report["sampler"]["timesteps"] == [999, 700, 400, 100, 10] and report["sampler"]["num_steps"] == 5
+    assert report["results"][0]["steps"] == 5
+    assert "ran the timesteps 999, 700, 400, 100, 10; diffusers' rows run as many steps" in (out / "bench.md").read_text()
+    # The shipped table holds DPM-Solver++(3M) at 5 calls; bench's solver rows are order 2, so the entry is missing.
+    tuned = run_cli("bench", "digits", "--sampler", "dpmsolver", "--spacing", "tuned", "--steps", "5", "--no-diffusers",
+                    "--backends", "onnxruntime-cpu", "--out", str(tmp_path / "t"))
+    assert_user_error(tuned, "no tuned timesteps for dpmsolver at 5 steps", "ddpmrt tune")
+    tuned = run_cli("bench", "digits", "--spacing", "tuned", "--timesteps", "999,500", "--no-diffusers",
+                    "--backends", "onnxruntime-cpu", "--out", str(tmp_path / "t"))
+    assert_user_error(tuned, "not both")
+
+
 @pytest.mark.slow
 def test_bench_inductor_against_compiled_diffusers(tmp_path):
     # The rows a GPU run compares (inductor against diffusers + torch.compile), run on the CPU.

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from ddpmrt.engine.errors import UserError
-from ddpmrt.export.cli.options import add_quiet, add_threads, int_in, real_in, steps_arg
+from ddpmrt.export.cli.options import (add_option_flags, add_quiet, add_threads, int_in, real_in, sampler_options,
+                                       steps_arg, tuned_schedules)
 
 NAME, OUTPUT = "bench", "folder"
 
@@ -30,7 +31,10 @@ def add_parser(sub) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
                    help="ddim (η=0, against DDIMPipeline; default), ddpm (against DDPMPipeline), or dpmsolver / unipc "
                         "(order 2, against DPMSolverMultistepScheduler / UniPCMultistepScheduler in the pipelines' loop)")
-    p.add_argument("--steps", type=steps_arg, default=20, help="sampler steps per loop (default 20)")
+    p.add_argument("--steps", type=steps_arg, help="sampler steps per loop (default 20; with --timesteps, their count)")
+    # Where ddpmrt's steps fall (a spacing, the model's tuned table, or explicit timesteps): diffusers' rows run the
+    # same number of steps at their leading spacing, since a step's time does not depend on its timestep.
+    add_option_flags(p, ("spacing", "timesteps"))
     p.add_argument("--runs", type=int_in(1, 10_000), default=10, help="timed loops per configuration (default 10)")
     p.add_argument("--warmup", type=int_in(0, 10_000), default=2, help="untimed loops first (default 2)")
     add_threads(p, "CPU threads for torch, ONNX Runtime and OpenVINO", "torch's")
@@ -86,7 +90,10 @@ def run(ns: argparse.Namespace) -> None:
                 raise UserError(f"{checkpoint} is not a checkpoint directory; bench needs the weights (it exports them itself)")
         else:
             raise UserError("name a checkpoint or shipped model, pass --from-diffusers DIR, or --random-weights cifar10")
-        run_bench(checkpoint, Path(ns.out), batches=batches, steps=ns.steps, runs=ns.runs,
+        given = sampler_options(ns)  # --spacing, --timesteps
+        steps = ns.steps if ns.steps is not None else None if given.get("timesteps") is not None else 20
+        tuned = tuned_schedules(checkpoint) if given.get("spacing") == "tuned" else None
+        run_bench(checkpoint, Path(ns.out), batches=batches, steps=steps, runs=ns.runs, sampler_options=given, tuned=tuned,
                   warmup=ns.warmup, threads=ns.threads, compare_diffusers=not ns.no_diffusers,
                   progress=not ns.quiet, backends=backends, sampler=ns.sampler,
                   diffusers_compiled=ns.diffusers_compiled, startup=not ns.no_startup, peak=ns.peak_tflops)

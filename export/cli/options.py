@@ -159,18 +159,27 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     """--sampler, --steps and a flag for every option any sampler declares (Sampler.OPTIONS).  They default
     to None here: make_sampler fills in the commands' defaults and refuses an option a sampler does not take;
     each flag's help names the samplers that take it and their defaults."""
-    from ddpmrt.engine.sampler_factory import SAMPLER_CLASSES, SAMPLERS, all_options
-
-    def shown_default(value) -> str:
-        return "off" if value is None else (",".join(map(str, value)) or "none") if isinstance(value, tuple) else \
-            ("on" if value is True else "off" if value is False else f"{value:g}" if isinstance(value, float) else str(value))
+    from ddpmrt.engine.sampler_factory import SAMPLER_CLASSES, SAMPLERS
 
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
                    help="ddim, ddpm, or a few-step multistep solver: dpmsolver (DPM-Solver++) or unipc (default ddim)")
     steps = ", ".join(f"{cls.STEPS} for {name}" for name, cls in SAMPLER_CLASSES.items())
     p.add_argument("--steps", type=steps_arg, help=f"network calls, at most the model's training timesteps (default {steps}"
                    "; with --timesteps, their count)")
+    add_option_flags(p)
+
+
+def add_option_flags(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """A flag for every sampler option (or those of `names`), generated from the samplers' declarations."""
+    from ddpmrt.engine.sampler_factory import SAMPLERS, all_options
+
+    def shown_default(value) -> str:
+        return "off" if value is None else (",".join(map(str, value)) or "none") if isinstance(value, tuple) else \
+            ("on" if value is True else "off" if value is False else f"{value:g}" if isinstance(value, float) else str(value))
+
     for name, declared in all_options().items():
+        if names is not None and name not in names:
+            continue
         option = declared[0][1]
         takers = [sampler for sampler, _ in declared]
         who = "every sampler" if len(takers) == len(SAMPLERS) else ", ".join(takers) + " only" * (len(takers) == 1)

@@ -68,11 +68,16 @@ def batch_sizes_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def bench_sampler(name: str, schedule, steps: int):
-    """The sampler both sides run, respaced to `steps` (make_sampler, the factory of every command)."""
+def bench_sampler(name: str, schedule, steps: int | None, tuned=None, **given):
+    """The sampler ddpmrt's rows run (make_sampler, the factory of every command): BENCH_SAMPLER_OPTIONS, with
+    `given` over them (bench --spacing, --timesteps; explicit timesteps replace the spacing; spacing "tuned"
+    reads `tuned`, the model's table)."""
     if name not in BENCH_SAMPLER_OPTIONS:
         raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(BENCH_SAMPLERS)}")
-    return make_sampler(name, schedule, steps, **BENCH_SAMPLER_OPTIONS[name])
+    options = {**BENCH_SAMPLER_OPTIONS[name], **given}
+    if given.get("timesteps") is not None and "spacing" not in given:
+        options.pop("spacing")
+    return make_sampler(name, schedule, steps, tuned=tuned, **options)
 
 
 def _backends(checkpoint: Path, source, work: Path, threads: int, wanted, packages: Path, batches) -> tuple[dict, dict]:
@@ -253,10 +258,16 @@ def measure_startup(model: Path, backend: str, device: str, steps: int, threads:
     return times
 
 
-def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, runs: int = 10, warmup: int = 2,
+def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int | None = 20, runs: int = 10, warmup: int = 2,
               threads: int | None = None, compare_diffusers: bool = True, progress: bool = True,
               backends=BENCH_BACKENDS, sampler: str = "ddim", diffusers_compiled: str = "auto",
-              startup: bool = True, peak: float | None = None) -> dict:
+              startup: bool = True, peak: float | None = None, sampler_options: dict | None = None,
+              tuned=None) -> dict:
+    """Time every backend of `backends` at every batch, and diffusers beside them.
+
+    `sampler_options` (a spacing, explicit timesteps) and `tuned` (the model's tuned table) change where
+    ddpmrt's steps fall, not what a step costs: diffusers' rows run the same number of steps at their own
+    leading spacing, and bench.md says so."""
     from tqdm.auto import tqdm
 
     if sampler not in BENCH_SAMPLERS:
@@ -265,12 +276,15 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
         raise UserError(f"unknown --diffusers-compiled {diffusers_compiled!r}; choose one of {', '.join(DIFFUSERS_COMPILED)}")
     pipeline = {"ddim": "DDIMPipeline", "ddpm": "DDPMPipeline", "dpmsolver": "DPMSolverMultistepScheduler",
                 "unipc": "UniPCMultistepScheduler"}[sampler]
+    sampler_options = dict(sampler_options or {})
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     # The fp32 weights, read once: exported to ONNX, counted in FLOPs, described in the report
     # (the diffusers pipelines load their own copy, which they move and cast).
     source = bench_source(checkpoint, "fp32")
+    # The sampler checked before any export; with explicit timesteps (steps None) their count is the steps.
+    steps = bench_sampler(sampler, source.metadata.schedule, steps, tuned, **sampler_options).num_steps
     # This run's ONNX files and engines: exported afresh (never a stale file of other weights) and
     # read into memory by the backends as they load, so the folder goes once they are loaded.
     # Packages stay on disk to the end, for their start-up (the folder also goes if the run fails:
@@ -292,7 +306,8 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
         for name, batch in jobs:
             model = models[name]
             profile = profile_device_loop if getattr(model, "device_loop", None) is not None else profile_sampler
-            row = profile(model, bench_sampler(sampler, model.schedule, steps), batch, runs=runs, warmup=warmup)
+            row = profile(model, bench_sampler(sampler, model.schedule, steps, tuned, **sampler_options), batch,
+                          runs=runs, warmup=warmup)
             row["backend"] = name
             row["precision"] = getattr(model, "precision", None) or "fp32"
             results.append(row)
@@ -314,7 +329,8 @@ def run_bench(checkpoint: Path, out: Path, batches=(1, 8, 64), steps: int = 20, 
     report = {"model": {"source": str(checkpoint), "config": metadata.model_config,
                         "image_shape": list(metadata.image_shape),
                         "gflop_per_forward_per_image": flops / 1e9},
-              "sampler": bench_sampler(sampler, next(iter(models.values())).schedule, steps).config, "results": results,
+              "sampler": bench_sampler(sampler, next(iter(models.values())).schedule, steps, tuned, **sampler_options).config,
+              "results": results,
               "diffusers": diffusers_rows, "startup": startup_rows, "peak_tflops": gpu_peak, "unavailable": missing,
               "environment": env}
     write_report(report, out)

@@ -57,6 +57,12 @@ def write_report(report: dict, out: Path) -> None:
              + ". RSS: the process's peak resident memory when the row finished (rows run in order, so it only grows); "
              "GPU: device memory in use after the row.", "",
              ]
+    sampler = report["sampler"]
+    if sampler.get("timesteps") or sampler.get("spacing") not in (None, "leading"):
+        where = f"timesteps {', '.join(map(str, sampler['timesteps']))}" if sampler.get("timesteps") else \
+            f"spacing {sampler['spacing']}"
+        lines[-1:-1] = [f"ddpmrt's rows ran the {where}; diffusers' rows run as many steps at their leading spacing "
+                        "(a step's time does not depend on its timestep)."]
     header = ["backend", "precision", "batch", "network ms/step", "update ms/step", "host ms/step", "ms/image (p25-p75)",
               "images/s", "TFLOP/s", "vs diffusers", "vs compiled", "peak RSS MB", "GPU MB"]
     table = []
