@@ -548,3 +548,39 @@ def test_hostile_request_bodies(name, length, chunks, request_parser):
         assert "\n" not in error and len(error) < 1000, error
     else:
         assert name.startswith("mutated-"), f"{name} was accepted"
+
+
+def _sharing_violation():
+    exc = PermissionError(13, "The process cannot access the file because it is being used by another process")
+    exc.winerror = 32  # what Windows sets; os.replace raises it while a scanner or viewer holds the file
+    return exc
+
+
+def test_a_replace_held_by_another_process_is_retried_then_named(tmp_path, monkeypatch):
+    from ddpmrt.engine.artifacts import io
+
+    real_replace, calls = os.replace, []
+
+    def held_twice(src, dst):
+        calls.append(dst)
+        if len(calls) <= 2:
+            raise _sharing_violation()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io, "REPLACE_RETRY_SECONDS", (0.0,) * 6)
+    monkeypatch.setattr(io.os, "replace", held_twice)
+    target = tmp_path / "out.json"
+    with io.atomic_write(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and len(calls) == 3  # held for two tries, then written
+
+    monkeypatch.setattr(io.os, "replace", lambda src, dst: (_ for _ in ()).throw(_sharing_violation()))
+    with pytest.raises(io.WriteFailed, match="another program holds it open .Windows error 32.; close it"):
+        with io.atomic_write(target) as tmp:
+            tmp.write_text("newer")
+    assert target.read_text() == "new" and not list(tmp_path.glob(".out.json.*"))  # the old file, no temporary left
+    # A plain permission error is not a sharing violation: no retries, the usual advice.
+    monkeypatch.setattr(io.os, "replace", lambda src, dst: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(io.WriteFailed, match="choose a folder you can write in"):
+        with io.atomic_write(target) as tmp:
+            tmp.write_text("x")

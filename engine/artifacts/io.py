@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ddpmrt.engine.errors import UserError
@@ -72,6 +73,28 @@ def _free_bytes(folder: Path) -> int:
         return 1 << 62  # cannot tell: not a full disk
 
 
+# Windows refuses to replace a file another process holds open without FILE_SHARE_DELETE (an antivirus scan,
+# an indexer, a viewer): ERROR_ACCESS_DENIED (5) or ERROR_SHARING_VIOLATION (32), mostly for milliseconds.
+_SHARING_WINERRORS = (5, 32)
+REPLACE_RETRY_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+
+def replace(src, dst) -> None:
+    """os.replace, retried for about 3 s while Windows says another process holds `dst`; then one line
+    saying so (not the permission advice, which would send the user to another folder for nothing)."""
+    for pause in (*REPLACE_RETRY_SECONDS, None):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError as exc:
+            if getattr(exc, "winerror", None) not in _SHARING_WINERRORS:
+                raise
+            if pause is None:
+                raise WriteFailed(f"cannot replace {dst}: another program holds it open (Windows error {exc.winerror}); "
+                                  "close it (a viewer, an editor, a scan) and run the command again") from None
+            time.sleep(pause)
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
@@ -91,7 +114,7 @@ def atomic_write(path: Path):
         # mkstemp makes 0600, and some writers (safetensors) make their own file: give the result
         # the permissions of any other file this process creates.
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException as exc:
         # Tell a full disk before the temporary file's space is given back.
         failure = write_failure(path, exc) if isinstance(exc, Exception) else None
