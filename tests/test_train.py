@@ -229,3 +229,18 @@ def test_auto_precision_follows_the_engine_rule_and_is_recorded(monkeypatch, tmp
     train(TrainArgs(out=str(tmp_path / "run"), iters=2, **FAST))
     training = json.loads((tmp_path / "run" / "config.json").read_text())["training"]
     assert (training["precision"], training["precision_used"]) == ("auto", "bf16")
+
+
+def test_the_signals_that_save_include_windows_ctrl_break(monkeypatch):
+    import importlib
+    import signal as signal_module
+
+    from ddpmrt.export.training import trainer
+
+    assert {signal_module.SIGINT, signal_module.SIGTERM} <= set(trainer.STOP_SIGNALS)
+    monkeypatch.setattr(signal_module, "SIGBREAK", 21, raising=False)  # Windows' number for it
+    try:
+        assert 21 in importlib.reload(trainer).STOP_SIGNALS
+    finally:
+        monkeypatch.undo()
+        importlib.reload(trainer)

@@ -75,15 +75,20 @@ def resume_args(out, given: dict) -> tuple[TrainArgs, list[str]]:
     return TrainArgs(**{**saved, **given, "resume": True}), overridden
 
 
+# What stops a run with a checkpoint: Ctrl-C everywhere, SIGTERM on POSIX (kill, a scheduler), and on Windows
+# Ctrl-Break (SIGBREAK), since nothing there delivers SIGTERM and Ctrl-Break would otherwise kill without saving.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
+
+
 class _StopRequest:
-    """Turns Ctrl-C / SIGTERM into a flag checked between steps, so the checkpoint is consistent."""
+    """Turns Ctrl-C / SIGTERM / Ctrl-Break into a flag checked between steps, so the checkpoint is consistent."""
 
     def __init__(self):
         self.signal = None
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
