@@ -19,9 +19,10 @@ and is slower than its f32 there); `fp32` always means IEEE fp32; `bf16` runs an
 where it is expected to be slower than fp32.
 
 The instructions come from /proc/cpuinfo on Linux and from NumPy's table of the CPU features it
-dispatches on elsewhere (which lists AVX512-BF16 but not AMX, so `auto` on an Intel CPU is fp32
-there: the slower choice on an AMX CPU, never a slowdown against fp32); the vendor from
-/proc/cpuinfo or `platform.processor()`.
+dispatches on elsewhere (which lists AVX512-BF16 from NumPy 2.4 on, and never AMX, so `auto` on an Intel CPU
+is fp32 there: the slower choice on an AMX CPU, never a slowdown against fp32); `undetectable_flags` names
+what cannot be seen, and reports say "not detectable here" rather than that it is absent.  The vendor comes
+from /proc/cpuinfo or `platform.processor()`.
 """
 
 from __future__ import annotations
@@ -44,17 +45,24 @@ _NUMPY_NAMES = {"AVX512_BF16": "avx512_bf16", "AVX512BF16": "avx512_bf16", "AVX5
                 "AVX512VNNI": "avx512_vnni", "AVX512F": "avx512f", "AVX2": "avx2", "FMA3": "fma", "AVXVNNI": "avx_vnni"}
 
 
+def _proc_cpuinfo_flags() -> frozenset[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """The CPU's instruction-set flags (Linux names)."""
+    """The CPU's instruction-set flags (Linux names); see undetectable_flags for what cannot be seen."""
     if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith("flags"):
-                        return frozenset(line.split(":", 1)[1].split())
-        except OSError:
-            pass
+        flags = _proc_cpuinfo_flags()
+        if flags is not None:
+            return flags
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:  # NumPy 1.x
@@ -63,6 +71,24 @@ def cpu_flags() -> frozenset[str]:
         except ImportError:
             return frozenset()
     return frozenset(name for key, name in _NUMPY_NAMES.items() if features.get(key))
+
+
+def _numpy_version() -> tuple[int, int]:
+    import numpy
+
+    return tuple(int(part) for part in numpy.__version__.split(".")[:2])
+
+
+def undetectable_flags() -> list[str]:
+    """The flags ddpmrt cannot see on this system, so that reports say "not detectable here" instead of
+    stating their absence: AMX everywhere but Linux (NumPy's table has no AMX), and AVX512-BF16 where the
+    table is read from a NumPy older than 2.4, which does not list it."""
+    if sys.platform.startswith("linux") and _proc_cpuinfo_flags() is not None:
+        return []
+    missing = ["amx_bf16", "amx_int8", "amx_fp16", "amx_tile"]
+    if _numpy_version() < (2, 4):
+        missing.append("avx512_bf16")
+    return missing
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,8 +135,12 @@ def resolve_cpu_precision(precision: str) -> str:
         warnings.warn("bf16 on this CPU (no AMX-BF16 or AVX512-BF16) is emulated and will be slower than fp32",
                       stacklevel=3)
     elif precision == "bf16" and not bf16_is_faster():
-        warnings.warn("bf16 on this CPU (Intel AVX512-BF16 without AMX) measured slower than fp32; --precision "
-                      "auto picks fp32 here", stacklevel=3)
+        if "amx_bf16" in undetectable_flags():  # an AMX Xeon looks like an AVX512-BF16 one here: say so
+            warnings.warn("bf16 on this Intel CPU is faster than fp32 only with AMX, which ddpmrt cannot detect on "
+                          f"{sys.platform}; --precision auto picks fp32 here", stacklevel=3)
+        else:
+            warnings.warn("bf16 on this CPU (Intel AVX512-BF16 without AMX) measured slower than fp32; --precision "
+                          "auto picks fp32 here", stacklevel=3)
     return precision
 
 

@@ -25,7 +25,7 @@ from importlib import metadata
 
 import numpy as np
 
-from ddpmrt.engine.cpu import bf16_is_faster, cpu_vendor, has_bf16_units, matrix_instructions
+from ddpmrt.engine.cpu import bf16_is_faster, cpu_vendor, has_bf16_units, matrix_instructions, undetectable_flags
 
 try:  # optional: NVTX ranges for Nsight Systems
     import nvtx as _nvtx
@@ -211,6 +211,7 @@ def environment(threads: int | None = None) -> dict:
             pass
     env["cpu_vendor"] = cpu_vendor()  # with the flags, what decides bf16's speed (engine/cpu.py)
     env["cpu_matrix_instructions"] = matrix_instructions()
+    env["cpu_flags_not_detectable"] = undetectable_flags()  # absent from the list above means "not seen", not "absent"
     env["cpu_bf16_units"] = has_bf16_units()
     env["cpu_auto_precision"] = "bf16" if bf16_is_faster() else "fp32"  # what --precision auto computes in here
     env["gpu"] = _gpu()

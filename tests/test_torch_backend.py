@@ -328,3 +328,29 @@ def test_sample_of_an_onnx_file_says_nothing_about_inductor(tmp_path):
     assert run_cli("export-onnx", "digits", "--out", str(onnx_path)).returncode == 0
     result = run_cli("sample", str(onnx_path), "--steps", "2", "--batch", "1", "--out", str(tmp_path / "c.png"))
     assert result.returncode == 0 and "inductor" not in result.stderr, result.stderr[-2000:]
+
+
+def test_what_cannot_be_detected_is_said_not_denied(monkeypatch):
+    # Off Linux NumPy's table is all there is: it never lists AMX, and before NumPy 2.4 not AVX512-BF16.
+    import warnings
+
+    from ddpmrt.engine import cpu
+
+    monkeypatch.setattr(cpu, "_proc_cpuinfo_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    if cpu.sys.platform.startswith("linux"):
+        assert cpu.undetectable_flags() == []  # /proc/cpuinfo lists every flag
+    monkeypatch.setattr(cpu.sys, "platform", "win32")
+    monkeypatch.setattr(cpu, "_numpy_version", lambda: (2, 4))
+    assert cpu.undetectable_flags() == ["amx_bf16", "amx_int8", "amx_fp16", "amx_tile"]
+    monkeypatch.setattr(cpu, "_numpy_version", lambda: (2, 3))
+    assert "avx512_bf16" in cpu.undetectable_flags()
+    # An Intel CPU showing AVX512-BF16 may be an AMX Xeon here: the bf16 note says it cannot tell.
+    monkeypatch.setattr(cpu, "cpu_vendor", lambda: "Intel")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cpu.resolve_cpu_precision("bf16") == "bf16"
+    assert any("cannot detect on win32" in str(w.message) for w in caught)
+    from ddpmrt.engine.profiling import environment
+
+    assert "amx_bf16" in environment()["cpu_flags_not_detectable"]

@@ -53,7 +53,9 @@ def write_report(report: dict, out: Path) -> None:
              f"TFLOP/s: {report['model'].get('gflop_per_forward_per_image', 0):.2f} GFLOP per image per network call"
              + (f", % of a {peak:g} TFLOP/s dense fp16 peak" if peak else "")
              + "; CPU rows: % of the peak of the precision the row computed in, estimated from the CPU's matrix "
-             f"instructions ({', '.join(env.get('cpu_matrix_instructions') or []) or 'none reported'}) and clock"
+             f"instructions ({', '.join(env.get('cpu_matrix_instructions') or []) or 'none reported'}"
+             + (f"; not detectable here: {', '.join(env['cpu_flags_not_detectable'])}" if env.get("cpu_flags_not_detectable")
+                else "") + ") and clock"
              + ". RSS: the process's peak resident memory when the row finished (rows run in order, so it only grows); "
              "GPU: device memory in use after the row.", "",
              ]
