@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 
 def _python(code: str, cwd) -> str:
@@ -47,3 +48,14 @@ def test_checkpoint_loaders_come_from_the_torch_side_through_entry_points(tmp_pa
     before, after = out.splitlines()
     assert json.loads(before) is False
     assert json.loads(after) == [True, "ddpmrt.engine.backends.torch_backend"]
+
+
+def test_every_extra_that_runs_engines_brings_nvrtc():
+    # An engine runs in the device loop, whose fused update NVRTC compiles: without the wheel the demo fails on an
+    # RTX GPU unless a CUDA toolkit happens to be installed.
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for extra in ("gpu", "tensorrt", "tensorrt-rtx"):
+        assert any(r.startswith("nvidia-cuda-nvrtc") for r in extras[extra]), extra
