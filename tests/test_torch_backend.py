@@ -354,3 +354,55 @@ def test_what_cannot_be_detected_is_said_not_denied(monkeypatch):
     from ddpmrt.engine.profiling import environment
 
     assert "amx_bf16" in environment()["cpu_flags_not_detectable"]
+
+
+def test_auto_falls_back_to_eager_where_inductor_cannot_compile(monkeypatch, tmp_path, capsys):
+    # Windows stands in: no C++ compiler on PATH, no Triton; the default backend must not fail at the first call.
+    import importlib.util
+    import shutil
+    import sys
+    import warnings
+
+    from ddpmrt.engine import backends, cpu
+    from ddpmrt.engine.backends import openvino_backend
+    from ddpmrt.export.cli import main
+    from ddpmrt.export.model.checkpoint import write_random_checkpoint
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    monkeypatch.setattr(cpu, "bf16_is_faster", lambda: True)
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)
+    monkeypatch.delenv("DDPMRT_CPU_COMPILE", raising=False)
+    assert "MSVC's cl" in backends.inductor_compiler_missing("cpu")
+    assert "Triton" in backends.inductor_compiler_missing("cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert backends.checkpoint_backend("cpu") == "torch" and backends.checkpoint_backend("cuda") == "torch"
+    assert len(caught) == 2 and all("eagerly on torch" in str(w.message) for w in caught)
+    # As a user sees it: the image is made, and the note is one line.
+    checkpoint = write_random_checkpoint(tmp_path / "ckpt", "tiny")
+    assert main(["sample", str(checkpoint), "--steps", "2", "--batch", "1", "--out", str(tmp_path / "x.png"), "--quiet"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["ddpmrt: note: running the checkpoint eagerly on torch: the compiled backend (inductor) needs MSVC's cl "
+                   "(a Developer PowerShell) on PATH to compile for the CPU"], err
+    assert (tmp_path / "x.png").is_file()
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/" + name)
+    assert backends.inductor_compiler_missing("cpu") is None
+
+
+def test_bench_leaves_out_inductor_where_it_cannot_compile(monkeypatch, tmp_path):
+    import shutil
+
+    from ddpmrt.export.evaluation import bench
+    from ddpmrt.export.model.checkpoint import write_random_checkpoint
+    from ddpmrt.export.model.sources import from_checkpoint
+
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    monkeypatch.delenv("CXX", raising=False)
+    checkpoint = write_random_checkpoint(tmp_path / "ckpt", "tiny")
+    models, missing = {}, {}
+    bench._torch_models(checkpoint, from_checkpoint(checkpoint, "fp32"), tmp_path, 1, ["torch-cpu", "inductor-cpu"],
+                        models, missing)
+    assert list(models) == ["torch-cpu"] and "C++ compiler" in missing["inductor-cpu"]

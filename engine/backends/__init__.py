@@ -8,7 +8,9 @@ block) frees what it holds on the device.
     diffusers pipeline or unet/ folder   -> inductor on CUDA (torch.compile + one CUDA graph per loop);
                                             on a CPU where bf16 is faster, openvino (its ONNX export, made once
                                             and cached) where installed, else inductor (frozen weights);
-                                            else torch (PyTorch eager); loaded by the torch side
+                                            else torch (PyTorch eager), which is also what runs, with a
+                                            note, where inductor has no compiler (inductor_compiler_missing);
+                                            loaded by the torch side
     .onnx                                -> openvino     (CPU, where installed: bf16 where it is faster)
                                             onnxruntime  (CPU otherwise, fp32; CUDA with onnxruntime-gpu)
     .plan / .engine                      -> tensorrt     (TensorRT or TensorRT-RTX, on a GPU)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
@@ -216,6 +219,25 @@ def _check_fixed_precision(path: Path, asked: str, own: str, what: str, fix: str
                         f"(or give {own}), or {fix}")
 
 
+def inductor_compiler_missing(device: str) -> str | None:
+    """Why TorchInductor cannot compile for `device` here, or None: it writes Triton kernels for CUDA (PyTorch
+    ships no Triton for Windows) and C++ for the CPU (a compiler on PATH: cl on Windows, $CXX or g++/clang++
+    elsewhere).  Without one the first network call fails deep inside torch."""
+    import importlib.util
+    import shutil
+    import sys
+
+    if device == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "needs Triton for CUDA kernels, which is not installed (PyTorch ships none for Windows)"
+        return None
+    compilers = ["cl"] if sys.platform == "win32" else [os.environ.get("CXX") or "", "g++", "c++", "clang++"]
+    if not any(name and shutil.which(name) for name in compilers):
+        where = "MSVC's cl (a Developer PowerShell)" if sys.platform == "win32" else "a C++ compiler (g++ or clang++)"
+        return f"needs {where} on PATH to compile for the CPU"
+    return None
+
+
 def checkpoint_backend(device: str, precision: str = "auto") -> str:
     """The backend a checkpoint (or diffusers folder) runs on under `backend="auto"`.
 
@@ -231,13 +253,22 @@ def checkpoint_backend(device: str, precision: str = "auto") -> str:
     sets it).
     """
     if device == "cuda":
-        return "inductor"
+        return _inductor_or_torch(device)
     from ddpmrt.engine import cpu
     from ddpmrt.engine.backends import openvino_backend
 
     if os.environ.get(CPU_COMPILE_VARIABLE, "1") == "0" or not (cpu.bf16_is_faster() and precision in ("auto", "bf16")):
         return "torch"
-    return "openvino" if openvino_backend.available() else "inductor"
+    return "openvino" if openvino_backend.available() else _inductor_or_torch(device)
+
+
+def _inductor_or_torch(device: str) -> str:
+    """inductor where its compiler exists; else eager torch, with a one-line note of what the speed needs."""
+    missing = inductor_compiler_missing(device)
+    if missing is None:
+        return "inductor"
+    warnings.warn(f"running the checkpoint eagerly on torch: the compiled backend (inductor) {missing}", stacklevel=4)
+    return "torch"
 
 
 def _load_onnx(path: Path, backend: str, device: str, threads, schedule, image_shape, precision: str):

@@ -49,10 +49,35 @@ def _tolerant_output() -> None:
             stream.reconfigure(errors="replace")
 
 
+def _notes_in_one_line() -> None:
+    """ddpmrt's own notes (warnings raised by its modules: a fallback, a slower precision) print as one line,
+    `ddpmrt: note: ...`, not Python's two-line warning with a source line; other libraries' keep their form."""
+    import warnings
+    from pathlib import Path
+
+    import ddpmrt.engine
+    import ddpmrt.export
+
+    if getattr(warnings.showwarning, "ddpmrt_notes", False):
+        return  # main() ran before in this process
+    roots = tuple(Path(package.__file__).resolve().parent for package in (ddpmrt.engine, ddpmrt.export))
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and any(Path(filename).resolve().is_relative_to(r) for r in roots):
+            print(f"ddpmrt: note: {message}", file=file or sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.ddpmrt_notes = True
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     from ddpmrt.engine.artifacts.io import NewOutputs, WriteFailed, write_failure
 
     _tolerant_output()
+    _notes_in_one_line()
     ns = build_parser().parse_args(argv)
     outputs = None
     if ns.command in FILE_OUTPUTS + FOLDER_OUTPUTS and getattr(ns, "out", None):

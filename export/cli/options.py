@@ -104,7 +104,8 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     add_backend(p, "(default auto: by file type; an .onnx "
                         "on the CPU runs on openvino where installed, else onnxruntime; a checkpoint on --device cuda runs "
                         "on inductor, torch.compile plus one CUDA graph per loop; on a CPU where bf16 is faster on openvino "
-                        "(its ONNX export, made once and cached) or else inductor; eager torch elsewhere)")
+                        "(its ONNX export, made once and cached) or else inductor; eager torch elsewhere, and where inductor "
+                        "has no compiler: Triton on CUDA, a C++ compiler on the CPU, with a note)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="cpu or cuda (default cpu; an engine runs on cuda, a .pt2 on the device it was built for)")
     add_threads(p)

@@ -94,17 +94,26 @@ def _backends(checkpoint: Path, source, work: Path, threads: int, wanted, packag
 
 def _torch_models(checkpoint, source, work, threads, wanted, models, missing) -> None:
     """torch and inductor on the CPU; on CUDA fp16 on the device loop, eagerly or as one CUDA graph per (batch, steps)."""
+    from ddpmrt.engine.backends import inductor_compiler_missing
+
     for name, backend in (("torch-cpu", "torch"), ("inductor-cpu", "inductor")):
-        if name in wanted:
+        if name not in wanted:
+            continue
+        why = inductor_compiler_missing("cpu") if backend == "inductor" else None
+        if why:
+            missing[name] = why  # e.g. Windows without MSVC: the row is left out, not a traceback
+        else:
             models[name] = load_model(checkpoint, backend=backend)
     for name, backend, graph in (("torch-cuda", "torch", False), ("torch-cuda-graph", "torch", True),
                                  ("inductor-cuda", "inductor", True)):
         if name not in wanted:
             continue
-        if torch.cuda.is_available():
-            models[name] = load_model(checkpoint, backend=backend, device="cuda", cuda_graph=graph)
-        else:
+        if not torch.cuda.is_available():
             missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
+        elif backend == "inductor" and inductor_compiler_missing("cuda"):
+            missing[name] = inductor_compiler_missing("cuda")
+        else:
+            models[name] = load_model(checkpoint, backend=backend, device="cuda", cuda_graph=graph)
 
 
 def _onnx_models(checkpoint, source, work, threads, wanted, models, missing) -> None:
