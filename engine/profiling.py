@@ -79,12 +79,36 @@ def time_calls(call, runs: int, warmup: int) -> dict:
 
 def peak_rss_mb() -> float | None:
     """Peak resident memory of this process so far (None where the platform does not say)."""
+    if sys.platform == "win32":
+        return _windows_peak_working_set_mb()
     try:
         import resource
-    except ImportError:  # Windows
+    except ImportError:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+def _windows_peak_working_set_mb() -> float | None:
+    """Windows' peak working set (its resident memory): GetProcessMemoryInfo's PeakWorkingSetSize."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Counters(ctypes.Structure):  # PROCESS_MEMORY_COUNTERS (psapi.h)
+        _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD),
+                    ("PeakWorkingSetSize", ctypes.c_size_t), ("WorkingSetSize", ctypes.c_size_t),
+                    ("QuotaPeakPagedPoolUsage", ctypes.c_size_t), ("QuotaPagedPoolUsage", ctypes.c_size_t),
+                    ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t), ("QuotaNonPagedPoolUsage", ctypes.c_size_t),
+                    ("PagefileUsage", ctypes.c_size_t), ("PeakPagefileUsage", ctypes.c_size_t)]
+
+    try:
+        counters = Counters(cb=ctypes.sizeof(Counters))
+        process = ctypes.windll.kernel32.GetCurrentProcess()
+        if not ctypes.windll.psapi.GetProcessMemoryInfo(process, ctypes.byref(counters), counters.cb):
+            return None
+    except (AttributeError, OSError):
+        return None
+    return counters.PeakWorkingSetSize / 1024 / 1024
 
 
 class CudaTimer:
@@ -219,6 +243,8 @@ def environment(threads: int | None = None) -> dict:
 
 
 def _cpu_name() -> str:
+    """The CPU's brand name: /proc/cpuinfo on Linux, the registry on Windows (platform.processor() there is
+    only "Intel64 Family 6 Model 143 ..."), else what platform reports."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -226,6 +252,14 @@ def _cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    if sys.platform == "win32":
+        try:
+            import winreg
+
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"HARDWARE\DESCRIPTION\System\CentralProcessor\0") as key:
+                return str(winreg.QueryValueEx(key, "ProcessorNameString")[0]).strip()
+        except (ImportError, OSError):
+            pass
     return platform.processor() or platform.machine()
 
 

@@ -406,3 +406,32 @@ def test_bench_leaves_out_inductor_where_it_cannot_compile(monkeypatch, tmp_path
     bench._torch_models(checkpoint, from_checkpoint(checkpoint, "fp32"), tmp_path, 1, ["torch-cpu", "inductor-cpu"],
                         models, missing)
     assert list(models) == ["torch-cpu"] and "C++ compiler" in missing["inductor-cpu"]
+
+
+def test_the_environment_names_the_cpu_and_memory_on_windows(monkeypatch):
+    # Windows stands in: no /proc/cpuinfo, the brand name in the registry, the peak working set from psapi.
+    import builtins
+    import sys
+    import types
+
+    from ddpmrt.engine import profiling
+
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: (_ for _ in ()).throw(FileNotFoundError(path))
+                        if str(path) == "/proc/cpuinfo" else real_open(path, *a, **k))
+    monkeypatch.setattr(sys, "platform", "win32")
+    class Key:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    fake = types.SimpleNamespace(HKEY_LOCAL_MACHINE=1, OpenKey=lambda root, path: Key(),
+                                 QueryValueEx=lambda k, name: ("AMD EPYC 9R45 96-Core Processor  ", 1))
+    monkeypatch.setitem(sys.modules, "winreg", fake)
+    assert profiling._cpu_name() == "AMD EPYC 9R45 96-Core Processor"
+    real_peak = profiling._windows_peak_working_set_mb
+    monkeypatch.setattr(profiling, "_windows_peak_working_set_mb", lambda: 123.0)
+    assert profiling.peak_rss_mb() == 123.0
+    assert real_peak() is None  # off Windows there is no psapi: None, not an error
