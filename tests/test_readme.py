@@ -102,3 +102,14 @@ def test_the_quick_readme_commands_run_as_written(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_the_cmake_commands_run_in_windows_powershell_too():
+    # One command per line (PowerShell 5.1 has no &&), and the configuration named for multi-config generators.
+    text = README.read_text(encoding="utf-8")
+    lines = [line.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for line in block.splitlines()
+             if line.strip().startswith(("cmake", "ctest"))]
+    assert [line.split()[0] for line in lines] == ["cmake", "cmake", "ctest"], lines
+    assert not [line for line in lines if "&&" in line or ";" in line]
+    assert "--config Release" in lines[1] and "-C Release" in lines[2]
+    assert "ddpmrt_kernels.dll" in text and "cmake -S . -B build &&" not in text
