@@ -146,3 +146,33 @@ def test_clipping_compares_the_three_rules(tmp_path):
         (s, rule, n) for rule in ("clip", "none", "dynamic") for s, n in (("ddim", 2), ("ddim", 3), ("dpmsolver", 2))}
     assert all(r["fid"][0] > 0 for r in report["rows"]) and set(report["never_worse"]) >= {"ddim/none", "ddim/clip"}
     assert "| ddim | 3 |" in (tmp_path / "clipping.md").read_text()
+
+
+def test_learning_curve_judges_snapshots_and_writes_its_table_and_plot(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import learning_curve
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import shutil
+
+    from ddpmrt.engine.backends import SHIPPED_MODELS_DIR
+
+    for step in (100, 200):  # two snapshots: the shipped digits weights stand in for both
+        snapshot = tmp_path / "runs" / "digits" / f"step_{step}"
+        snapshot.mkdir(parents=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(SHIPPED_MODELS_DIR / "digits" / name, snapshot / name)
+    # The comparison the judge always makes (DDIM-50 against -1000) and one clipped setting; fewer steps would not
+    # test the ODE consistency it reports.
+    monkeypatch.setattr(learning_curve, "SAMPLERS", [("ddim", 50, 0.0), ("ddim", 1000, 0.0), ("ddim", 3, 1.0)])
+    results = tmp_path / "results"
+    learning_curve.judge(tmp_path / "runs", results, ["digits"], num=6, seeds=[0], backend="torch")
+    table = json.loads((results / "curve.json").read_text())
+    assert sorted(table) == ["digits/step_100", "digits/step_200"]
+    row = table["digits/step_100"]
+    assert len(row["loss_by_t_bucket"]) == 10 and all(v > 0 for v in row["loss_by_t_bucket"])
+    assert set(row["scores"]) == {"ddim50", "ddim1000", "ddim3_clip"}
+    assert 0 <= row["ode_consistency"][0]["mean_abs_diff"] < 0.5  # the shipped digits model is consistent unclipped
+    markdown = (results / "curve.md").read_text()
+    assert "| digits | 200 |" in markdown and (results / "curve.png").stat().st_size > 10_000
