@@ -58,3 +58,63 @@ def test_cuda_call_matches_the_binding(where, name, positional, keywords):
     except TypeError as exc:
         pytest.fail(f"{where}: {name}{signature} does not accept {positional} positional arguments "
                     f"and {keywords or 'no'} keywords: {exc}")
+
+
+class _FakeRuntime:
+    """cudart's capture calls as (err, value) tuples, recording what ran: enough for the capture's bookkeeping."""
+
+    class cudaStreamCaptureMode:
+        cudaStreamCaptureModeThreadLocal = 1
+
+    def __init__(self, end_status=0):
+        self.calls, self.end_status = [], end_status
+        self.gc_enabled_while_capturing = None
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        import gc
+
+        self.calls.append("begin")
+        self.gc_enabled_while_capturing = gc.isenabled()
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream):
+        self.calls.append("end")
+        return (self.end_status, 77)
+
+    def cudaGraphInstantiate(self, graph, flags):
+        self.calls.append("instantiate")
+        return (0, 88)
+
+    def cudaGraphDestroy(self, graph):
+        self.calls.append(f"destroy {graph}")
+        return (0,)
+
+
+def test_a_capture_pauses_the_collector_and_a_failing_record_keeps_its_own_error(monkeypatch):
+    import gc
+    import types
+
+    from ddpmrt.engine.backends import tensorrt_backend
+    from ddpmrt.engine.gpu import cuda_runtime
+
+    monkeypatch.setattr(cuda_runtime, "check", lambda result, what: result[1] if len(result) > 1 else None)
+    monkeypatch.setattr(tensorrt_backend, "check", cuda_runtime.check)
+    monkeypatch.setattr(cuda_runtime, "describe_graph", lambda graph: (_ for _ in ()).throw(RuntimeError("lossy query")))
+    fake = _FakeRuntime()
+    monkeypatch.setattr(tensorrt_backend, "cudart", lambda: fake)
+    model = types.SimpleNamespace(stream=5)
+    assert gc.isenabled()
+    graph = tensorrt_backend.TensorRTModel.capture(model, lambda: None)
+    # Collector off during the capture, on after; the graph is destroyed once instantiated; an unreadable graph
+    # shape is None, not a failed sample.
+    assert fake.gc_enabled_while_capturing is False and gc.isenabled()
+    assert fake.calls == ["begin", "end", "instantiate", "destroy 77"] and graph.shape is None and graph.graph_exec == 88
+
+    class Boom(Exception):
+        pass
+
+    fake = _FakeRuntime(end_status=901)  # cudaErrorStreamCaptureInvalidated, as after a failed enqueue
+    monkeypatch.setattr(tensorrt_backend, "cudart", lambda: fake)
+    with pytest.raises(Boom):
+        tensorrt_backend.TensorRTModel.capture(model, lambda: (_ for _ in ()).throw(Boom()))
+    assert fake.calls == ["begin", "end", "destroy 77"] and gc.isenabled()

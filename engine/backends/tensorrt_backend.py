@@ -28,7 +28,15 @@ from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
 from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.gpu.cuda_runtime import CudaError, DeviceBuffer, check, cudart, describe_graph, device_compute_capability
+from ddpmrt.engine.gpu.cuda_runtime import (
+    CudaError,
+    DeviceBuffer,
+    check,
+    collector_paused,
+    cudart,
+    device_compute_capability,
+    graph_shape_or_none,
+)
 
 RTX_DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120")
 
@@ -179,17 +187,28 @@ class TensorRTModel(LoadedModel):
         return self.eps_device.ptr
 
     def capture(self, record) -> _TensorRTGraph:
-        """Record `record()` (enqueues on our stream) into a CUDA graph; returns its launcher."""
+        """Record `record()` (enqueues on our stream) into a CUDA graph; returns its launcher.
+
+        The collector is paused for the capture (cuda_runtime.collector_paused).  If `record()` fails, the
+        capture is still ended and its graph destroyed, and the error raised is record()'s own, not the
+        end-capture error that follows from it."""
         rt = cudart()
-        check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
-              "cudaStreamBeginCapture")
-        try:
-            record()
-        finally:
+        with collector_paused():
+            check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+                  "cudaStreamBeginCapture")
+            try:
+                record()
+            except BaseException:
+                _err, graph = rt.cudaStreamEndCapture(self.stream)  # ends the capture; its status follows record()'s
+                if graph is not None and int(graph):
+                    rt.cudaGraphDestroy(graph)
+                raise
             graph = check(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-        graph_exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        shape = describe_graph(graph)
-        check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")  # the executable graph keeps what it needs
+        try:
+            graph_exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            shape = graph_shape_or_none(graph)
+        finally:
+            check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")  # the executable graph keeps what it needs
         return _TensorRTGraph(graph_exec, self.stream, shape)
 
     # -- NumPy in, NumPy out -----------------------------------------------------------------------

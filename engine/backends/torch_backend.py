@@ -25,7 +25,7 @@ from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.checks import model_inputs
 from ddpmrt.engine.cpu import resolve_cpu_precision
 from ddpmrt.engine.errors import UserError, install_hint
-from ddpmrt.engine.gpu.cuda_runtime import describe_graph
+from ddpmrt.engine.gpu.cuda_runtime import collector_paused, graph_shape_or_none
 from ddpmrt.engine.schedule import NoiseSchedule
 
 PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
@@ -292,12 +292,13 @@ class TorchModel(LoadedModel):
             graph = torch.cuda.CUDAGraph(keep_graph=True)
         except TypeError:
             graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), self._math(), torch.cuda.graph(graph, stream=side):
+        # The collector paused (cuda_runtime.collector_paused): a DeviceBuffer freed mid-capture breaks it.
+        with collector_paused(), torch.inference_mode(), self._math(), torch.cuda.graph(graph, stream=side):
             record()
         shape = None
         if hasattr(graph, "raw_cuda_graph"):
             graph.instantiate()
-            shape = describe_graph(graph.raw_cuda_graph())
+            shape = graph_shape_or_none(graph.raw_cuda_graph())
         return _TorchGraph(graph, shape)
 
 

@@ -7,6 +7,9 @@ three into a CudaError naming the call and the code.  It is the one result check
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import numpy as np
 
 from ddpmrt.engine.errors import UserError
@@ -170,3 +173,28 @@ class DeviceMemory:
 
     def synchronize(self, stream) -> None:
         check(cudart().cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic collector run first, then held off, around a CUDA stream capture.
+
+    A collection inside a capture can free an unreachable DeviceBuffer, whose cudaFree is not allowed while
+    a stream captures (the capture is invalidated); torch 2.11 no longer collects before its own captures.
+    """
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def graph_shape_or_none(graph) -> dict | None:
+    """describe_graph, or None where the graph cannot be read: what it holds is for reports, and sampling goes on."""
+    try:
+        return describe_graph(graph)
+    except Exception:  # noqa: BLE001 - a report's detail must never stop the loop
+        return None
