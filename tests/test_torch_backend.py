@@ -59,12 +59,13 @@ def test_precision_defaults(monkeypatch):
 
 
 def test_a_checkpoints_default_backend(monkeypatch):
-    from ddpmrt.engine import cpu
+    from ddpmrt.engine import backends, cpu
     from ddpmrt.engine.backends import checkpoint_backend, openvino_backend
 
     monkeypatch.delenv("DDPMRT_CPU_COMPILE", raising=False)
     monkeypatch.setattr(cpu, "cpu_vendor", lambda: "Intel")
     monkeypatch.setattr(openvino_backend, "available", lambda: False)
+    monkeypatch.setattr(backends, "inductor_compiler_missing", lambda device: None)  # Triton and a C++ compiler here
     assert checkpoint_backend("cuda") == "inductor"
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
     assert checkpoint_backend("cpu") == checkpoint_backend("cpu", "bf16") == "inductor"
@@ -143,6 +144,7 @@ def test_a_checkpoint_on_cuda_runs_on_inductor_by_default(monkeypatch):
 
     calls = []
     monkeypatch.setitem(backends._loaders, "checkpoint", lambda path, device, **kw: calls.append((device, kw)))
+    monkeypatch.setattr(backends, "inductor_compiler_missing", lambda device: None)  # Triton installed (a CUDA torch)
     load_model("digits", device="cuda")
     load_model("digits", device="cuda", backend="torch")
     load_model("digits")
