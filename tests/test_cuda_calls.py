@@ -118,3 +118,29 @@ def test_a_capture_pauses_the_collector_and_a_failing_record_keeps_its_own_error
     with pytest.raises(Boom):
         tensorrt_backend.TensorRTModel.capture(model, lambda: (_ for _ in ()).throw(Boom()))
     assert fake.calls == ["begin", "end", "destroy 77"] and gc.isenabled()
+
+
+def test_an_engine_whose_io_differs_from_its_sidecar_is_one_line():
+    import types
+
+    import numpy as np
+
+    from ddpmrt.engine.backends.tensorrt_backend import check_engine_io
+    from ddpmrt.engine.errors import UserError
+
+    def enum(name):
+        return types.SimpleNamespace(name=name)
+
+    def engine(io):  # the calls NVIDIA's common_runtime.py makes on an ICudaEngine
+        names = list(io)
+        return types.SimpleNamespace(num_io_tensors=len(io), get_tensor_name=names.__getitem__,
+                                     get_tensor_mode=lambda n: enum(io[n][0]), get_tensor_dtype=lambda n: enum(io[n][1]))
+
+    good = {"x": ("INPUT", "HALF"), "t": ("INPUT", "INT64"), "eps": ("OUTPUT", "HALF")}
+    check_engine_io(engine(good), None, np.float16, "d.plan")
+    for bad, fragment in (({**good, "eps": ("OUTPUT", "FLOAT")}, "eps output float32"),
+                          ({"x": good["x"], "t": ("INPUT", "INT32"), "eps": good["eps"]}, "t input int32"),
+                          ({"sample": good["x"], "t": good["t"], "eps": good["eps"]}, "sample input float16")):
+        with pytest.raises(UserError, match=fragment) as caught:
+            check_engine_io(engine(bad), None, np.float16, "d.plan")
+        assert "rebuild with export-engine" in str(caught.value) and "\n" not in str(caught.value)

@@ -83,6 +83,29 @@ class _TensorRTGraph:
             self.graph_exec = None
 
 
+_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
+           "INT8": "int8", "BOOL": "bool"}
+
+
+def check_engine_io(engine, trt, io_dtype: np.dtype, name: str) -> None:
+    """The engine's own inputs and outputs, read as NVIDIA's common_runtime.py reads them (num_io_tensors), against
+    what ddpmrt binds: inputs x (the sidecar's I/O type) and t (int64), output eps.  One line on a mismatch,
+    before any address is set on a tensor that is not there."""
+    expected = {"x": ("INPUT", np.dtype(io_dtype).name), "t": ("INPUT", "int64"), "eps": ("OUTPUT", np.dtype(io_dtype).name)}
+    found = {}
+    for i in range(engine.num_io_tensors):
+        tensor = engine.get_tensor_name(i)
+        mode = engine.get_tensor_mode(tensor)
+        dtype = engine.get_tensor_dtype(tensor)
+        found[tensor] = (getattr(mode, "name", str(mode)).upper(), _DTYPES.get(getattr(dtype, "name", str(dtype)).upper(),
+                                                                              str(dtype)))
+    if found != expected:
+        def shown(io):
+            return ", ".join(f"{t} {mode.lower()} {dtype}" for t, (mode, dtype) in io.items())
+        raise UserError(f"{name} has {shown(found) or 'no inputs or outputs'}; its sidecar describes {shown(expected)}: "
+                        "the engine and its .plan.json do not belong together, rebuild with export-engine")
+
+
 class TensorRTModel(LoadedModel):
     """eps = model(x_t, t) through a TensorRT or TensorRT-RTX engine."""
 
@@ -105,6 +128,7 @@ class TensorRTModel(LoadedModel):
         if self._engine is None:
             raise UserError(f"{self.flavour.name} could not deserialize {self.path.name}: the file is corrupt or "
                             "was built for another GPU or version; rebuild with `export-engine --targets current`")
+        check_engine_io(self._engine, trt, np.dtype(self.metadata.input_dtype), self.path.name)
         if self.flavour.is_rtx:
             # TensorRT-RTX compiles its kernels for this GPU here (just in time).  Its own graph
             # strategy stays DISABLED (the default): the device loop captures the whole loop.
