@@ -4,6 +4,7 @@ error message, and the run path against ONNX Runtime wherever a GPU and a flavou
 import ast
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -317,6 +318,36 @@ def test_targets_current_stands_alone_and_keys_the_cache_by_gpu(monkeypatch):
     monkeypatch.setattr(engine_build, "device_compute_capability", lambda: (9, 0))
     on_90 = cache_key("abc", rtx, profile, ["current"], None), cache_key("abc", rtx, profile, ["sm86"], None)
     assert on_86[0] != on_90[0] and on_86[1] == on_90[1]
+
+
+def test_auto_targets_and_gpus_tensorrt_rtx_cannot_build_for(monkeypatch):
+    # No GPU: the named default set, sm121 included.  A Hopper GPU with TensorRT-RTX: one line at once, naming the
+    # flavour that builds for it (not an optimization-level message after a failed build).
+    from types import SimpleNamespace
+
+    from ddpmrt.engine.backends.tensorrt_flavour import RTX_DEFAULT_TARGETS, rtx_target
+    from ddpmrt.export.conversion import engine_build
+
+    rtx = SimpleNamespace(is_rtx=True, name="tensorrt-rtx", version="1.7")
+    monkeypatch.setattr(engine_build, "device_compute_capability", lambda: None)
+    assert engine_build.parse_targets("auto", rtx) == list(RTX_DEFAULT_TARGETS) and "sm121" in RTX_DEFAULT_TARGETS
+    monkeypatch.setattr(engine_build, "device_compute_capability", lambda: (9, 0))
+    for targets in ("auto", "current"):
+        with pytest.raises(UserError, match=r"this GPU \(sm90\) is not a TensorRT-RTX target .*--flavour tensorrt"):
+            engine_build.parse_targets(targets, rtx)
+    assert engine_build.parse_targets("sm86", rtx) == ["sm86"]  # building ahead for other GPUs is still fine
+    monkeypatch.setattr(engine_build, "device_compute_capability", lambda: (12, 0))
+    assert engine_build.parse_targets("auto", rtx) == ["current"] and rtx_target((12, 1)) == "sm121"
+
+
+@needs_rtx
+def test_an_engine_tensorrt_rtx_calls_invalid_is_one_line_before_deserializing():
+    from ddpmrt.engine.backends.tensorrt_backend import check_engine_validity
+
+    runtime = tensorrt_rtx.Runtime(tensorrt_rtx.Logger(tensorrt_rtx.Logger.ERROR))
+    with pytest.raises(UserError, match=r"d.plan cannot run here \(malformed_engine\); rebuild it"):
+        check_engine_validity(runtime, b"not an engine" * 64, "d.plan")
+    check_engine_validity(SimpleNamespace(), b"", "d.plan")  # full TensorRT has no such call: nothing to check
 
 
 @needs_rtx

@@ -106,6 +106,31 @@ def check_engine_io(engine, trt, io_dtype: np.dtype, name: str) -> None:
                         "the engine and its .plan.json do not belong together, rebuild with export-engine")
 
 
+def check_engine_validity(runtime, serialized: bytes, name: str) -> None:
+    """TensorRT-RTX's own verdict on an engine for this GPU, driver and version (Runtime.get_engine_validity), before
+    deserializing it: an invalid one is one line naming the reasons.  Full TensorRT has no such call."""
+    if not hasattr(runtime, "get_engine_validity"):
+        return
+    validity, diagnostics = runtime.get_engine_validity(serialized)
+    if getattr(validity, "name", str(validity)).upper() != "INVALID":
+        return
+    reasons = [flag.lower() for flag in ("VERSION_MISMATCH", "UNSUPPORTED_CC", "OLD_CUDA_DRIVER", "OLD_CUDA_RUNTIME",
+                                         "INSUFFICIENT_GPU_MEMORY", "MALFORMED_ENGINE", "CUDA_ERROR")
+               if _has_flag(diagnostics, flag)]
+    raise UserError(f"{name} cannot run here ({', '.join(reasons) or 'invalid'}); rebuild it for this GPU with "
+                    "export-engine --targets current, or update the driver where it says old_cuda_driver")
+
+
+def _has_flag(diagnostics, flag: str) -> bool:
+    """Whether the EngineInvalidityDiagnostics bit field holds `flag`."""
+    try:
+        import tensorrt_rtx as trt
+
+        return bool(int(diagnostics) & int(getattr(trt.EngineInvalidityDiagnostics, flag)))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+
+
 class TensorRTModel(LoadedModel):
     """eps = model(x_t, t) through a TensorRT or TensorRT-RTX engine."""
 
@@ -124,7 +149,9 @@ class TensorRTModel(LoadedModel):
 
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        serialized = self.path.read_bytes()
+        check_engine_validity(self._runtime, serialized, self.path.name)
+        self._engine = self._runtime.deserialize_cuda_engine(serialized)
         if self._engine is None:
             raise UserError(f"{self.flavour.name} could not deserialize {self.path.name}: the file is corrupt or "
                             "was built for another GPU or version; rebuild with `export-engine --targets current`")

@@ -24,6 +24,15 @@ PIP_COMMANDS = {"tensorrt": "pip install tensorrt (its libraries come from NVIDI
 
 # TensorRT-RTX compute-capability targets by the names --targets accepts.
 RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
+# What `--targets auto` builds for without a GPU: TensorRT-RTX's own default set (Ampere, Ada, Blackwell RTX)
+# and sm121 (GB10), named so that the sidecar says which GPUs the engine runs on.
+RTX_DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120", "sm121")
+
+
+def rtx_target(capability: tuple[int, int]) -> str | None:
+    """The --targets name of a GPU's compute capability, if TensorRT-RTX can target it (None: Hopper, ...)."""
+    name = f"sm{capability[0]}{capability[1]}"
+    return name if name in RTX_TARGETS else None
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ddpmrt.engine.artifacts.integrity import check_onnx_metadata_is_sealed, rea
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
 from ddpmrt.engine.artifacts.sidecar import ENGINE, cached_sidecar, write_sidecar
-from ddpmrt.engine.backends.tensorrt_flavour import RTX_TARGETS, Flavour
+from ddpmrt.engine.backends.tensorrt_flavour import RTX_DEFAULT_TARGETS, RTX_TARGETS, Flavour, rtx_target
 from ddpmrt.engine.errors import UserError, out_of_memory
 from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
 from ddpmrt.engine.version import __version__
@@ -63,13 +63,15 @@ class BatchProfile:
 def parse_targets(text: str, flavour: Flavour) -> list[str]:
     """`auto`: this GPU if one is visible, else the flavour's defaults; `current`; or `sm86,sm89,...`."""
     targets = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if targets in (["auto"], ["current"]) and flavour.is_rtx:
+        _check_rtx_can_target_this_gpu()
     if targets == ["auto"]:
         if device_compute_capability() is not None:
             return ["current"]
         if not flavour.is_rtx:
             raise UserError("full TensorRT builds engines on a GPU and none is visible; install TensorRT-RTX "
                             "(--flavour tensorrt-rtx) to build ahead of time for --targets sm86,sm89,...")
-        return []  # TensorRT-RTX's default set (sm80, sm86, sm89, sm120)
+        return list(RTX_DEFAULT_TARGETS)
     if not flavour.is_rtx:
         if targets != ["current"]:
             raise UserError("full TensorRT builds for the GPU it runs on: use --targets current, "
@@ -86,6 +88,15 @@ def parse_targets(text: str, flavour: Flavour) -> list[str]:
     if "current" in targets and device_compute_capability() is None:
         raise UserError("--targets current needs a visible GPU; name the targets instead, e.g. --targets sm86,sm89")
     return targets
+
+
+def _check_rtx_can_target_this_gpu() -> None:
+    """A visible GPU that TensorRT-RTX cannot build for (Hopper, data-centre Blackwell): say so at once, not after
+    a build that fails with advice about the optimization level."""
+    capability = device_compute_capability()
+    if capability is not None and rtx_target(capability) is None:
+        raise UserError(f"this GPU (sm{capability[0]}{capability[1]}) is not a TensorRT-RTX target ({', '.join(RTX_TARGETS)}); "
+                        "build its engine with full TensorRT: --flavour tensorrt")
 
 
 def cache_key(onnx_sha256: str, flavour: Flavour, profile: BatchProfile, targets: list[str], optimization_level,
