@@ -102,7 +102,7 @@ def test_a_capture_pauses_the_collector_and_a_failing_record_keeps_its_own_error
     monkeypatch.setattr(cuda_runtime, "describe_graph", lambda graph: (_ for _ in ()).throw(RuntimeError("lossy query")))
     fake = _FakeRuntime()
     monkeypatch.setattr(tensorrt_backend, "cudart", lambda: fake)
-    model = types.SimpleNamespace(stream=5)
+    model = types.SimpleNamespace(stream=5, _context=types.SimpleNamespace())  # full TensorRT: no capturable query
     assert gc.isenabled()
     graph = tensorrt_backend.TensorRTModel.capture(model, lambda: None)
     # Collector off during the capture, on after; the graph is destroyed once instantiated; an unreadable graph
@@ -144,3 +144,63 @@ def test_an_engine_whose_io_differs_from_its_sidecar_is_one_line():
         with pytest.raises(UserError, match=fragment) as caught:
             check_engine_io(engine(bad), None, np.float16, "d.plan")
         assert "rebuild with export-engine" in str(caught.value) and "\n" not in str(caught.value)
+
+
+class _FakeContext:
+    def __init__(self, capturable=True):
+        self.addresses, self.shapes, self.capturable = {}, [], capturable
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shapes.append((name, tuple(shape)))
+        return True
+
+    def is_stream_capturable(self, stream):
+        return self.capturable
+
+
+def test_tensorrt_graphs_get_a_context_per_batch_and_t_keeps_one_address(monkeypatch):
+    import types
+    import warnings
+
+    from ddpmrt.engine.backends import tensorrt_backend
+
+    made = []
+
+    def new_context():
+        made.append(_FakeContext())
+        return made[-1]
+
+    buffer = lambda ptr: types.SimpleNamespace(ptr=ptr)  # noqa: E731
+    model = object.__new__(tensorrt_backend.TensorRTModel)
+    model.__dict__.update(cuda_graph=True, image_shape=(1, 4, 4), sidecar={"profile": {"min": 1, "opt": 2, "max": 8}},
+                          path=tensorrt_backend.Path("d.plan"), x_device=buffer(1000), t_call=buffer(2000),
+                          eps_device=buffer(3000), t_device=buffer(10_000), stream=7, _batch=None, _contexts={},
+                          flavour=types.SimpleNamespace(name="tensorrt-rtx"))
+    model._context = new_context()
+    model._new_context = new_context
+    monkeypatch.setattr(tensorrt_backend, "check_batch", lambda sidecar, n, name: None)
+    for n in (2, 4, 2, 4):
+        model._set_batch(n)
+    # One context per batch size, each shaped once and bound to the same fixed addresses.
+    assert len(made) == 2 and model._contexts == {2: made[0], 4: made[1]} and model._context is made[1]
+    assert [c.shapes for c in made] == [[("x", (2, 1, 4, 4)), ("t", (2,))], [("x", (4, 1, 4, 4)), ("t", (4,))]]
+    assert all(c.addresses == {"x": 1000, "t": 2000, "eps": 3000} for c in made)
+    # A loop step copies its row of timesteps to t's one address instead of re-binding t.
+    copies, runs = [], []
+    fake_rt = types.SimpleNamespace(cudaMemcpyKind=types.SimpleNamespace(cudaMemcpyDeviceToDevice=3),
+                                    cudaMemcpyAsync=lambda dst, src, size, kind, stream: copies.append((dst, src, size)) or (0,))
+    monkeypatch.setattr(tensorrt_backend, "cudart", lambda: fake_rt)
+    monkeypatch.setattr(tensorrt_backend, "check", lambda result, what: None)
+    model._execute = lambda: runs.append(model._context)
+    assert model.forward(4, 3) == 3000
+    assert copies == [(2000, 10_000 + 3 * tensorrt_backend._row_bytes(4), 32)] and made[1].addresses["t"] == 2000
+    # TensorRT says the stream cannot be captured: no graph, a note, and the loop runs eagerly.
+    made[1].capturable = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert model.capture(lambda: None) is None
+    assert "runs eagerly" in str(caught[0].message)

@@ -394,3 +394,19 @@ def test_explicit_timesteps_replay_the_same_graph():
             expected = sampler.sample(host_model(np.float32), (2, *IMAGE_SHAPE), seed=5, progress=False)
             np.testing.assert_allclose(loop.sample(sampler, 2, seed=5), expected, atol=2e-5, rtol=1e-5)
     assert loop.captures == 1
+
+
+def test_a_stream_that_cannot_be_captured_runs_eagerly_and_stays_right():
+    # The network's capture returns None (TensorRT said the stream is not capturable): that key runs eagerly every
+    # time, with the same images, and no capture is counted or attempted again.
+    loop, gpu = make_loop()
+    attempts = []
+    loop.network.capture = lambda record: attempts.append(1)  # returns None
+    sampler = DDIMSampler(SCHEDULE, 4, eta=0.5)
+    expected = sampler.sample(host_model(np.float16), (2, *IMAGE_SHAPE), seed=1, progress=False)
+    for _ in range(2):
+        launches = gpu.launches
+        np.testing.assert_allclose(loop.sample(sampler, 2, seed=1), expected, atol=2e-5, rtol=1e-5)
+        assert gpu.launches > launches  # enqueued again: nothing replayed
+    assert loop.captures == 0 and len(attempts) == 1 and loop.graph_shape(2, 4) is None
+    loop.close()

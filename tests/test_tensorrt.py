@@ -223,8 +223,9 @@ def test_no_flavour_message_names_pip(monkeypatch):
 # -- the backend only uses API that exists ---------------------------------------------------------
 
 # Which TensorRT class each object in tensorrt_backend.py is.
-OBJECT_CLASSES = {"_runtime": "Runtime", "_engine": "ICudaEngine", "_context": "IExecutionContext",
-                  "runtime_config": "IRuntimeConfig"}
+OBJECT_CLASSES = {"_runtime": "Runtime", "runtime": "Runtime", "_engine": "ICudaEngine", "engine": "ICudaEngine",
+                  "_context": "IExecutionContext", "context": "IExecutionContext", "runtime_config": "IRuntimeConfig",
+                  "_runtime_cache": "IRuntimeCache"}
 
 
 def _attributes_used() -> dict[str, set[str]]:

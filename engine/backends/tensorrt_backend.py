@@ -5,24 +5,31 @@ file's size, the flavour and its version, a visible GPU, and that the GPU's comp
 is among the engine's targets.  Each failure is one line naming the fix.
 
 Running: x, a table of timesteps (one 256-byte aligned row per sampler step) and eps live in
-device buffers allocated once for the profile's largest batch, on one non-blocking stream.
+device buffers allocated once for the profile's largest batch, on one non-blocking stream.  Tensor
+addresses are bound once: a loop step copies its row of timesteps to t's one address on the stream.
 
 Sampling (`Sampler.sample` on this model) runs engine/gpu/device_loop.py: x, ε and the network
 input stay on the device, the fused kernel does each update, and `cuda_graph=True` captures
 the whole loop (every network call and update) as one CUDA graph per batch and step count.
 TensorRT needs one ordinary `execute_async_v3` at a shape before it is captured: the loop's
-first run at a key is that run.  TensorRT-RTX's own graph strategy stays disabled, since the
-loop captures the enqueue itself.
+first run at a key is that run, and with graphs each batch size has an execution context of its
+own, whose shape never changes after its capture.  TensorRT-RTX's own graph strategy stays
+disabled, since the loop captures the enqueue itself; its kernels are specialized eagerly for
+graphs and kept in a runtime cache across loads.  A stream TensorRT says it cannot capture runs
+eagerly, with a note.
 
 Called directly (`model(x, t)` on NumPy arrays), the engine copies x and t in and ε out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ddpmrt.engine.artifacts.io import atomic_write, cache_dir
 from ddpmrt.engine.artifacts.sidecar import ENGINE, check_batch, read_sidecar, sidecar_metadata
 from ddpmrt.engine.backends.base import LoadedModel
 from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
@@ -131,6 +138,13 @@ def _has_flag(diagnostics, flag: str) -> bool:
         return False
 
 
+def runtime_cache_path(sidecar: dict) -> Path:
+    """Where TensorRT-RTX's runtime cache for an engine lives: ddpmrt's cache, by the engine's hash and the GPU."""
+    capability = device_compute_capability() or (0, 0)
+    name = f"{str(sidecar.get(ENGINE.sha256_key, 'engine'))[:16]}-sm{capability[0]}{capability[1]}.cache"
+    return cache_dir() / "tensorrt-rtx-runtime" / name
+
+
 class TensorRTModel(LoadedModel):
     """eps = model(x_t, t) through a TensorRT or TensorRT-RTX engine."""
 
@@ -156,15 +170,10 @@ class TensorRTModel(LoadedModel):
             raise UserError(f"{self.flavour.name} could not deserialize {self.path.name}: the file is corrupt or "
                             "was built for another GPU or version; rebuild with `export-engine --targets current`")
         check_engine_io(self._engine, trt, np.dtype(self.metadata.input_dtype), self.path.name)
-        if self.flavour.is_rtx:
-            # TensorRT-RTX compiles its kernels for this GPU here (just in time).  Its own graph
-            # strategy stays DISABLED (the default): the device loop captures the whole loop.
-            runtime_config = self._engine.create_runtime_config()
-            self._context = self._engine.create_execution_context(runtime_config)
-        else:
-            self._context = self._engine.create_execution_context()
-        if self._context is None:
-            raise UserError(f"cannot create an execution context for {self.path.name} (out of GPU memory?)")
+        self.cuda_graph = cuda_graph
+        self._runtime_config = self._rtx_runtime_config(trt) if self.flavour.is_rtx else None
+        self._context = self._new_context()
+        self._contexts: dict[int, object] = {}  # with cuda_graph: one context per batch size (_set_batch)
 
         rt = cudart()
         self.stream = check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
@@ -178,11 +187,13 @@ class TensorRTModel(LoadedModel):
         self.max_steps = self.schedule.num_train_timesteps
         self.t_device = DeviceBuffer(self.max_steps * _row_bytes(max_n))
         self.eps_device = DeviceBuffer(max_n * per_image * self.io_dtype.itemsize)
-        self.t_call = DeviceBuffer(max_n * 8)  # t of a direct call, so that it never clobbers the table
+        # The one address the engine reads t from, for direct calls and every step of the loop: a step copies its
+        # row of the table here on the stream (a memcpy node in a captured graph).  TensorRT's tensor addresses
+        # are bound once and never change, so a captured graph holds no set_tensor_address between enqueues.
+        self.t_call = DeviceBuffer(max_n * 8)
         self._t_table = None                   # the table now on the device
         self._set_addresses(self.t_call.ptr)
         self._batch = None
-        self.cuda_graph = cuda_graph
         self._loop = None
         self._loop_wanted = device_loop  # False: sample from the host (tests of the NumPy path)
 
@@ -195,9 +206,37 @@ class TensorRTModel(LoadedModel):
             self._loop = DeviceLoop(self, cuda_graph=self.cuda_graph, max_steps=self.max_steps)
         return self._loop
 
-    def _set_addresses(self, t_ptr: int) -> None:
+    def _rtx_runtime_config(self, trt):
+        """TensorRT-RTX's runtime configuration, kept alive with the contexts made from it.
+
+        It compiles kernels for this GPU just in time; its runtime cache (runtime_cache_path) keeps them across
+        loads.  With CUDA graphs, dynamic-shape kernels are specialized EAGERly: LAZY would bake the generic
+        fallback kernels into a captured graph.  Its own graph strategy stays DISABLED (the default): the device
+        loop captures the whole loop."""
+        runtime_config = self._engine.create_runtime_config()
+        if self.cuda_graph and hasattr(trt, "DynamicShapesKernelSpecializationStrategy"):
+            runtime_config.dynamic_shapes_kernel_specialization_strategy = trt.DynamicShapesKernelSpecializationStrategy.EAGER
+        self._runtime_cache = None
+        if hasattr(runtime_config, "create_runtime_cache"):
+            self._runtime_cache = runtime_config.create_runtime_cache()
+            cached = runtime_cache_path(self.sidecar)
+            if cached.is_file():
+                with contextlib.suppress(Exception):  # a cache of another version: compiled again, and replaced
+                    self._runtime_cache.deserialize(cached.read_bytes())
+            runtime_config.set_runtime_cache(self._runtime_cache)
+        return runtime_config
+
+    def _new_context(self):
+        context = self._engine.create_execution_context(self._runtime_config) if self._runtime_config is not None \
+            else self._engine.create_execution_context()
+        if context is None:
+            raise UserError(f"cannot create an execution context for {self.path.name} (out of GPU memory?)")
+        return context
+
+    def _set_addresses(self, t_ptr: int, context=None) -> None:
+        context = context or self._context
         for name, ptr in (("x", self.x_device.ptr), ("t", t_ptr), ("eps", self.eps_device.ptr)):
-            if not self._context.set_tensor_address(name, ptr):
+            if not context.set_tensor_address(name, ptr):
                 raise CudaError(f"set_tensor_address({name}) failed")
 
     def check_batch(self, n: int) -> None:
@@ -205,10 +244,25 @@ class TensorRTModel(LoadedModel):
 
     def _set_batch(self, n: int) -> None:
         self.check_batch(n)
-        if n != self._batch:
-            if not (self._context.set_input_shape("x", (n, *self.image_shape)) and self._context.set_input_shape("t", (n,))):
-                raise CudaError(f"set_input_shape for batch {n} failed")
-            self._batch = n
+        if n == self._batch:
+            return
+        if self.cuda_graph:
+            # A graph captured at one shape replays the context's state at that shape: TensorRT documents capture
+            # only after an enqueue at the current shape, so each batch size keeps a context of its own whose
+            # shape never changes (the first context serves the first batch size).
+            if n not in self._contexts:
+                context = self._context if not self._contexts else self._new_context()
+                self._set_addresses(self.t_call.ptr, context)
+                self._set_input_shape(context, n)
+                self._contexts[n] = context
+            self._context = self._contexts[n]
+        else:
+            self._set_input_shape(self._context, n)
+        self._batch = n
+
+    def _set_input_shape(self, context, n: int) -> None:
+        if not (context.set_input_shape("x", (n, *self.image_shape)) and context.set_input_shape("t", (n,))):
+            raise CudaError(f"set_input_shape for batch {n} failed")
 
     def _execute(self) -> None:
         if not self._context.execute_async_v3(self.stream):
@@ -232,8 +286,11 @@ class TensorRTModel(LoadedModel):
         return self.x_device.ptr
 
     def forward(self, n: int, step: int) -> int:
-        """Enqueue the engine at timesteps[step] (row `step` of the table); returns where ε is."""
-        self._set_addresses(self.t_device.ptr + step * _row_bytes(n))
+        """Enqueue the engine at timesteps[step]: row `step` of the table copied to t's fixed address, then the
+        engine; returns where ε is."""
+        rt = cudart()
+        check(rt.cudaMemcpyAsync(self.t_call.ptr, self.t_device.ptr + step * _row_bytes(n), n * 8,
+                                 rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.stream), "cudaMemcpyAsync D2D")
         self._execute()
         return self.eps_device.ptr
 
@@ -244,6 +301,11 @@ class TensorRTModel(LoadedModel):
         capture is still ended and its graph destroyed, and the error raised is record()'s own, not the
         end-capture error that follows from it."""
         rt = cudart()
+        capturable = getattr(self._context, "is_stream_capturable", None)
+        if capturable is not None and not capturable(self.stream):
+            warnings.warn(f"{self.flavour.name} cannot capture this engine's work on its stream here; the loop runs "
+                          "eagerly at this batch size (no CUDA graph)", stacklevel=3)
+            return None
         with collector_paused():
             check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
                   "cudaStreamBeginCapture")
@@ -268,7 +330,6 @@ class TensorRTModel(LoadedModel):
         x, t = model_inputs(x, t, self.image_shape, self.schedule.num_train_timesteps)
         n = len(x)
         self._set_batch(n)
-        self._set_addresses(self.t_call.ptr)
         x_host = np.ascontiguousarray(x, dtype=self.io_dtype)
         t_host = np.ascontiguousarray(t, dtype=np.int64)
         eps_host = np.empty_like(x_host)
@@ -280,10 +341,17 @@ class TensorRTModel(LoadedModel):
         return eps_host.astype(np.float32)
 
     def close(self) -> None:
-        """Free the loop's graphs and buffers, then the engine's buffers and stream."""
+        """Free the loop's graphs and buffers, then the engine's buffers and stream; keep the kernels TensorRT-RTX
+        compiled (its runtime cache) for the next load."""
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+        if getattr(self, "_runtime_cache", None) is not None:
+            with contextlib.suppress(Exception):  # a cache is an optimization: never fail a close for it
+                path = runtime_cache_path(self.sidecar)
+                with atomic_write(path) as tmp:
+                    tmp.write_bytes(bytes(self._runtime_cache.serialize()))
+            self._runtime_cache = None
         for buffer in (self.x_device, self.t_device, self.t_call, self.eps_device):
             buffer.free()
         if self.stream is not None:

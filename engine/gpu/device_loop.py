@@ -57,7 +57,8 @@ class DeviceNetwork(Protocol):
     prepare(n, timesteps)     set the batch, copy the timestep table if it changed (outside any graph)
     input_ptr(n)              the fixed device address the network reads x from
     forward(n, step)          enqueue one network call at timesteps[step]; returns where ε is
-    capture(record)           record `record()` (which enqueues on stream_handle()) into a CapturedGraph
+    capture(record)           record `record()` (which enqueues on stream_handle()) into a CapturedGraph, or
+                              None where the stream cannot be captured (that loop then runs eagerly)
     close()                   free the network's device buffers
     """
 
@@ -74,7 +75,7 @@ class DeviceNetwork(Protocol):
 
     def forward(self, n: int, step: int) -> int: ...
 
-    def capture(self, record: Callable[[], None]) -> CapturedGraph: ...
+    def capture(self, record: Callable[[], None]) -> CapturedGraph | None: ...
 
     def close(self) -> None: ...
 
@@ -197,15 +198,16 @@ class DeviceLoop:
         # 3. The loop: replay its graph, or run it eagerly (the first run at a key warms up, then is captured).
         key = (n, steps, x_T is None)
         start = time.perf_counter()
-        if self.cuda_graph and key in self._graphs:
+        if self.cuda_graph and self._graphs.get(key) is not None:
             self._graphs[key].launch()
         else:
             self._record(n, steps, x_T is None)
         # Host time spent enqueuing the loop (the GPU runs behind it): the profiler's host overhead.
         self.last_enqueue_seconds = time.perf_counter() - start
         if self.cuda_graph and key not in self._graphs:
+            # None: the network said its stream cannot be captured here (with a note); this key runs eagerly.
             self._graphs[key] = net.capture(lambda: self._record(n, steps, x_T is None))
-            self.captures += 1
+            self.captures += self._graphs[key] is not None
         # 4. One copy back.
         out = np.empty((n, *self.image_shape), np.float32)
         memory.copy_to_host(out, x, stream)
@@ -225,7 +227,8 @@ class DeviceLoop:
     def close(self) -> None:
         """Free every captured graph and every buffer of ours (the network frees its own)."""
         for graph in self._graphs.values():
-            graph.close()
+            if graph is not None:
+                graph.close()
         self._graphs.clear()
         history = [buffer for pair in self._history.values() for buffer in pair]
         for buffer in (*self._x.values(), *self._keys.values(), *history, self.coefficients, self.params):

@@ -99,10 +99,18 @@ def _check_rtx_can_target_this_gpu() -> None:
                         "build its engine with full TensorRT: --flavour tensorrt")
 
 
+def user_allocation(flavour: Flavour) -> bool:
+    """Whether engines are built with REQUIRE_USER_ALLOCATION (TensorRT-RTX 1.2 and later have it)."""
+    flags = getattr(getattr(getattr(flavour, "trt", None), "BuilderFlag", None), "__members__", {})
+    return flavour.is_rtx and "REQUIRE_USER_ALLOCATION" in flags
+
+
 def cache_key(onnx_sha256: str, flavour: Flavour, profile: BatchProfile, targets: list[str], optimization_level,
               sanitize: bool = False) -> str:
     fields = {"onnx": onnx_sha256, "flavour": flavour.name, "version": flavour.version, "profile": str(profile),
               "targets": targets, "optimization_level": optimization_level, "ddpmrt": __version__}
+    if flavour.is_rtx:
+        fields["user_allocation"] = user_allocation(flavour)  # engines built before the flag are rebuilt
     if sanitize:  # (absent when off, so engines built before the option keep their key)
         fields["sanitize"] = True
     if "current" in targets:  # built for the GPU at hand: another GPU must not find it "up to date"
@@ -208,6 +216,10 @@ def _build(flavour: Flavour, onnx_path: Path, metadata: ModelMetadata, profile: 
     trt_profile.set_shape("x", (profile.min, c, h, w), (profile.opt, c, h, w), (profile.max, c, h, w))
     trt_profile.set_shape("t", (profile.min,), (profile.opt,), (profile.max,))
     config.add_optimization_profile(trt_profile)
+    if user_allocation(flavour):
+        # TensorRT-RTX: engines use the application's memory (bound tensor addresses, the context's memory), which
+        # its docs require for CUDA stream capture, the device loop's graphs.
+        config.set_flag(flavour.trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
     if flavour.is_rtx and targets:
         config.num_compute_capabilities = len(targets)
         for index, target in enumerate(targets):
