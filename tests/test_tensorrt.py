@@ -283,6 +283,13 @@ def test_engine_matches_onnxruntime_on_gpu(tiny, tmp_path):
     d = sampler.sample(graph_model, (4, 1, 16, 16), seed=0, progress=False)
     np.testing.assert_array_equal(c, d)
     assert graph_model.device_loop.captures == 1 and np.abs(c - a).max() < 1e-3
+    # Graphs at two batch sizes on one engine (a context each), replayed alternately: each gives its eager images.
+    e = sampler.sample(graph_model, (2, 1, 16, 16), seed=5, progress=False)
+    for _ in range(2):
+        np.testing.assert_array_equal(sampler.sample(graph_model, (4, 1, 16, 16), seed=0, progress=False), c)
+        np.testing.assert_array_equal(sampler.sample(graph_model, (2, 1, 16, 16), seed=5, progress=False), e)
+    assert graph_model.device_loop.captures == 2
+    np.testing.assert_allclose(e, sampler.sample(trt_model, (2, 1, 16, 16), seed=5, progress=False), atol=1e-3)
     assert_user_error(run_cli("sample", str(plan), "--batch", "9", "--out", str(tmp_path / "o.png")), "1 to 8")
 
 
