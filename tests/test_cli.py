@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +135,11 @@ def test_every_command_runs_with_a_cp1252_console():
         assert result.returncode == 0 and "Traceback" not in result.stderr, (command.NAME, result.stderr[-500:])
     assert "η" not in run("sample", "--help").stdout and "? in [0, 10]" in run("sample", "--help").stdout
     assert_user_error(run("sample", "digits", "--eta", "99", "--out", "x.png"), "eta must be a number in [0, 10]")
+    # A command that prints η, ± and x̂₀ in its output (report prints its report.md), run to the end; its files
+    # stay UTF-8.
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run("report", "digits", "--samplers", "ddim:2:eta=0.5", "--clip-sample", "1,0", "--samples", "4",
+                     "--threads", "1", "--quiet", "--out", tmp)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-500:]
+        assert "DDIM ?=0.5 clip ±1, 2 steps" in result.stdout  # cp1252 has ±, not η
+        assert "DDIM η=0.5 clip ±1, 2 steps" in (Path(tmp) / "report.md").read_text(encoding="utf-8")
