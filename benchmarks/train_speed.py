@@ -32,7 +32,7 @@ from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.model.unet import UNet, get_config
 from ddpmrt.export.training.args import TrainArgs
 from ddpmrt.export.training.data import load_dataset
-from ddpmrt.export.training.trainer import _noisy_batch, train_step, training_precision
+from ddpmrt.export.training.trainer import noisy_batch, train_step, training_precision
 
 RECIPE_BATCH = 64
 DEFAULT_VARIANTS = "fp32,bf16,bf16+cl,bf16+compile,fp32@256,bf16@256"
@@ -63,7 +63,7 @@ def measure(variant: str, steps: int, warmup: int, data, schedule) -> dict:
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step(k: int) -> None:
-        x_t, t, noise = _noisy_batch(images, abar, schedule.num_train_timesteps, batch, k, "cpu")
+        x_t, t, noise = noisy_batch(images, abar, schedule.num_train_timesteps, batch, k, "cpu")
         if channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         train_step(net, model, ema, optimizer, scaler, (x_t, t, noise), 5e-4, k, args, dtype, "cpu")

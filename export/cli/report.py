@@ -69,17 +69,18 @@ def run(ns: argparse.Namespace) -> None:
 
 
 def _clip_values(text: str | None) -> list[float]:
-    """--clip-sample 1,0,off: the values, each once, in [0, 100] (0 and off: unclipped)."""
+    """--clip-sample 1,0,off: each value read and checked as the samplers declare clip_sample; 0 is unclipped
+    (given to make_sampler as 0: None would mean "the command's default", which clips)."""
+    from ddpmrt.engine.sampler_options import clip_option
+
     if text is None:
         return []
-    values = []
+    declared, values = clip_option(None), []
     for item in (part.strip() for part in text.split(",")):
         try:
-            value = 0.0 if item.lower() in ("off", "none") else float(item)
-        except ValueError:
-            value = float("nan")
-        if not 0 <= value <= 100:
-            raise UserError(f"--clip-sample {text!r}: each value is a number in [0, 100] or off, e.g. 1,0")
+            value = declared.from_text("0" if item.lower() in ("off", "none") else item) or 0.0
+        except UserError:
+            raise UserError(f"--clip-sample {text!r}: each value is a number in [0, 100] or off, e.g. 1,0") from None
         if value in values:
             raise UserError(f"--clip-sample {text!r}: name each value once, e.g. 1,0")
         values.append(value)

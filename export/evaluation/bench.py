@@ -108,10 +108,10 @@ def _torch_models(checkpoint, source, work, threads, wanted, models, missing) ->
                                  ("inductor-cuda", "inductor", True)):
         if name not in wanted:
             continue
-        if not torch.cuda.is_available():
-            missing[name] = "needs a CUDA GPU and PyTorch with CUDA"
-        elif backend == "inductor" and inductor_compiler_missing("cuda"):
-            missing[name] = inductor_compiler_missing("cuda")
+        why = "needs a CUDA GPU and PyTorch with CUDA" if not torch.cuda.is_available() else \
+            inductor_compiler_missing("cuda") if backend == "inductor" else None
+        if why:
+            missing[name] = why
         else:
             models[name] = load_model(checkpoint, backend=backend, device="cuda", cuda_graph=graph)
 

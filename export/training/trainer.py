@@ -300,7 +300,7 @@ def train_step(net, model, ema, optimizer, scaler, batch, lr: float, step: int, 
     return loss
 
 
-def _noisy_batch(images, abar, num_train_timesteps: int, batch_size: int, seed: int, device):
+def noisy_batch(images, abar, num_train_timesteps: int, batch_size: int, seed: int, device):
     """x_t, t and the noise ε of one training batch (L_simple), every random choice from `seed`."""
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(images), (batch_size,), generator=gen)
@@ -376,7 +376,7 @@ def train(args: TrainArgs) -> Path:
                     stopped = True
                     break
                 torch.manual_seed(_step_seed(args.seed, rank, step))  # dropout
-                batch = _noisy_batch(images, abar, schedule.num_train_timesteps, args.batch_size,
+                batch = noisy_batch(images, abar, schedule.num_train_timesteps, args.batch_size,
                                      _step_seed(args.seed, rank, step), device)
                 lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
                 loss = train_step(net, model, ema, optimizer, scaler, batch, lr, step, args, autocast_dtype, device.type)
