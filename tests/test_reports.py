@@ -276,6 +276,13 @@ def test_demo(tmp_path):
     # A tuned row beside the same solver on its own spacing (the shipped model's table).
     labels = [row["label"] for row in json.loads((out / "report.json").read_text())["rows"]]
     assert labels[-2:] == ["DPM-Solver++(3M), 5 steps", "DPM-Solver++(3M) tuned, 5 steps"]
+    # report.md lists every file the demo built, and says what each is (an engine: the GPUs it targets).
+    listed = re.findall(r"^\| \[([^\]]+)\]", (out / "report.md").read_text(), flags=re.M)
+    assert "model-fp32.onnx" in listed and "gaussian-optimal-eps.onnx" in listed
+    assert all((out / name).is_file() for name in listed)
+    if (out / "digits-fp16.plan").is_file():
+        assert {"digits-fp16.plan", "digits-fp16.plan.json", "digits-fp16.onnx"} <= set(listed)
+        assert "GPU architectures" in (out / "report.md").read_text() or "this GPU" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -323,3 +330,63 @@ def test_bench_without_diffusers_says_so_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else real(name, *a))
     assert main(["bench", "--random-weights", "tiny", "--out", str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b").exists()
+
+
+def test_report_runs_a_model_file_as_it_is(tmp_path):
+    # The shipped fp32 export, judged as a user's file: its schedule and shape from its metadata, the data set
+    # named (this file predates the metadata's data set), the Gaussian's ε* beside it on the same backend.
+    from ddpmrt.engine.backends import SHIPPED_MODELS_DIR
+
+    onnx_file = SHIPPED_MODELS_DIR / "digits" / "model.onnx"
+    out = tmp_path / "report"
+    result = run_cli("report", str(onnx_file), "--dataset", "digits", "--samplers", "ddim:3", "--samples", "8",
+                     "--threads", "1", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["backend"] == "onnxruntime (cpu, fp32)" and report["model"]["source"] == str(onnx_file)
+    row = report["rows"][0]
+    assert row["fid"] > 0 and abs(row["gaussian_w2_to_data"] - row["gaussian_w2_theory_to_data"]) < 0.1
+    assert not (out / "model-fp32.onnx").exists()  # the file itself ran, not an export of the weights
+    assert_user_error(run_cli("report", str(onnx_file), "--backend", "torch", "--out", str(tmp_path / "o")),
+                      "runs as it is: on onnxruntime or openvino")
+
+
+def test_report_names_the_data_set_a_model_file_does_not():
+    from ddpmrt.engine.artifacts.metadata import ModelMetadata
+    from ddpmrt.engine.errors import UserError
+    from ddpmrt.export.evaluation.report_models import judged_dataset
+
+    metadata = ModelMetadata(schedule=NoiseSchedule.linear(1000), image_shape=(1, 16, 16))
+    with pytest.raises(UserError, match="does not say which data set .* pass --dataset digits, shapes or none"):
+        judged_dataset(metadata, None, "old.onnx")
+    assert judged_dataset(metadata, "none", "old.onnx") is None and judged_dataset(metadata, "shapes", "x") == "shapes"
+    # The data set travels in the metadata of every export from a checkpoint.
+    written = ModelMetadata(schedule=metadata.schedule, image_shape=(1, 16, 16), dataset="digits")
+    read = ModelMetadata.from_strings(written.to_strings(), "x.onnx")
+    assert read.dataset == "digits" and judged_dataset(read, None, "x.onnx") == "digits"
+    assert judged_dataset(ModelMetadata(schedule=metadata.schedule, image_shape=(3, 32, 32), dataset="cifar10"),
+                          None, "c.onnx") is None  # known, not judged: latency and the Gaussian check
+
+
+def test_report_samples_a_fixed_batch_model_in_chunks_with_the_same_images():
+    import numpy as np
+
+    from ddpmrt.engine.backends.base import LoadedModel
+    from ddpmrt.engine.samplers import DDIMSampler
+    from ddpmrt.export.evaluation.report_models import batch_within, sample_all
+
+    class Model(LoadedModel):
+        image_shape = (1, 4, 4)
+
+        def __init__(self, batch=None):
+            self.static_batch = batch
+
+        def __call__(self, x, t):
+            assert self.static_batch in (None, len(x))
+            return 0.3 * x + 0.01 * t[:, None, None, None]
+
+    sampler = DDIMSampler(NoiseSchedule.linear(1000), num_steps=4)
+    whole = sample_all(sampler, Model(), 10, seed=5)
+    chunked = sample_all(sampler, Model(batch=4), 10, seed=5)  # 4 + 4 + a last chunk of 4 cut to 2
+    assert whole.shape == chunked.shape == (10, 1, 4, 4) and np.array_equal(whole, chunked)
+    assert batch_within(Model(batch=4), 16) == 4 and batch_within(Model(), 16) == 16

@@ -29,6 +29,7 @@ class ModelMetadata:
     source_sha256: str = ""                    # hash of the source weights
     ddpmrt_version: str = ""
     quantization: dict = dataclasses.field(default_factory=dict)  # how an int8 file was calibrated; {} = float
+    dataset: str = ""                          # the data set it was trained on ("" = not known): report judges on it
     static_batch: int | None = None            # an ONNX graph's fixed batch size (read from the graph, not stored)
 
     def __post_init__(self):
@@ -54,7 +55,8 @@ class ModelMetadata:
             PREFIX + "source": self.source,
             PREFIX + "source_sha256": self.source_sha256,
             PREFIX + "version": self.ddpmrt_version,
-        } | ({PREFIX + "quantization": json.dumps(self.quantization)} if self.quantization else {})
+        } | ({PREFIX + "quantization": json.dumps(self.quantization)} if self.quantization else {}) \
+          | ({PREFIX + "dataset": self.dataset} if self.dataset else {})
 
     def compute_precision(self, asked: str, origin: str) -> str | None:
         """"int8" for an int8 file (asked auto or int8), None for a float file (asked anything but int8).
@@ -87,7 +89,8 @@ class ModelMetadata:
                        source=props.get(PREFIX + "source", ""),
                        source_sha256=props.get(PREFIX + "source_sha256", ""),
                        ddpmrt_version=props.get(PREFIX + "version", ""),
-                       quantization=json.loads(props.get(PREFIX + "quantization", "{}")))
+                       quantization=json.loads(props.get(PREFIX + "quantization", "{}")),
+                       dataset=props.get(PREFIX + "dataset", ""))
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{origin} has damaged ddpmrt metadata ({exc}); re-export the model") from None
 

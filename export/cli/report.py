@@ -14,9 +14,13 @@ NAME, OUTPUT = "report", "folder"
 def add_parser(sub) -> None:
     from ddpmrt.engine.samplers import DEFAULT_SPACING
     from ddpmrt.export.evaluation.bench_backends import REPORT_BACKENDS
+    from ddpmrt.export.evaluation.quality import JUDGED_DATASETS
+    from ddpmrt.export.evaluation.report_models import NO_DATASET
 
     p = sub.add_parser(NAME, help="quality against latency per sampler and step count (offline metrics)")
-    p.add_argument("model", nargs="?", default="digits", help="checkpoint directory or shipped model (default digits)")
+    p.add_argument("model", nargs="?", default="digits",
+                   help="checkpoint or diffusers folder, shipped model (default digits), or a model file run as it is: "
+                        ".onnx (fp32, fp16 or int8), .plan, .pt2")
     p.add_argument("--samplers", default="full",
                    help="quick, full (default), solvers (the multistep solvers at 5-20 calls against DDIM at 10-100), or "
                         "a list such as ddim:20,ddim:50:1,ddpm:1000,dpmsolver:10:3,unipc:8 (the last number: η or order)")
@@ -29,13 +33,17 @@ def add_parser(sub) -> None:
     p.add_argument("--clip-sample", metavar="C[,C...]",
                    help="clip x̂₀ to ±C at every step, or several values to compare, e.g. 1,0 (0 or off: unclipped); "
                         "default: each sampler's own, as ddpmrt sample runs it")
-    p.add_argument("--backend", choices=REPORT_BACKENDS, default="onnxruntime",
-                   help="onnxruntime (fp32 ONNX), openvino (the ONNX file on the CPU, in --precision), torch, or tensorrt "
-                        "(an fp16 engine built here; needs a GPU) (default onnxruntime)")
+    p.add_argument("--backend", choices=REPORT_BACKENDS,
+                   help="weights: onnxruntime (fp32 ONNX; the default), openvino (the ONNX file on the CPU, in "
+                        "--precision), torch, or tensorrt (an fp16 engine built here; needs a GPU); an .onnx: onnxruntime "
+                        "(default) or openvino; a .plan or .pt2 runs on its own")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime and torch: cpu or cuda (default cpu)")
-    p.add_argument("--precision", choices=REPORT_PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=REPORT_PRECISIONS,
                    help="--backend torch or openvino: the precision of the U-Net and the Gaussian check, e.g. bf16 "
-                        "against fp32 (default fp32; auto = what sample would use here)")
+                        "against fp32 (default fp32, or a model file's own; auto = what sample would use here)")
+    p.add_argument("--dataset", choices=[*JUDGED_DATASETS, NO_DATASET],
+                   help="the data set whose classifier judges the samples, where the model does not say (a diffusers "
+                        f"folder, an older export); {NO_DATASET}: latency and the Gaussian check only")
     add_threads(p)
     p.add_argument("--out", default="report", help="report directory (default ./report)")
     add_quiet(p)
@@ -51,9 +59,7 @@ def run(ns: argparse.Namespace) -> None:
     from ddpmrt.export.evaluation.report import parse_samplers, run_report, with_clipping
 
     check_output_dir(ns.out)
-    checkpoint = resolve_model_path(ns.model)
-    if not checkpoint.is_dir():
-        raise UserError(f"{checkpoint} is not a checkpoint directory; report needs the weights")
+    model = resolve_model_path(ns.model)
     spacings = [s.strip() for s in ns.spacing.split(",") if s.strip()]
     for spacing in spacings:
         if spacing not in (*SPACINGS, TUNED):
@@ -62,9 +68,9 @@ def run(ns: argparse.Namespace) -> None:
         raise UserError(f"--spacing {ns.spacing!r}: name each spacing once, e.g. leading,trailing")
     seeds = int_list(ns.seeds, "--seeds", low=0, high=MAX_SEED)
     samplers = with_clipping(parse_samplers(ns.samplers), _clip_values(ns.clip_sample))
-    run_report(checkpoint, Path(ns.out), samplers, num_samples=ns.samples, spacings=spacings,
+    run_report(model, Path(ns.out), samplers, num_samples=ns.samples, spacings=spacings,
                backend=ns.backend, device=ns.device, threads=ns.threads, progress=not ns.quiet, seeds=seeds,
-               precision=ns.precision, name=ns.model)
+               precision=ns.precision, name=ns.model, dataset=ns.dataset)
     print((Path(ns.out) / "report.md").read_text(encoding="utf-8"))
 
 

@@ -19,20 +19,16 @@ import json
 import time
 from pathlib import Path
 
-from ddpmrt.engine import load_model, make_grid, save_png, to_uint8
+from ddpmrt.engine import make_grid, save_png, to_uint8
 from ddpmrt.engine.artifacts.io import atomic_write
-from ddpmrt.engine.errors import UserError
-from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
+from ddpmrt.engine.gaussian import empirical_moments, w2_gaussian
 from ddpmrt.engine.profiling import environment
 from ddpmrt.engine.sampler_factory import SamplerSpec, parse_specs
 from ddpmrt.engine.samplers import DEFAULT_SPACING
-from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.export.conversion.onnx_export import export_onnx
-from ddpmrt.export.evaluation.bench_backends import REPORT_BACKENDS
 from ddpmrt.export.evaluation.plots import pyplot, save_figure, write_markdown
-from ddpmrt.export.evaluation.quality import JUDGED_DATASETS, ClassifierJudge
-from ddpmrt.export.model.checkpoint import read_config
-from ddpmrt.export.model.sources import from_checkpoint
+from ddpmrt.export.evaluation.quality import ClassifierJudge
+from ddpmrt.export.evaluation.report_models import (ReportModels, batch_within, file_metadata, judged_dataset,
+                                                    report_backend, sample_all, weights_source)
 
 # SOLVERS compares the multistep solvers at few network calls with DDIM at more; FULL adds the
 # stochastic samplers and long runs; QUICK is what the demo runs.  Each is a list of sampler specs
@@ -74,82 +70,6 @@ def _file_stem(label: str) -> str:
 PLOT = "quality_vs_calls.png"
 
 
-class ReportModels:
-    """The U-Net and the Gaussian's exact ε* on one backend, built (exported) into the report folder."""
-
-    def __init__(self, checkpoint: Path, out: Path, backend: str, device: str, threads: int | None,
-                 max_batch: int, gaussian_batch: int, precision: str = "fp32"):
-        if backend not in REPORT_BACKENDS:
-            raise UserError(f"unknown report backend {backend!r}; choose one of {', '.join(REPORT_BACKENDS)}")
-        if precision != "fp32" and backend not in ("torch", "openvino"):
-            raise UserError(f"report --precision {precision} runs on --backend torch or openvino (onnxruntime computes "
-                            "fp32, tensorrt the engine's fp16)")
-        self.out, self.backend, self.device, self.threads = out, backend, device, threads
-        source = from_checkpoint(checkpoint, "fp32")
-        self.schedule = source.metadata.schedule
-        self.data = GaussianData.random((2, 2, 2), self.schedule, seed=3)
-        if backend == "tensorrt":
-            from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
-
-            if device_compute_capability() is None:
-                raise UserError("report --backend tensorrt needs an NVIDIA GPU (it builds and runs engines for the "
-                                "GPU it runs on); use --backend onnxruntime here")
-            # The U-Net as an fp16 engine (what users ship); the Gaussian check stays fp32: it measures
-            # the sampler, and its closed-form tables would lose digits in fp16.
-            self.unet = self._engine(from_checkpoint(checkpoint, "fp16"), "model-fp16", max_batch)
-            self.gaussian = self._engine(self._gaussian_source("fp32"), "gaussian-optimal-eps", gaussian_batch)
-        elif backend == "torch":
-            from ddpmrt.engine.backends.torch_backend import TorchModel
-
-            # Both the U-Net and the Gaussian's ε* in the precision asked for: the Gaussian then measures
-            # what that precision costs the sampler, exactly.
-            graph = device == "cuda"
-            self.unet = load_model(checkpoint, backend="torch", device=device, cuda_graph=graph, precision=precision)
-            gaussian = self._gaussian_source("fp32")
-            self.gaussian = TorchModel(gaussian.module, self.schedule, self.data.image_shape, device,
-                                       precision=self.unet.precision, cuda_graph=graph)
-        else:
-            # ONNX Runtime in fp32, or OpenVINO in the precision asked for (the U-Net and the Gaussian's ε*, as
-            # on torch); the fp32 files either way.
-            self.unet = self._onnx(source, "model-fp32", precision)
-            self.gaussian = self._onnx(self._gaussian_source("fp32"), "gaussian-optimal-eps", self.unet.precision)
-        computed = getattr(self.unet, "precision", precision)
-        self.description = {"onnxruntime": f"onnxruntime ({device})", "openvino": f"openvino (cpu, {computed})",
-                            "torch": f"torch ({device}, {computed})", "tensorrt": "tensorrt (fp16 engine)"}[backend]
-
-    def _gaussian_source(self, precision: str):
-        import torch  # noqa: F401  (the module below is torch)
-
-        from ddpmrt.engine import __version__
-        from ddpmrt.engine.artifacts.metadata import ModelMetadata
-        from ddpmrt.export.evaluation.quality import GaussianEpsModule
-        from ddpmrt.export.model.sources import Source
-
-        metadata = ModelMetadata(schedule=self.schedule, image_shape=self.data.image_shape, precision=precision,
-                                 source="gaussian-optimal-eps", ddpmrt_version=__version__,
-                                 model_config={"family": "gaussian-optimal-eps", "dim": self.data.dim})
-        return Source(GaussianEpsModule(self.data), metadata)
-
-    def _onnx(self, source, name: str, precision: str = "fp32"):
-        path = self.out / f"{name}.onnx"
-        if not path.is_file():
-            export_onnx(source.module, source.metadata, path)
-        return load_model(path, backend=self.backend, device=self.device, threads=self.threads, precision=precision)
-
-    def _engine(self, source, name: str, max_batch: int):
-        from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
-        from ddpmrt.export.conversion.engine_build import BatchProfile, build_engine, parse_targets
-        from ddpmrt.export.model.sources import sha256_file
-
-        flavour = import_flavour("auto")
-        onnx_path, plan = self.out / f"{name}.onnx", self.out / f"{name}.plan"
-        if not onnx_path.is_file():
-            export_onnx(source.module, source.metadata, onnx_path)
-        build_engine(onnx_path, plan, source.metadata, sha256_file(onnx_path), flavour,
-                     BatchProfile(1, max_batch, max_batch), parse_targets("current", flavour))
-        return load_model(plan, backend="tensorrt", cuda_graph=True)
-
-
 def best_spacing(rows: list[dict], key: str) -> str | None:
     """The spacing with the lowest mean rank of `key` over the sampler settings measured with each spacing."""
     spacings = list(dict.fromkeys(r["spacing"] for r in rows))
@@ -168,31 +88,38 @@ def best_spacing(rows: list[dict], key: str) -> str | None:
     return min(spacings, key=lambda s: (sum(ranks[s]) / max(1, len(ranks[s])), spacings.index(s)))
 
 
-def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 500, gaussian_samples: int = 4096,
-               spacings=(DEFAULT_SPACING,), backend: str = "onnxruntime", device: str = "cpu",
+def run_report(model: Path, out: Path, samplers=QUICK, num_samples: int = 500, gaussian_samples: int = 4096,
+               spacings=(DEFAULT_SPACING,), backend: str | None = None, device: str = "cpu",
                threads: int | None = None, seed: int = 0, progress: bool = True, seeds=None,
-               precision: str = "fp32", name: str | None = None) -> dict:
+               precision: str | None = None, name: str | None = None, dataset: str | None = None,
+               files: dict[str, str] | None = None) -> dict:
     """Every sampler of `samplers` at every spacing and seed (`seeds`, default just `seed`): its latency,
-    its quality on the model's data set, and its exact quality on Gaussian data."""
+    its quality on the model's data set, and its exact quality on Gaussian data.
+
+    `model`: a checkpoint or diffusers folder, or a model file run as it is (report_models.py); `dataset`
+    names the data set to judge on where the model's metadata does not (or "none"); `files`: what other files in
+    `out` are (name -> a line), listed in report.md with those the report writes."""
     from tqdm.auto import tqdm
 
     from ddpmrt.engine.artifacts.schedules import TunedSchedules
 
-    config = read_config(checkpoint)
-    schedule = NoiseSchedule.from_dict(config["schedule"])
-    tuned = TunedSchedules(checkpoint, name or str(checkpoint))
+    model = Path(model)
+    name = name or str(model)
+    source = weights_source(model) if model.is_dir() else None
+    metadata = source.metadata if source is not None else file_metadata(model)
+    backend = report_backend(model, backend, weights=source is not None)
+    dataset = judged_dataset(metadata, dataset, name)
+    tuned = TunedSchedules(model, name)
     for spec in samplers:  # every setting checked (order against steps, spacing, a tuned entry) before any work
         for spacing in spacings:
-            report_sampler(spec, schedule, spacing, tuned=tuned)
+            report_sampler(spec, metadata.schedule, spacing, tuned=tuned)
     out.mkdir(parents=True, exist_ok=True)
-    judge = None
-    dataset = config.get("data", {}).get("name")
-    if dataset in JUDGED_DATASETS:
-        judge = ClassifierJudge.train(dataset, image_size=config["image_shape"][-1])
-    models = ReportModels(checkpoint, out, backend, device, threads, num_samples, gaussian_samples, precision)
-    model, gaussian, data = models.unet, models.gaussian, models.data
+    models = ReportModels(model, metadata, out, backend, device, threads, num_samples, gaussian_samples, precision,
+                          source)
+    judge = ClassifierJudge.train(dataset, image_size=metadata.image_shape[-1]) if dataset else None
+    unet, gaussian, data = models.unet, models.gaussian, models.data
     data_moments = (data.mean, data.cov)
-    T = model.schedule.num_train_timesteps
+    T = metadata.schedule.num_train_timesteps
     # With T steps every spacing gives the same timesteps: measure those once.
     seeds = list(seeds or [seed])
     runs = [(spec, spacing, s) for s in seeds for spec in samplers for spacing in spacings
@@ -200,21 +127,21 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
 
     rows = []
     for spec, spacing, seed in tqdm(runs, desc="report", disable=not progress):
-        sampler = report_sampler(spec, model.schedule, spacing, tuned=tuned)
-        images = sampler.sample(model, (num_samples, *model.image_shape), seed=seed, progress=False)
-        latency = _latency(sampler, model, min(num_samples, LATENCY_BATCH), seed)
-        name = spec.label + (f", {spacing}" if len(spacings) > 1 else "")
-        stem = _file_stem(name)
+        sampler = report_sampler(spec, metadata.schedule, spacing, tuned=tuned)
+        images = sample_all(sampler, unet, num_samples, seed)
+        latency = _latency(sampler, unet, batch_within(unet, min(num_samples, LATENCY_BATCH)), seed)
+        label = spec.label + (f", {spacing}" if len(spacings) > 1 else "")
+        stem = _file_stem(label)
         grid = out / "samples" / (stem + (f"_seed{seed}" if len(seeds) > 1 else "") + ".png")
-        save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // model.image_shape[-1]))
+        save_png(make_grid(to_uint8(images[:64]), ncols=8), grid, scale=max(1, 128 // metadata.image_shape[-1]))
         row = {"sampler": spec.name, "steps": sampler.num_steps, "options": dict(sampler.config, sampler=None),
-               "family": spec.family, "network_calls": sampler.num_steps, "seed": seed, "label": name,
+               "family": spec.family, "network_calls": sampler.num_steps, "seed": seed, "label": label,
                "spacing": _row_spacing(spec, spacing, sampler),
                **latency, "num_samples": num_samples,
                "grid": str(grid.relative_to(out))}
         if judge is not None:
             row.update(judge.scores(images))
-        g_sampler = report_sampler(spec, model.schedule, spacing, for_gaussian=True, tuned=tuned)
+        g_sampler = report_sampler(spec, metadata.schedule, spacing, for_gaussian=True, tuned=tuned)
         g_samples = g_sampler.sample(gaussian, (gaussian_samples, *data.image_shape), seed=seed, progress=False)
         measured = empirical_moments(g_samples)
         theory = data.predicted_moments(g_sampler)
@@ -223,11 +150,13 @@ def run_report(checkpoint: Path, out: Path, samplers=QUICK, num_samples: int = 5
         row["gaussian_w2_to_theory"] = w2_gaussian(*measured, *theory)
         rows.append(row)
 
-    report = {"model": {"source": str(checkpoint), "config": config["model"], "image_shape": config["image_shape"]},
+    report = {"model": {"source": str(model), "config": metadata.model_config,
+                        "image_shape": list(metadata.image_shape), "dataset": metadata.dataset or None},
               "backend": models.description, "num_samples": num_samples, "spacings": list(spacings),
               "gaussian": {"dim": data.dim, "samples": gaussian_samples,
                            "sampling_error_floor": (data.dim / gaussian_samples) ** 0.5},
-              "seeds": seeds, "rows": rows, "environment": environment(threads)}
+              "seeds": seeds, "rows": rows, "files": {**(files or {}), **models.built},
+              "environment": environment(threads)}
     if len(spacings) > 1:
         report["best_spacing"] = {"by_fid": best_spacing(rows, "fid") if judge else None,
                                   "by_gaussian_w2": best_spacing(rows, "gaussian_w2_to_data")}
@@ -285,6 +214,10 @@ def _write(report: dict, out: Path) -> None:
             seed = f" (seed {r['seed']})" if len(seeds) > 1 else ""
             lines.append(f"| {r['label']}{seed} | [<img src=\"{r['grid']}\" width=\"160\">]({r['grid']}) |")
     lines.append("")
+    if report.get("files"):
+        lines += ["## Files", "", "What else is in this folder, besides report.json, this page, the plot and samples/.", "",
+                  "| file | what it is |", "| --- | --- |",
+                  *(f"| [{name}]({name}) | {what} |" for name, what in report["files"].items()), ""]
     write_markdown(out / "report.md", lines)
     _plot(report, out / PLOT)
 

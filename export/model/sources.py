@@ -56,7 +56,7 @@ def from_checkpoint(model: str | Path, precision: str) -> Source:
     metadata = ModelMetadata(schedule=NoiseSchedule.from_dict(config["schedule"]), image_shape=config["image_shape"],
                              precision=precision, model_config={"family": "ddpmrt", **config["model"]},
                              source=path.name, source_sha256=sha256_file(path / WEIGHTS_FILE),
-                             ddpmrt_version=__version__)
+                             ddpmrt_version=__version__, dataset=config.get("data", {}).get("name", ""))
     return Source(module, metadata)
 
 
