@@ -16,6 +16,12 @@ import pytest
 os.environ.setdefault("DDPMRT_CPU_COMPILE", "0")
 # Checkpoints' ONNX exports for OpenVINO and compiled kernels go to ddpmrt's cache: not the user's, here.
 os.environ.setdefault("DDPMRT_CACHE_DIR", tempfile.mkdtemp(prefix="ddpmrt-test-cache-"))
+# Under pytest-xdist each worker (and every command it starts) gets its share of the cores: two workers with
+# two OpenMP threads each on two cores ran eager PyTorch 5.5x and ONNX Runtime 1.8x slower than one thread each
+# (spinning thread pools that wait for each other), which was most of the suite's time.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 
 # Every test has one kind, by its file (a test of a library file that runs the command line is `cli`):
@@ -58,6 +64,24 @@ def run_cli(*args: str, cwd=None, timeout: int = 600, env=None) -> subprocess.Co
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-c", "import sys; from ddpmrt.export.cli import main; sys.exit(main())", *args],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout, env=full_env)
+
+
+def run_cli_here(*args: str) -> subprocess.CompletedProcess:
+    """`ddpmrt ARGS...` in this process, for a command that fails on its input before any real work: the same
+    `main` a user runs, without a new interpreter importing torch (seconds per call on two busy cores).  Output is
+    captured by swapping sys.stdout and sys.stderr, so it works inside pytest's own capture."""
+    import contextlib
+    import io
+
+    from ddpmrt.export.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -2,13 +2,13 @@
 fails where they are not (a perturbed weight, an fp16 export that overflows), and bad input is one line."""
 
 import copy
+import json
 import subprocess
 import sys
-import json
 
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_here
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("polygraphy", reason="needs Polygraphy: pip install polygraphy onnx-graphsurgeon")
@@ -85,11 +85,11 @@ def test_bad_input_is_one_line(tmp_path, digits):
     foreign = tmp_path / "notes.txt"
     foreign.write_text("not a model")
     out = str(tmp_path / "out")
-    assert_user_error(run_cli("check", "digits", str(damaged), "--out", out), "damaged.onnx")
-    assert_user_error(run_cli("check", "digits", str(foreign), "--out", out), "compares .onnx, .plan and .pt2")
-    assert_user_error(run_cli("check", str(onnx_path), "--out", out), "give the checkpoint or shipped name first")
-    assert_user_error(run_cli("check", "digits", "--no-export", "--out", out), "nothing to compare")
-    assert_user_error(run_cli("check", "no-such-model", "--out", out), "not found")
+    assert_user_error(run_cli_here("check", "digits", str(damaged), "--out", out), "damaged.onnx")
+    assert_user_error(run_cli_here("check", "digits", str(foreign), "--out", out), "compares .onnx, .plan and .pt2")
+    assert_user_error(run_cli_here("check", str(onnx_path), "--out", out), "give the checkpoint or shipped name first")
+    assert_user_error(run_cli_here("check", "digits", "--no-export", "--out", out), "nothing to compare")
+    assert_user_error(run_cli_here("check", "no-such-model", "--out", out), "not found")
     for result in (run_cli("check", "digits", str(damaged), "--out", out),):
         assert result.returncode == 2
     with pytest.raises(UserError, match="share a file name"):
@@ -121,7 +121,7 @@ def test_export_engine_sanitizes_checks_and_records_it(tmp_path):
     again = run_cli("export-engine", "digits", "--flavour", "tensorrt-rtx", "--targets", "sm86", "--batch", "1:2:4",
                     "--sanitize", "--out", str(plan))
     assert "is up to date" in again.stdout, again.stdout
-    assert_user_error(run_cli("export-engine", str(plan.with_suffix(".onnx")), "--flavour", "tensorrt-rtx", "--targets",
+    assert_user_error(run_cli_here("export-engine", str(plan.with_suffix(".onnx")), "--flavour", "tensorrt-rtx", "--targets",
                               "sm86", "--check", "--out", str(tmp_path / "e.plan")), "--check compares against the PyTorch model")
 
 

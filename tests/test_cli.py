@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_here
 
 pytest.importorskip("torch")
 
@@ -90,7 +90,7 @@ def test_bad_sample_input(damaged_checkpoints, model, extra, fragment):
 
 
 def test_bad_output_suffix(tmp_path):
-    assert_user_error(run_cli("sample", "digits", "--out", str(tmp_path / "x.jpg")), ".png")
+    assert_user_error(run_cli_here("sample", "digits", "--out", str(tmp_path / "x.jpg")), ".png")
 
 
 def test_sample_with_the_multistep_solvers(tmp_path):
@@ -109,11 +109,11 @@ def test_sample_with_the_multistep_solvers(tmp_path):
                            (["--timesteps", "999,1", "--spacing", "trailing"], "timesteps or a spacing, not both"),
                            (["--sampler", "unipc", "--corrector", "maybe"], "corrector must be true or false"),
                            (["--eta", "2e1"], "eta must be a number in [0, 10], got 20.0")):
-        assert_user_error(run_cli("sample", "digits", *args, "--out", str(tmp_path / "x.png")), fragment)
+        assert_user_error(run_cli_here("sample", "digits", *args, "--out", str(tmp_path / "x.png")), fragment)
     # An option the sampler does not take is one line, never ignored.
-    assert_user_error(run_cli("sample", "digits", "--sampler", "unipc", "--eta", "0.5", "--out", str(tmp_path / "x.png")),
+    assert_user_error(run_cli_here("sample", "digits", "--sampler", "unipc", "--eta", "0.5", "--out", str(tmp_path / "x.png")),
                       "the unipc sampler takes no eta (it is deterministic: no noise, no η)")
-    assert_user_error(run_cli("sample", "digits", "--sampler", "ddim", "--order", "2", "--out", str(tmp_path / "x.png")),
+    assert_user_error(run_cli_here("sample", "digits", "--sampler", "ddim", "--order", "2", "--out", str(tmp_path / "x.png")),
                       "the ddim sampler takes no order")
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_here
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -109,13 +109,13 @@ def test_a_cosine_rgb_checkpoint_round_trips(tmp_path):
 def test_bad_destinations_and_sources(digits_pipeline, tmp_path):
     # An existing non-empty folder without --force: refused, untouched.
     before = sorted(p.name for p in digits_pipeline.rglob("*"))
-    assert_user_error(run_cli("export-diffusers", "digits", "--out", str(digits_pipeline)), "already holds files", "--force")
+    assert_user_error(run_cli_here("export-diffusers", "digits", "--out", str(digits_pipeline)), "already holds files", "--force")
     assert sorted(p.name for p in digits_pipeline.rglob("*")) == before
     # --force replaces an earlier export, and only that.
     stranger = tmp_path / "mine"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("keep")
-    assert_user_error(run_cli("export-diffusers", "digits", "--out", str(stranger), "--force"), "not a diffusers pipeline")
+    assert_user_error(run_cli_here("export-diffusers", "digits", "--out", str(stranger), "--force"), "not a diffusers pipeline")
     assert (stranger / "notes.txt").read_text() == "keep"
     # Compiled artifacts hold no weights: one line, exit 2, nothing left behind.
     out = tmp_path / "from-onnx"
@@ -123,7 +123,7 @@ def test_bad_destinations_and_sources(digits_pipeline, tmp_path):
     assert_user_error(result, "holds no weights", "checkpoint folder")
     assert result.returncode == 2 and not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".from-onnx")]
-    assert_user_error(run_cli("export-diffusers", str(digits_pipeline), "--out", str(tmp_path / "again")),
+    assert_user_error(run_cli_here("export-diffusers", str(digits_pipeline), "--out", str(tmp_path / "again")),
                       "already a diffusers folder")
     assert not (tmp_path / "again").exists()
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_here
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -124,7 +124,7 @@ def test_schedules_ddpmrt_cannot_represent(pipelines, tmp_path, changes, fragmen
     shutil.copytree(pipelines / "ddpm", folder)
     path = folder / "scheduler" / "scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-    assert_user_error(run_cli("export-onnx", "--from-diffusers", str(folder), "--out", str(tmp_path / "x.onnx")), fragment)
+    assert_user_error(run_cli_here("export-onnx", "--from-diffusers", str(folder), "--out", str(tmp_path / "x.onnx")), fragment)
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -144,10 +144,10 @@ def test_a_bare_unet_folder_needs_schedule(pipelines, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(pipelines / "ddpm" / "unet", bare)
     out = tmp_path / "bare.onnx"
-    assert_user_error(run_cli("export-onnx", "--from-diffusers", str(bare), "--out", str(out)), "pass --schedule")
+    assert_user_error(run_cli_here("export-onnx", "--from-diffusers", str(bare), "--out", str(out)), "pass --schedule")
     result = run_cli("export-onnx", "--from-diffusers", str(bare), "--schedule", "linear:1000:0.0001:0.02", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert_user_error(run_cli("export-onnx", "--from-diffusers", str(tmp_path / "nothing"), "--out", str(out)),
+    assert_user_error(run_cli_here("export-onnx", "--from-diffusers", str(tmp_path / "nothing"), "--out", str(out)),
                       "not a folder")
 
 

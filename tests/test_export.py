@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_here
 from helpers import make_checkpoint
 
 torch = pytest.importorskip("torch")
@@ -92,6 +92,16 @@ def test_onnxruntime_reuses_its_output_buffer(tiny_onnx):
     assert model._outputs[2] is buffer and len(model._outputs) == 1
 
 
+def test_onnxruntime_threads_default_to_omp_num_threads(tiny_onnx, monkeypatch):
+    # --threads wins; without it OMP_NUM_THREADS, as PyTorch reads it; without either ONNX Runtime's own default (0).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert load_model(tiny_onnx["fp32"], backend="onnxruntime").session.get_session_options().intra_op_num_threads == 1
+    assert load_model(tiny_onnx["fp32"], backend="onnxruntime",
+                      threads=2).session.get_session_options().intra_op_num_threads == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert load_model(tiny_onnx["fp32"], backend="onnxruntime").session.get_session_options().intra_op_num_threads == 0
+
+
 def test_static_batch_export(tiny, tmp_path):
     out = tmp_path / "static.onnx"
     assert run_cli("export-onnx", str(tiny), "--out", str(out), "--batch", "3").returncode == 0
@@ -114,7 +124,7 @@ def test_onnx_without_metadata(tiny_onnx, tmp_path):
     model = onnx.load(str(tiny_onnx["fp32"]))
     del model.metadata_props[:]
     onnx.save(model, str(bare))
-    assert_user_error(run_cli("sample", str(bare), "--out", str(tmp_path / "o.png")), "--schedule and --image-shape")
+    assert_user_error(run_cli_here("sample", str(bare), "--out", str(tmp_path / "o.png")), "--schedule and --image-shape")
     result = run_cli("sample", str(bare), "--schedule", "linear:1000:0.0001:0.02", "--image-shape", "1,16,16",
                      "--steps", "2", "--batch", "1", "--out", str(tmp_path / "o.png"), "--quiet")
     assert result.returncode == 0, result.stderr
@@ -125,15 +135,15 @@ def test_damaged_onnx_files(tiny_onnx, tmp_path, content):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(tiny_onnx["fp32"].read_bytes()[:5000] if content == "truncate" else content)
     out = tmp_path / "o.png"
-    assert_user_error(run_cli("sample", str(bad), "--out", str(out)), "bad.onnx")
+    assert_user_error(run_cli_here("sample", str(bad), "--out", str(out)), "bad.onnx")
     assert not out.exists()
 
 
 def test_export_errors_leave_no_file(tmp_path):
     out = tmp_path / "x.onnx"
-    assert_user_error(run_cli("export-onnx", str(tmp_path / "missing"), "--out", str(out)), "not found")
-    assert_user_error(run_cli("export-onnx", "digits", "--out", str(tmp_path / "x.txt")), ".onnx")
-    assert_user_error(run_cli("export-onnx", "--out", str(out)), "name a model")
+    assert_user_error(run_cli_here("export-onnx", str(tmp_path / "missing"), "--out", str(out)), "not found")
+    assert_user_error(run_cli_here("export-onnx", "digits", "--out", str(tmp_path / "x.txt")), ".onnx")
+    assert_user_error(run_cli_here("export-onnx", "--out", str(out)), "name a model")
     assert not out.exists() and not list(tmp_path.glob(".*tmp"))
 
 
@@ -191,7 +201,7 @@ def test_export_from_diffusers(diffusers_dir, tmp_path):
 
 
 def test_diffusers_dir_errors(diffusers_dir, tmp_path):
-    assert_user_error(run_cli("export-onnx", "--from-diffusers", str(tmp_path), "--out", str(tmp_path / "a.onnx")),
+    assert_user_error(run_cli_here("export-onnx", "--from-diffusers", str(tmp_path), "--out", str(tmp_path / "a.onnx")),
                       "not a saved diffusers UNet2DModel")
 
 

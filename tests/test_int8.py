@@ -5,7 +5,7 @@ import pytest
 
 from ddpmrt.engine import DDIMSampler, UserError, load_model
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_here
 
 pytest.importorskip("onnxruntime.quantization", reason="needs ONNX Runtime's quantizer: pip install -e '.[onnxruntime]'")
 pytest.importorskip("torch")
@@ -77,14 +77,14 @@ def test_check_compares_the_int8_file_at_its_tolerance(exported, tmp_path):
 def test_int8_bad_input_is_one_line(exported, tmp_path):
     fp32, int8, _ = exported
     # --precision int8 without a calibrated model: the fix is the int8 export.
-    assert_user_error(run_cli("sample", str(fp32), "--precision", "int8", "--out", str(tmp_path / "x.png")),
+    assert_user_error(run_cli_here("sample", str(fp32), "--precision", "int8", "--out", str(tmp_path / "x.png")),
                       "is not calibrated for int8", "export-onnx MODEL --precision int8")
-    assert_user_error(run_cli("sample", "digits", "--precision", "int8", "--out", str(tmp_path / "x.png")),
+    assert_user_error(run_cli_here("sample", "digits", "--precision", "int8", "--out", str(tmp_path / "x.png")),
                       "int8 runs on a calibrated ONNX model", "--precision int8")
     # An int8 file computes int8 only.
     with pytest.raises(UserError, match="is an int8 model; sample it with --precision auto or int8"):
         load_model(int8, precision="fp32")
-    assert_user_error(run_cli("export-onnx", "digits", "--precision", "int8", "--calibration-steps", "1001",
+    assert_user_error(run_cli_here("export-onnx", "digits", "--precision", "int8", "--calibration-steps", "1001",
                               "--out", str(tmp_path / "x.onnx")), "--calibration-steps")
     assert not (tmp_path / "x.onnx").exists()
     # A damaged int8 file is refused like any sealed export.

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_here
 from helpers import make_checkpoint
 
 pytest.importorskip("torch")
@@ -123,7 +123,7 @@ def test_export_engine_argument_errors(tiny, tmp_path, args, fragment):
     if tensorrt_rtx is None and "tensorrt-rtx" in args:
         pytest.skip("needs TensorRT-RTX: pip install tensorrt-rtx")
     plan = tmp_path / "x.plan"
-    assert_user_error(run_cli("export-engine", str(tiny), "--out", str(plan), *args), fragment)
+    assert_user_error(run_cli_here("export-engine", str(tiny), "--out", str(plan), *args), fragment)
     assert not plan.exists()
 
 
@@ -133,14 +133,14 @@ def test_export_engine_input_errors(built, tmp_path):
     onnx_file = plan.with_suffix(".onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(onnx_file.read_bytes()[:4000])
-    assert_user_error(run_cli("export-engine", str(bad), "--out", str(tmp_path / "a.plan"), "--targets", "sm86"),
+    assert_user_error(run_cli_here("export-engine", str(bad), "--out", str(tmp_path / "a.plan"), "--targets", "sm86"),
                       "truncated")
     import onnx
     model = onnx.load(str(onnx_file))
     del model.metadata_props[:]
     bare = tmp_path / "bare.onnx"
     onnx.save(model, str(bare))
-    assert_user_error(run_cli("export-engine", str(bare), "--out", str(tmp_path / "b.plan"), "--targets", "sm86"),
+    assert_user_error(run_cli_here("export-engine", str(bare), "--out", str(tmp_path / "b.plan"), "--targets", "sm86"),
                       "--schedule and --image-shape")
     result = run_cli("export-engine", str(bare), "--out", str(tmp_path / "b.plan"), "--targets", "sm86",
                      "--schedule", "linear", "--image-shape", "1,16,16", "--batch", "2")
@@ -185,7 +185,7 @@ def test_compatibility_checks(built):
 def test_sampling_an_engine_without_gpu(built, tmp_path):
     plan, _ = built
     out = tmp_path / "o.png"
-    assert_user_error(run_cli("sample", str(plan), "--out", str(out)), "needs an NVIDIA GPU")
+    assert_user_error(run_cli_here("sample", str(plan), "--out", str(out)), "needs an NVIDIA GPU")
     assert not out.exists()
 
 
@@ -194,20 +194,20 @@ def test_damaged_engine_and_sidecar(built, tmp_path):
     plan, _ = built
     copy = tmp_path / "copy.plan"
     copy.write_bytes(plan.read_bytes()[:1000])
-    assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "no sidecar")
+    assert_user_error(run_cli_here("sample", str(copy), "--out", str(tmp_path / "o.png")), "no sidecar")
     Path(str(copy) + ".json").write_text(Path(str(plan) + ".json").read_text())
-    assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "truncated")
+    assert_user_error(run_cli_here("sample", str(copy), "--out", str(tmp_path / "o.png")), "truncated")
     Path(str(copy) + ".json").write_text("{")
-    assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")
+    assert_user_error(run_cli_here("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")
     sidecar = _sidecar(plan)
     copy.write_bytes(plan.read_bytes())
     from ddpmrt.engine.artifacts.integrity import seal_json
 
     Path(str(copy) + ".json").write_text(json.dumps({**sidecar, "flavour": "tensorrt", "checksum": "edited"}))
-    assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")
+    assert_user_error(run_cli_here("sample", str(copy), "--out", str(tmp_path / "o.png")), "damaged")
     Path(str(copy) + ".json").write_text(json.dumps(seal_json({**sidecar, "flavour": "tensorrt"})))
     if _installed_flavour() is None or _installed_flavour().name != "tensorrt":
-        assert_user_error(run_cli("sample", str(copy), "--out", str(tmp_path / "o.png")), "pip install tensorrt")
+        assert_user_error(run_cli_here("sample", str(copy), "--out", str(tmp_path / "o.png")), "pip install tensorrt")
 
 
 def test_no_flavour_message_names_pip(monkeypatch):
@@ -290,7 +290,7 @@ def test_engine_matches_onnxruntime_on_gpu(tiny, tmp_path):
         np.testing.assert_array_equal(sampler.sample(graph_model, (2, 1, 16, 16), seed=5, progress=False), e)
     assert graph_model.device_loop.captures == 2
     np.testing.assert_allclose(e, sampler.sample(trt_model, (2, 1, 16, 16), seed=5, progress=False), atol=1e-3)
-    assert_user_error(run_cli("sample", str(plan), "--batch", "9", "--out", str(tmp_path / "o.png")), "1 to 8")
+    assert_user_error(run_cli_here("sample", str(plan), "--batch", "9", "--out", str(tmp_path / "o.png")), "1 to 8")
 
 
 @needs_rtx
@@ -305,7 +305,7 @@ def test_load_model_refuses_what_an_engine_cannot_honour(built, tmp_path):
         load_model(plan, precision="fp32")
     with pytest.raises(UserError, match="--threads sets CPU threads"):
         load_model(plan, threads=2)
-    assert_user_error(run_cli("sample", str(plan), "--precision", "bf16", "--out", str(tmp_path / "x.png")), "built for fp16")
+    assert_user_error(run_cli_here("sample", str(plan), "--precision", "bf16", "--out", str(tmp_path / "x.png")), "built for fp16")
 
 
 def test_targets_current_stands_alone_and_keys_the_cache_by_gpu(monkeypatch):
@@ -362,7 +362,7 @@ def test_an_engine_tensorrt_rtx_calls_invalid_is_one_line_before_deserializing()
 def test_a_static_batch_onnx_with_a_dynamic_profile_is_one_line(tmp_path):
     onnx = tmp_path / "digits-b4.onnx"
     assert run_cli("export-onnx", "digits", "--batch", "4", "--out", str(onnx)).returncode == 0
-    assert_user_error(run_cli("export-engine", str(onnx), "--out", str(tmp_path / "e.plan"), "--batch", "1:4:16",
+    assert_user_error(run_cli_here("export-engine", str(onnx), "--out", str(tmp_path / "e.plan"), "--batch", "1:4:16",
                               "--flavour", "tensorrt-rtx", "--targets", "sm86"),
                       "has a fixed batch of 4", "--batch 4:4:4")
     assert not (tmp_path / "e.plan").exists()

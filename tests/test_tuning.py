@@ -8,13 +8,14 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import assert_user_error, run_cli
 
 from ddpmrt.engine import NoiseSchedule, UserError, make_sampler
 from ddpmrt.engine.artifacts.schedules import TunedSchedules, schedules_path
 from ddpmrt.engine.backends import resolve_model_path
 from ddpmrt.engine.gaussian import GaussianData, w2_gaussian
 from ddpmrt.engine.tuning import Tuner, tune_timesteps
+
+from conftest import assert_user_error, run_cli, run_cli_here
 
 SCHEDULE = NoiseSchedule.linear(1000)
 
@@ -134,7 +135,7 @@ def test_tune_refuses_bad_calls_and_writes_nothing(checkpoint):
                            (["--calls", "4", "--steps", "4"], "tune takes --calls"),
                            (["--sampler", "ddpm", "--calls", "4"], "needs a deterministic sampler"),
                            (["--calls", "4", "--teacher", "ddim"], "sampler spec 'ddim' not understood")):
-        assert_user_error(run_cli("tune", str(checkpoint), *args, "--backend", "torch", "--quiet"), fragment)
+        assert_user_error(run_cli_here("tune", str(checkpoint), *args, "--backend", "torch", "--quiet"), fragment)
         assert not (checkpoint / "schedules.json").exists()
 
 

@@ -7,8 +7,16 @@ import argparse
 from pathlib import Path
 
 from ddpmrt.engine.errors import UserError
-from ddpmrt.export.cli.options import (add_option_flags, add_quiet, add_threads, int_in, real_in, sampler_options,
-                                       steps_arg, tuned_schedules)
+from ddpmrt.export.cli.options import (
+    add_option_flags,
+    add_quiet,
+    add_threads,
+    int_in,
+    real_in,
+    sampler_options,
+    steps_arg,
+    tuned_schedules,
+)
 
 NAME, OUTPUT = "bench", "folder"
 

@@ -12,8 +12,7 @@ import argparse
 import sys
 
 from ddpmrt.engine.errors import UserError
-from ddpmrt.export.cli import (bench, check, demo, export_diffusers, export_engine, export_onnx, report, sample, serve, train,
-                               tune)
+from ddpmrt.export.cli import bench, check, demo, export_diffusers, export_engine, export_onnx, report, sample, serve, train, tune
 
 # In the order `ddpmrt --help` lists them.
 COMMANDS = (train, sample, tune, export_onnx, export_engine, export_diffusers, check, bench, report, serve, demo)
