@@ -4,7 +4,7 @@ Sample quality does not move measurably in bf16 (benchmarks/results/cpu-bf16-qua
 worth it wherever it is faster, and that depends on the CPU's bf16 instructions:
 
 - AMX-BF16 (Xeon Sapphire Rapids and later): tile units with 16x the FLOP per cycle of fp32 FMA;
-  bf16 measured faster (shared measurements of 2026-12-01; the README's "CPU speed").
+  bf16 measured faster (shared measurements of 2026-12-01; docs/backends.md, "Backends").
 - AVX512-BF16 on AMD (Zen 4 and 5): dot products that do twice the FLOP of an fp32 FMA per
   instruction; bf16 measured faster than fp32 on PyTorch eager, Inductor and OpenVINO alike
   (benchmarks/results/cpu-precision-epyc-zen4/, -zen5/).

@@ -1,14 +1,16 @@
-"""The README's commands, as a new user runs them after its install steps (#22).
+"""The README's and docs/ pages' commands, as a new user runs them after the install their page names (#22, #33).
 
-Every `ddpmrt` and `export-engine` command in the README's bash blocks is taken out of the README
-here: each one must parse, and each must name the extra it needs where it is shown.  The quick ones
-then run exactly as written, in order, in a fresh folder: the Quick start's single steps (sample,
-export-engine, sample the ONNX), the few-step solvers' samples, the export for serving, and the Python
-example, `ddpmrt check` and the demo.  The long ones (training 6000 steps, bench, full reports,
-serve, diffusers folders that need a download) are parsed only; their code paths run in test_train,
-test_cli, test_reports and test_serve.
+Every `ddpmrt` and `export-engine` command in the bash blocks of README.md and of every page under docs/
+is taken out of its page here: each one must parse, and each must name the extra it needs in its section
+or at the top of its page.  The quick ones then run exactly as written, in order (the README first, then
+the docs pages in PAGES order), in a fresh folder: the Quick start's single steps (sample, export-engine,
+sample the ONNX), the few-step solvers' samples, the export for serving, and the Python example,
+`ddpmrt check` and the demo.  The long ones (training 6000 steps, bench, full reports, serve, diffusers
+folders that need a download) are parsed only; their code paths run in test_train, test_cli, test_reports
+and test_serve.
 """
 
+import os
 import re
 import shlex
 import subprocess
@@ -17,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+# The docs pages in reading order (the README's Documentation table links each one).
+PAGES = [README] + [ROOT / "docs" / f"{name}.md" for name in
+                    ("training", "samplers", "backends", "serving", "benchmarks", "measured", "architecture", "status")]
 RUN_AS_WRITTEN = (  # prefixes of the commands run exactly as the README writes them
     "ddpmrt sample digits --steps 50",
     "export-engine digits --out engines/digits.plan",
@@ -34,9 +40,37 @@ NEEDS = {"serve": "pip install -e \".[serve]\"", "bench": "pip install diffusers
 
 
 def sections() -> list[tuple[str, str]]:
-    """(heading, text) of every section of the README."""
-    parts = re.split(r"^(#+ .*)$", README.read_text(encoding="utf-8"), flags=re.M)
-    return [(parts[i].strip(), parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+    """(page: heading, text) of every section of the README and the docs pages; a page's text before its
+    first section (what to install for it) counts as part of each of its sections."""
+    result = []
+    for page in PAGES:
+        parts = re.split(r"^(#+ .*)$", page.read_text(encoding="utf-8"), flags=re.M)
+        preamble = parts[2] if len(parts) > 2 and parts[1].startswith("# ") else ""
+        result += [(f"{page.relative_to(ROOT)}: {parts[i].strip()}", preamble + parts[i + 1])
+                   for i in range(1, len(parts) - 1, 2)]
+    return result
+
+
+def all_text() -> str:
+    return "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+
+
+def test_every_docs_page_is_read_here_and_linked_from_the_readme():
+    on_disk = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert on_disk == sorted(p.name for p in PAGES[1:]), "add the new page to PAGES in tests/test_readme.py"
+    readme = README.read_text(encoding="utf-8")
+    for page in PAGES[1:]:
+        assert f"](docs/{page.name})" in readme, f"the README's Documentation table does not link docs/{page.name}"
+    # Relative links in the docs pages point at files that exist.
+    for page in PAGES[1:]:
+        for target in re.findall(r"\]\((?!https?:)([^)#]+)", page.read_text(encoding="utf-8")):
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
+
+
+def test_the_readme_is_short_with_the_backend_table_near_the_top():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 150, len(lines)
+    assert [i for i, line in enumerate(lines) if line.startswith("## Which backend when")][0] < 80
 
 
 def readme_commands() -> list[tuple[str, str]]:
@@ -54,7 +88,7 @@ def readme_commands() -> list[tuple[str, str]]:
 
 
 def install_line() -> str:
-    quick = dict(sections())["## Quick start"]
+    quick = dict(sections())["README.md: ## Quick start"]
     return re.search(r"pip install (torch==\S+ )?-e \"([^\"]+)\"", quick).group(2)
 
 
@@ -92,12 +126,15 @@ def test_the_quick_readme_commands_run_as_written(tmp_path):
     to_run = [c for _, c in readme_commands() if c.startswith(RUN_AS_WRITTEN)]
     bin_dir = Path(sys.executable).parent
     for command in to_run:
+        # A new user's environment (empty caches under a new HOME), with this worker's share of the cores
+        # (tests/conftest.py): two workers' spinning thread pools on two cores ran these commands 2x slower.
+        threads = {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]} if "OMP_NUM_THREADS" in os.environ else {}
         result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                                env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+                                env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), **threads})
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     assert (tmp_path / "digits.png").stat().st_size > 0 and (tmp_path / "engines" / "digits.plan").stat().st_size > 0
     # The Python example, after the commands that wrote its model.
-    example = re.search(r"```python\n(from ddpmrt.engine import DDIMSampler.*?)```", README.read_text(), flags=re.S)
+    example = re.search(r"```python\n(from ddpmrt.engine import DDIMSampler.*?)```", all_text(), flags=re.S)
     result = subprocess.run([sys.executable, "-c", example.group(1)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -106,7 +143,7 @@ def test_the_quick_readme_commands_run_as_written(tmp_path):
 
 def test_the_cmake_commands_run_in_windows_powershell_too():
     # One command per line (PowerShell 5.1 has no &&), and the configuration named for multi-config generators.
-    text = README.read_text(encoding="utf-8")
+    text = all_text()
     lines = [line.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for line in block.splitlines()
              if line.strip().startswith(("cmake", "ctest"))]
     assert [line.split()[0] for line in lines] == ["cmake", "cmake", "ctest"], lines

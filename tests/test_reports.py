@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from conftest import assert_user_error, run_cli
-
 from ddpmrt.engine.schedule import NoiseSchedule
+
+from conftest import assert_user_error, run_cli, run_cli_here
 
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
@@ -105,7 +105,7 @@ def test_bench_builds_and_starts_an_inductor_package(tmp_path):
 
 
 def test_bench_names_the_package_backends_in_its_error():
-    assert_user_error(run_cli("bench", "digits", "--backends", "inductor-package"), "inductor-package-cpu")
+    assert_user_error(run_cli_here("bench", "digits", "--backends", "inductor-package"), "inductor-package-cpu")
 
 
 def test_bench_markdown_says_when_a_graph_hides_the_stages(tmp_path):
@@ -263,6 +263,23 @@ def test_best_spacing_is_the_lowest_mean_rank():
     assert best_spacing([row("leading", 5, 1.0)], "fid") == "leading"
 
 
+def test_a_report_copies_a_checkpoints_own_export_instead_of_exporting(tmp_path):
+    # The shipped models carry model.onnx, the fp32 export of their weights: the demo's report copies it (#33).
+    import shutil
+
+    from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.export.evaluation.report_models import own_export
+
+    digits, shapes = resolve_model_path("digits"), resolve_model_path("shapes")
+    assert own_export(digits) == digits / "model.onnx"
+    folder = tmp_path / "digits"
+    shutil.copytree(digits, folder)
+    shutil.copy2(shapes / "model.onnx", folder / "model.onnx")  # another model's export: not these weights
+    assert own_export(folder) is None
+    (folder / "model.onnx").unlink()
+    assert own_export(folder) is None
+
+
 @pytest.mark.slow
 def test_demo(tmp_path):
     out = tmp_path / "demo"
@@ -308,7 +325,7 @@ def test_demo(tmp_path):
     (["report", "digits", "--clip-sample", "1,1"], "name each value once"),
 ])
 def test_bad_arguments(tmp_path, args, fragment):
-    assert_user_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)
+    assert_user_error(run_cli_here(*args, "--out", str(tmp_path / "o")), fragment)
 
 
 def test_report_on_tensorrt_without_a_gpu_says_what_it_needs(tmp_path):
@@ -347,7 +364,7 @@ def test_report_runs_a_model_file_as_it_is(tmp_path):
     row = report["rows"][0]
     assert row["fid"] > 0 and abs(row["gaussian_w2_to_data"] - row["gaussian_w2_theory_to_data"]) < 0.1
     assert not (out / "model-fp32.onnx").exists()  # the file itself ran, not an export of the weights
-    assert_user_error(run_cli("report", str(onnx_file), "--backend", "torch", "--out", str(tmp_path / "o")),
+    assert_user_error(run_cli_here("report", str(onnx_file), "--backend", "torch", "--out", str(tmp_path / "o")),
                       "runs as it is: on onnxruntime or openvino")
 
 

@@ -6,7 +6,7 @@ Their CUDA paths (the device loop, CUDA graphs, TF32 off for fp32) run in test_g
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_here
 
 torch = pytest.importorskip("torch")
 
@@ -230,6 +230,10 @@ def test_inductor_package_builds_loads_and_samples(tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "AOTInductor, fp32 on cpu" in result.stdout and (tmp_path / "digits.pt2.json").is_file()
+    # The build says what it does before each long stage, and torch's warnings about its own internals stay out (#33).
+    assert "tracing the U-Net with torch.export" in result.stdout, result.stdout
+    assert "compiling it with AOTInductor for cpu in fp32" in result.stdout, result.stdout
+    assert "FutureWarning" not in result.stderr, result.stderr
     assert "is up to date" in run_cli(*args).stdout  # the same call again: a cache hit
     model = load_model(package)
     assert model.backend == "inductor" and model.image_shape == (1, 16, 16)
@@ -254,9 +258,9 @@ def test_inductor_package_builds_loads_and_samples(tmp_path):
     sidecar.write_text(sidecar.read_text().replace('"cpu"', '"cuda"'))
     with pytest.raises(UserError, match="damaged"):
         load_model(package)
-    assert_user_error(run_cli("export-engine", "digits", "--flavour", "inductor", "--out", str(tmp_path / "x.plan")),
+    assert_user_error(run_cli_here("export-engine", "digits", "--flavour", "inductor", "--out", str(tmp_path / "x.plan")),
                       ".pt2")
-    assert_user_error(run_cli("export-engine", "digits", "--flavour", "inductor", "--device", "cpu", "--precision",
+    assert_user_error(run_cli_here("export-engine", "digits", "--flavour", "inductor", "--device", "cpu", "--precision",
                               "fp16", "--out", str(tmp_path / "y.pt2")), "needs --device cuda")
 
 

@@ -178,7 +178,7 @@ class TorchModel(LoadedModel):
         does not take effect).
 
         Freezing makes the weights constants of the compiled graph, so Inductor lays them out for
-        oneDNN's convolutions once instead of on every call (the README's CPU figures and
+        oneDNN's convolutions once instead of on every call (docs/backends.md's CPU figures and
         benchmarks/results/unet-levers-cpu-epyc-zen5/ measure it).  The price is start-up: Inductor's
         FX-graph cache skips frozen oneDNN weights, so a second process recompiles.  On
         CUDA the weights are already fp16 and channels_last, and start-up has a 10 s target, so it

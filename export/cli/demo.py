@@ -26,8 +26,8 @@ def run(ns: argparse.Namespace) -> None:
     from ddpmrt.engine.artifacts.io import check_output_dir
     from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
-    from ddpmrt.export.conversion.pipeline import export_engine, sampling_backend
     from ddpmrt.engine.sampler_factory import parse_specs
+    from ddpmrt.export.conversion.pipeline import export_engine, sampling_backend
     from ddpmrt.export.evaluation.report import QUICK, run_report
 
     start = time.perf_counter()
@@ -47,10 +47,12 @@ def run(ns: argparse.Namespace) -> None:
     print(f"sampling on {backend} ({device})")
     # The quick set, and DPM-Solver++(3M) at 5 calls with its own spacing and with the model's tuned timesteps
     # (engine/models/digits/schedules.json, from `ddpmrt tune`): what tuning buys, side by side.  On a GPU the
-    # report samples the engine just built; elsewhere the weights on ONNX Runtime.
+    # report samples the engine just built; on the CPU the shipped model's own ONNX export on OpenVINO (in bf16
+    # where that is faster) or ONNX Runtime, as `ddpmrt sample` of an .onnx runs.
     samplers = QUICK + parse_specs("dpmsolver:5:3,dpmsolver:5:3:spacing=tuned")
     run_report(plan if backend == "tensorrt" else checkpoint, out, samplers, num_samples=ns.samples,
                backend=None if backend == "tensorrt" else backend, device=device, threads=ns.threads,
+               precision="auto" if backend == "openvino" else None,
                progress=not ns.quiet, name="digits", files=files)
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"ddpmrt demo: done in {time.perf_counter() - start:.0f} s; open {out / 'report.md'}")

@@ -82,7 +82,8 @@ def _export_inductor_package(ns: argparse.Namespace) -> None:
         raise UserError("--flavour inductor compiles the PyTorch model: give a checkpoint, shipped name or "
                         "--from-diffusers, not an .onnx")
     source = export_source(ns, "fp32")
-    result = build_aot_package(source, out, device, precision, BatchProfile.parse(ns.batch), force=ns.force)
+    result = build_aot_package(source, out, device, precision, BatchProfile.parse(ns.batch), force=ns.force,
+                               progress=lambda line: print(line, flush=True))
     size_mb = result.sidecar["package_bytes"] / 1e6
     what = f"AOTInductor, {precision} on {device}, batch {ns.batch}"
     if result.cached:

@@ -102,7 +102,8 @@ def carry_tuned(model: str | None, artifact: Path) -> None:
 
 def sampling_backend(flavour) -> tuple[str, str]:
     """(backend, device) the demo samples on: TensorRT on a GPU its flavour supports, else torch on CUDA,
-    else ONNX Runtime on the CPU."""
+    else on the CPU the first installed of OpenVINO (bf16 where that is faster: the shipped model's own
+    model.onnx, nothing to export) and ONNX Runtime, as `ddpmrt sample` of an .onnx picks."""
     from ddpmrt.engine.backends.tensorrt_flavour import RTX_TARGETS
     from ddpmrt.engine.gpu.cuda_runtime import device_compute_capability
 
@@ -115,4 +116,6 @@ def sampling_backend(flavour) -> tuple[str, str]:
 
         if torch.cuda.is_available():
             return "torch", "cuda"
-    return "onnxruntime", "cpu"
+    from ddpmrt.engine.backends import openvino_backend
+
+    return ("openvino" if openvino_backend.available() else "onnxruntime"), "cpu"

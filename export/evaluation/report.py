@@ -27,8 +27,15 @@ from ddpmrt.engine.sampler_factory import SamplerSpec, parse_specs
 from ddpmrt.engine.samplers import DEFAULT_SPACING
 from ddpmrt.export.evaluation.plots import pyplot, save_figure, write_markdown
 from ddpmrt.export.evaluation.quality import ClassifierJudge
-from ddpmrt.export.evaluation.report_models import (ReportModels, batch_within, file_metadata, judged_dataset,
-                                                    report_backend, sample_all, weights_source)
+from ddpmrt.export.evaluation.report_models import (
+    ReportModels,
+    batch_within,
+    file_metadata,
+    judged_dataset,
+    report_backend,
+    sample_all,
+    weights_source,
+)
 
 # SOLVERS compares the multistep solvers at few network calls with DDIM at more; FULL adds the
 # stochastic samplers and long runs; QUICK is what the demo runs.  Each is a list of sampler specs

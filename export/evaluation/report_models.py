@@ -10,15 +10,19 @@ metadata (`ModelMetadata.dataset`), or from --dataset where the model does not s
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ddpmrt.engine import load_model
+from ddpmrt.engine.artifacts.integrity import sha256_file
+from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
-from ddpmrt.engine.backends import ENGINE_SUFFIXES, PACKAGE_SUFFIX, is_diffusers_folder
+from ddpmrt.engine.backends import ENGINE_SUFFIXES, PACKAGE_SUFFIX, SHIPPED_EXPORT, is_diffusers_folder
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData
+from ddpmrt.export.conversion.engine_build import read_onnx_metadata
 from ddpmrt.export.conversion.onnx_export import export_onnx
 from ddpmrt.export.evaluation.bench_backends import REPORT_BACKENDS
 from ddpmrt.export.evaluation.quality import JUDGED_DATASETS
@@ -115,7 +119,7 @@ class ReportModels:
         else:
             # ONNX Runtime in fp32, or OpenVINO in the precision asked for (the U-Net and the Gaussian's ε*, as
             # on torch); the fp32 files either way.
-            self.unet = self._onnx(source, "model-fp32", precision)
+            self.unet = self._onnx(source, "model-fp32", precision, ready=own_export(model))
             self.gaussian = self._onnx(self._gaussian_source(), "gaussian-optimal-eps", self.unet.precision)
 
     def _from_file(self, path: Path, gaussian_batch: int, precision: str) -> None:
@@ -161,9 +165,13 @@ class ReportModels:
         return TorchModel(self._gaussian_source().module, self.schedule, self.data.image_shape, device,
                           precision=precision, cuda_graph=device.startswith("cuda"))
 
-    def _onnx(self, source, name: str, precision: str = "fp32"):
+    def _onnx(self, source, name: str, precision: str = "fp32", ready: Path | None = None):
+        """`source` exported to ONNX in the report folder (or `ready`, the same export made before, copied)."""
         path = self.out / f"{name}.onnx"
-        if not path.is_file():
+        if not path.is_file() and ready is not None:
+            with atomic_write(path) as tmp:
+                shutil.copyfile(ready, tmp)
+        elif not path.is_file():
             export_onnx(source.eps_module(), source.metadata, path)
         self.built[path.name] = _WHAT.get(name, "") + f"ONNX, {source.metadata.precision}"
         return load_model(path, backend=self.backend, device=self.device, threads=self.threads, precision=precision)
@@ -184,6 +192,19 @@ class ReportModels:
                            plan.name: what + f"{flavour.name} engine for this GPU, {source.metadata.precision}",
                            plan.name + ".json": "that engine's sidecar (metadata, batch profile, checksums)"})
         return load_model(plan, backend="tensorrt", cuda_graph=True)
+
+
+def own_export(folder: Path) -> Path | None:
+    """A checkpoint folder's model.onnx where it is the fp32 export of that folder's very weights (its sealed
+    metadata names their SHA-256; the shipped models carry one), so that a report copies it instead of exporting."""
+    onnx, weights = Path(folder) / SHIPPED_EXPORT, Path(folder) / "model.safetensors"
+    if not (onnx.is_file() and weights.is_file()):
+        return None
+    try:
+        metadata = read_onnx_metadata(onnx)
+    except UserError:
+        return None
+    return onnx if metadata.precision == "fp32" and metadata.source_sha256 == sha256_file(weights) else None
 
 
 _WHAT = {"model-fp32": "the model the report sampled, as ", "model-fp16": "the model the report sampled, as ",

@@ -270,7 +270,7 @@ def training_precision(precision: str, device: torch.device) -> str:
     the engine's rule says bf16 is faster (AMX-BF16, or AVX512-BF16 on AMD); fp32 elsewhere.
 
     The weights, the optimizer and the EMA stay fp32 either way; autocast runs the convolutions and
-    matrix products in bf16.  The measured gain is in the README ("Training") and benchmarks/results/cpu-train-speed/.
+    matrix products in bf16.  The measured gain is in docs/training.md and benchmarks/results/cpu-train-speed/.
     """
     if precision != "auto":
         return precision
