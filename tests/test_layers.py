@@ -77,3 +77,13 @@ def test_backend_names_are_listed_once():
     for command, expected in (("sample", BACKENDS), ("serve", BACKENDS), ("report", REPORT_BACKENDS)):
         backend = next(a for a in subparsers[command]._actions if a.dest == "backend")
         assert tuple(backend.choices) == tuple(expected), command
+
+
+def test_the_command_lines_parser_imports_no_torch():
+    # Every command builds the whole parser: one that imported torch (report's --dataset choices did, through the
+    # judge) added a second of start-up to `ddpmrt sample` of an .onnx or a shipped model on OpenVINO (#33).
+    code = ("import sys; from ddpmrt.export.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'onnx', 'openvino', 'onnxruntime') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

@@ -14,8 +14,7 @@ NAME, OUTPUT = "report", "folder"
 def add_parser(sub) -> None:
     from ddpmrt.engine.samplers import DEFAULT_SPACING
     from ddpmrt.export.evaluation.bench_backends import REPORT_BACKENDS
-    from ddpmrt.export.evaluation.quality import JUDGED_DATASETS
-    from ddpmrt.export.evaluation.report_models import NO_DATASET
+    from ddpmrt.export.evaluation.judged import JUDGED_DATASETS, NO_DATASET
 
     p = sub.add_parser(NAME, help="quality against latency per sampler and step count (offline metrics)")
     p.add_argument("model", nargs="?", default="digits",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ddpmrt.engine.gaussian import GaussianData, empirical_moments, w2_gaussian
+from ddpmrt.export.evaluation.judged import JUDGED_DATASETS
 
 
 def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -40,8 +41,6 @@ def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 20, subse
     return float(np.mean(values))
 
 
-# Labelled offline data sets a judge can be trained on: name -> (images, training-split size).
-JUDGED_DATASETS = {"digits": 1400, "shapes": 4000}
 
 
 @dataclass

@@ -25,13 +25,12 @@ from ddpmrt.engine.gaussian import GaussianData
 from ddpmrt.export.conversion.engine_build import read_onnx_metadata
 from ddpmrt.export.conversion.onnx_export import export_onnx
 from ddpmrt.export.evaluation.bench_backends import REPORT_BACKENDS
-from ddpmrt.export.evaluation.quality import JUDGED_DATASETS
+from ddpmrt.export.evaluation.judged import JUDGED_DATASETS, NO_DATASET
 from ddpmrt.export.model.sources import from_checkpoint, from_diffusers
 
 # The backends a model file runs on in a report, the first being the default: a file runs as it is.
 FILE_BACKENDS = {".onnx": ("onnxruntime", "openvino"), **{s: ("tensorrt",) for s in ENGINE_SUFFIXES},
                  PACKAGE_SUFFIX: ("inductor",)}
-NO_DATASET = "none"  # --dataset none: latency and the Gaussian check only
 
 
 def weights_source(path: Path):
