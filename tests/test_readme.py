@@ -125,10 +125,10 @@ def test_the_quick_readme_commands_run_as_written(tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="the README's install has TensorRT-RTX: pip install -e '.[tensorrt-rtx]'")
     to_run = [c for _, c in readme_commands() if c.startswith(RUN_AS_WRITTEN)]
     bin_dir = Path(sys.executable).parent
+    # A new user's environment (empty caches under a new HOME), with this worker's share of the cores
+    # (tests/conftest.py): two workers' spinning thread pools on two cores ran these commands 2x slower.
+    threads = {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]} if "OMP_NUM_THREADS" in os.environ else {}
     for command in to_run:
-        # A new user's environment (empty caches under a new HOME), with this worker's share of the cores
-        # (tests/conftest.py): two workers' spinning thread pools on two cores ran these commands 2x slower.
-        threads = {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]} if "OMP_NUM_THREADS" in os.environ else {}
         result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=900,
                                 env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), **threads})
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"

@@ -115,18 +115,26 @@ def is_diffusers_folder(path: Path) -> bool:
 SHIPPED_EXPORT = "model.onnx"   # a checkpoint folder's own fp32 ONNX export (the shipped models carry one)
 
 
-def _shipped_export(folder: Path, threads: int | None, precision: str):
-    """The folder's model.onnx on OpenVINO where it is the export of these very weights (its sealed metadata
-    names their SHA-256): no PyTorch import and no export, so a shipped model's first sample is quick.  None
-    otherwise, and the torch side exports into the cache as for any checkpoint."""
+def is_own_export(folder: Path, metadata: ModelMetadata) -> bool:
+    """Whether the ONNX file with this (sealed) metadata is the export of the checkpoint folder's very weights:
+    its metadata names their SHA-256.  The shipped models' model.onnx is; an export of other weights is not."""
     from ddpmrt.engine.artifacts.integrity import sha256_file
+
+    weights = Path(folder) / "model.safetensors"
+    return weights.is_file() and metadata.source_sha256 == sha256_file(weights)
+
+
+def _shipped_export(folder: Path, threads: int | None, precision: str):
+    """The folder's model.onnx on OpenVINO where it is the export of these very weights (is_own_export): no
+    PyTorch import and no export, so a shipped model's first sample is quick.  None otherwise, and the torch side
+    exports into the cache as for any checkpoint."""
     from ddpmrt.engine.backends.openvino_backend import OpenVinoModel
 
-    onnx, weights = folder / SHIPPED_EXPORT, folder / "model.safetensors"
-    if not onnx.is_file() or not weights.is_file():
+    onnx = folder / SHIPPED_EXPORT
+    if not onnx.is_file() or not (folder / "model.safetensors").is_file():
         return None
     model = OpenVinoModel(onnx, threads=threads, precision=precision)
-    return model if model.metadata.source_sha256 == sha256_file(weights) else None
+    return model if is_own_export(folder, model.metadata) else None
 
 
 def load_model(model: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None,

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ddpmrt.engine import load_model
-from ddpmrt.engine.artifacts.integrity import sha256_file
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.metadata import ModelMetadata
-from ddpmrt.engine.backends import ENGINE_SUFFIXES, PACKAGE_SUFFIX, SHIPPED_EXPORT, is_diffusers_folder
+from ddpmrt.engine.backends import ENGINE_SUFFIXES, PACKAGE_SUFFIX, SHIPPED_EXPORT, is_diffusers_folder, is_own_export
 from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.gaussian import GaussianData
 from ddpmrt.export.conversion.engine_build import read_onnx_metadata
@@ -196,14 +195,14 @@ class ReportModels:
 def own_export(folder: Path) -> Path | None:
     """A checkpoint folder's model.onnx where it is the fp32 export of that folder's very weights (its sealed
     metadata names their SHA-256; the shipped models carry one), so that a report copies it instead of exporting."""
-    onnx, weights = Path(folder) / SHIPPED_EXPORT, Path(folder) / "model.safetensors"
-    if not (onnx.is_file() and weights.is_file()):
+    onnx = Path(folder) / SHIPPED_EXPORT
+    if not onnx.is_file():
         return None
     try:
         metadata = read_onnx_metadata(onnx)
     except UserError:
         return None
-    return onnx if metadata.precision == "fp32" and metadata.source_sha256 == sha256_file(weights) else None
+    return onnx if metadata.precision == "fp32" and is_own_export(folder, metadata) else None
 
 
 _WHAT = {"model-fp32": "the model the report sampled, as ", "model-fp16": "the model the report sampled, as ",
