@@ -15,12 +15,13 @@ from ddpmrt.engine.philox import gaussian_noise, philox4x32
 from ddpmrt.engine.sampler_factory import make_sampler
 from ddpmrt.engine.samplers import DDIMSampler, DDPMSampler, apply_update, make_timesteps
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.engine.solvers import DPMSolverSampler, UniPCSampler
+from ddpmrt.engine.solvers import DPMSolverSampler, IPNDMSampler, UniPCSampler
 from ddpmrt.engine.tuning import tune_timesteps
 from ddpmrt.engine.version import __version__
 
 __all__ = [
-    "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "NoiseSchedule", "UniPCSampler", "UserError", "__version__", "apply_update",
+    "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "IPNDMSampler", "NoiseSchedule", "UniPCSampler", "UserError",
+    "__version__", "apply_update",
     "gaussian_noise", "load_model", "make_grid", "make_sampler", "make_timesteps", "philox4x32", "save_images",
     "save_png", "shipped_models", "to_uint8", "tune_timesteps",
 ]

@@ -16,7 +16,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpmrt.engine.samplers import H1, HISTORY, KEEP, KEEP_CORRECTED, KEEP_X0, Q0, Q1, QP, QX, S0, S1, SIGMA, A, B, C, Sampler
+from ddpmrt.engine.samplers import (
+    H1,
+    HISTORY,
+    KEEP,
+    KEEP_CORRECTED,
+    KEEP_EPS,
+    KEEP_X0,
+    Q0,
+    Q1,
+    QP,
+    QX,
+    S0,
+    S1,
+    SIGMA,
+    A,
+    B,
+    C,
+    Sampler,
+)
 from ddpmrt.engine.schedule import NoiseSchedule
 
 
@@ -87,7 +105,8 @@ class GaussianData:
             x_next = combine((row[A], x0), (row[B], corrected), (row[C], eps),
                              *[(row[H1 + k], history[k]) for k in range(HISTORY)])
             keep = int(row[KEEP])
-            new_history = [x0, *history[:HISTORY - 1]] if keep & KEEP_X0 else history
+            new_history = [x0, *history[:HISTORY - 1]] if keep & KEEP_X0 else \
+                [eps, *history[:HISTORY - 1]] if keep & KEEP_EPS else history
             new_previous = corrected if keep & KEEP_CORRECTED else previous
             state = [x_next, *new_history, new_previous]
             k_op = np.vstack([op for op, _ in state])

@@ -18,9 +18,10 @@ from ddpmrt.engine.errors import UserError
 from ddpmrt.engine.sampler_options import Option
 from ddpmrt.engine.samplers import DDIMSampler, DDPMSampler, Sampler
 from ddpmrt.engine.schedule import NoiseSchedule
-from ddpmrt.engine.solvers import DPMSolverSampler, UniPCSampler
+from ddpmrt.engine.solvers import DPMSolverSampler, IPNDMSampler, UniPCSampler
 
-SAMPLER_CLASSES = {cls.NAME: cls for cls in (DDIMSampler, DDPMSampler, DPMSolverSampler, UniPCSampler)}
+SAMPLER_CLASSES = {cls.NAME: cls for cls in (DDIMSampler, DDPMSampler, DPMSolverSampler, UniPCSampler,
+                                                    IPNDMSampler)}
 SAMPLERS = tuple(SAMPLER_CLASSES)
 
 

@@ -10,7 +10,8 @@ affine update with per-step scalars:
 
 H_1, H_2, H_3 are the x̂₀ of the three previous steps (a history ring) and P the previous step's
 corrected sample x_c; a step stores its own x̂₀ and x_c for the next ones where its `keep` flags
-say so.  A sampler only computes the table of these scalars once; `apply_update` applies a row.
+say so.  A sampler whose history is ε instead (iPNDM, an Adams-Bashforth method in ε) stores the
+step's ε in the ring: the model's ε, or with clipping the ε its clipped x̂₀ implies, (x_t − s₀ x̂₀)/s₁.  A sampler only computes the table of these scalars once; `apply_update` applies a row.
 DDIM and DDPM rows have zeros in every history column.  The fused CUDA kernel
 (kernels/update_step.h) implements exactly `apply_update`, so one kernel serves every sampler.
 """
@@ -53,7 +54,8 @@ S0, S1, A, B, C, SIGMA, H1, H2, H3, QX, Q0, Q1, Q2, Q3, QP, KEEP = range(16)
 COEFFS_PER_STEP = 16
 HISTORY = 3             # previous x̂₀ a step may read (UniPC-3's corrector reads three)
 KEEP_X0 = 1             # KEEP flags: the step's x̂₀ enters the history ring,
-KEEP_CORRECTED = 2      # and its corrected sample x_c becomes the next step's P
+KEEP_CORRECTED = 2      # its corrected sample x_c becomes the next step's P,
+KEEP_EPS = 4            # or (instead of x̂₀) its ε enters the ring
 
 
 def coefficient_table(num_steps: int, **columns) -> np.ndarray:
@@ -67,7 +69,8 @@ def coefficient_table(num_steps: int, **columns) -> np.ndarray:
 
 
 class History:
-    """What a multistep sampler carries between steps: the last three x̂₀ (newest first) and the corrected sample."""
+    """What a multistep sampler carries between steps: the last three x̂₀ (newest first; iPNDM's: ε) and the
+    corrected sample."""
 
     def __init__(self):
         self.x0: list[np.ndarray | None] = [None] * HISTORY
@@ -163,6 +166,9 @@ def apply_update(x_t: np.ndarray, eps: np.ndarray, coeffs: np.ndarray, clip_samp
     keep = int(row[KEEP])
     if keep & KEEP_X0:
         history.x0 = [x0.astype(np.float32, copy=False), *history.x0[:HISTORY - 1]]
+    elif keep & KEEP_EPS:
+        kept = eps if clip_sample is None else (x_t - k[S0] * x0) / k[S1]
+        history.x0 = [np.array(kept, np.float32), *history.x0[:HISTORY - 1]]
     if keep & KEEP_CORRECTED:
         history.corrected = np.array(x_c, np.float32)  # a copy: x_c may be the caller's x_t, which it may overwrite
     return x_prev.astype(np.float32, copy=False)

@@ -74,7 +74,7 @@ class Tuner:
             raise UserError("tune chooses the timesteps itself: leave out timesteps and spacing")
         student = make_sampler(sampler, schedule, None, **self.options)  # its config at the default steps
         if student.coefficients[:, 5].any() or sampler == "ddpm":
-            raise UserError(f"tune needs a deterministic sampler (ddim with eta 0, dpmsolver, unipc), not {sampler}"
+            raise UserError(f"tune needs a deterministic sampler (ddim with eta 0, dpmsolver, unipc, ipndm), not {sampler}"
                             + (" with eta > 0" if sampler == "ddim" else ""))
         # The setting tuned for (what a lookup matches): every option but the steps' placement.
         self.config = {k: v for k, v in student.config.items() if k not in ("sampler", "num_steps", "timesteps", "spacing")}

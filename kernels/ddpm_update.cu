@@ -76,7 +76,7 @@ extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const voi
     const unsigned long long batch_elements = (unsigned long long)elements_per_image * n_images;
     const float* h_slot[HISTORY];
     for (int j = 0; j < HISTORY; ++j) h_slot[j] = k.reads[j] ? history_slot(history, step, j + 1, batch_elements) : 0;
-    float* x0_slot = (history && (k.keep & KEEP_X0)) ? history + (unsigned long long)(step % HISTORY_SLOTS) * batch_elements : 0;
+    float* x0_slot = (history && (k.keep & (KEEP_X0 | KEEP_EPS))) ? history + (unsigned long long)(step % HISTORY_SLOTS) * batch_elements : 0;
     const float* p_in = (corrected && k.reads_corrected) ? corrected : 0;
     float* p_out = (corrected && (k.keep & KEEP_CORRECTED)) ? corrected : 0;
 

@@ -39,7 +39,8 @@ enum Column { S0, S1, A, B, C, SIGMA, H1, H2, H3, QX, Q0, Q1, Q2, Q3, QP, KEEP, 
 const int HISTORY = 3;        // previous x0 a step may read
 const int HISTORY_SLOTS = 4;  // the ring: the three read, and the one this step writes
 const int KEEP_X0 = 1;        // KEEP flags: store x0 in the ring,
-const int KEEP_CORRECTED = 2;  // store x_c as the next step's P
+const int KEEP_CORRECTED = 2;  // store x_c as the next step's P,
+const int KEEP_EPS = 4;        // or store eps in the ring instead of x0 (iPNDM; with clipping, (x_t - s0 x0)/s1)
 
 struct Coefficients {
     float v[COEFFS_PER_STEP];
@@ -67,7 +68,8 @@ struct Earlier {
     float p;
 };
 
-// One element: returns x_prev, and writes what the step keeps (x0 and x_c) through the pointers.
+// One element: returns x_prev, and writes what the step keeps (x0, or eps where KEEP_EPS, and x_c) through
+// the pointers.
 DDPMRT_HD float update_one(float xt, float e, float z, const Coefficients& k, float clip, const Earlier& earlier,
                            float* x0_out, float* xc_out) {
     const float* v = k.v;
@@ -80,7 +82,7 @@ DDPMRT_HD float update_one(float xt, float e, float z, const Coefficients& k, fl
     }
     float out = v[A] * x0 + v[B] * xc + v[C] * e;
     for (int j = 0; j < HISTORY; ++j) out += v[H1 + j] * earlier.h[j];
-    *x0_out = x0;
+    *x0_out = (k.keep & KEEP_EPS) ? (clip > 0.0f ? (xt - v[S0] * x0) / v[S1] : e) : x0;
     *xc_out = xc;
     return out + v[SIGMA] * z;
 }
@@ -139,7 +141,7 @@ DDPMRT_HD void update_block(float* x, const float* eps, const ddpmrt_image_key* 
         earlier.p = (k.reads_corrected && corrected) ? corrected[i] : 0.0f;
         float x0, xc;
         x[i] = update_one(x[i], eps[i], z[lane], k, clip, earlier, &x0, &xc);
-        if ((k.keep & KEEP_X0) && ring) ring[(uint64_t)(step % HISTORY_SLOTS) * batch_elements + i] = x0;
+        if ((k.keep & (KEEP_X0 | KEEP_EPS)) && ring) ring[(uint64_t)(step % HISTORY_SLOTS) * batch_elements + i] = x0;
         if ((k.keep & KEEP_CORRECTED) && corrected) corrected[i] = xc;
     }
 }

@@ -32,7 +32,7 @@ if _WORKERS > 1:
 # `pytest -m "unit or contract" -m "not slow"` is the quick development run (README, Tests).
 KINDS = ("unit", "cli", "integration", "contract")
 KIND_BY_FILE = {
-    "unit": ("test_samplers", "test_solvers", "test_schedule", "test_gaussian", "test_philox", "test_device_loop",
+    "unit": ("test_samplers", "test_solvers", "test_ipndm", "test_schedule", "test_gaussian", "test_philox", "test_device_loop",
              "test_kernels", "test_sidecar", "test_fuzz", "test_tuning", "test_unet", "test_cuda_calls"),
     "cli": ("test_cli", "test_errors", "test_output_paths", "test_reports"),
     "integration": ("test_export", "test_openvino", "test_torch_backend", "test_train", "test_serve", "test_shipped_model",

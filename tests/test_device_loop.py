@@ -20,7 +20,7 @@ from ddpmrt.engine.gpu.cuda_runtime import graph_shape
 from ddpmrt.engine.gpu.device_loop import CapturedGraph, DeviceLoop, DeviceNetwork
 from ddpmrt.engine.gpu.kernels import IMAGE_KEY_DTYPE, RUN_PARAMS_DTYPE
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
-from ddpmrt.engine.samplers import COEFFS_PER_STEP, KEEP, KEEP_CORRECTED, KEEP_X0, History, apply_update
+from ddpmrt.engine.samplers import COEFFS_PER_STEP, KEEP, KEEP_CORRECTED, KEEP_EPS, KEEP_X0, History, apply_update
 
 IMAGE_SHAPE = (3, 4, 6)
 
@@ -89,7 +89,7 @@ class EmulatedKernel:
             history.x0 = [ring[(step - k) % 4].copy() for k in (1, 2, 3)]
             history.corrected = corrected.copy()
             x[:] = apply_update(x, eps.astype(np.float32), row, clip, noise, history)
-            if int(row[KEEP]) & KEEP_X0:
+            if int(row[KEEP]) & (KEEP_X0 | KEEP_EPS):
                 ring[step % 4] = history.x0[0]
             if int(row[KEEP]) & KEEP_CORRECTED:
                 corrected[:] = history.corrected
@@ -370,16 +370,17 @@ def test_every_gpu_backend_implements_the_device_network_contract():
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 def test_multistep_solvers_run_in_the_device_loop_and_share_its_graph(dtype):
-    from ddpmrt.engine.solvers import DPMSolverSampler, UniPCSampler
+    from ddpmrt.engine.solvers import DPMSolverSampler, IPNDMSampler, UniPCSampler
 
     loop, _ = make_loop(dtype, cuda_graph=True)
     samplers = (DDIMSampler(SCHEDULE, 8), DPMSolverSampler(SCHEDULE, 8, order=3),
-                UniPCSampler(SCHEDULE, 8, order=3), UniPCSampler(SCHEDULE, 8, order=2, variant="bh1", clip_sample=1.0))
+                UniPCSampler(SCHEDULE, 8, order=3), UniPCSampler(SCHEDULE, 8, order=2, variant="bh1", clip_sample=1.0),
+                IPNDMSampler(SCHEDULE, 8, order=4), IPNDMSampler(SCHEDULE, 8, order=3, clip_sample=1.0))
     for sampler in samplers:
         expected = sampler.sample(host_model(dtype), (3, *IMAGE_SHAPE), seed=2, progress=False)
         got = loop.sample(sampler, 3, seed=2)
         np.testing.assert_allclose(got, expected, atol=5e-5, rtol=1e-5)
-    # The history lives in device buffers the graph reads: one graph for all four samplers.
+    # The history (x̂₀ or iPNDM's ε) lives in device buffers the graph reads: one graph for every sampler.
     assert loop.captures == 1
 
 

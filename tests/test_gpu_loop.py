@@ -32,16 +32,17 @@ pytestmark = [pytest.mark.gpu,
 @pytest.mark.parametrize("precision,tolerance", [("fp32", 2e-3), ("fp16", 5e-2), ("bf16", 1.5e-1)])
 def test_torch_cuda_loop_matches_the_cpu(backend, precision, tolerance):
     # fp32 is IEEE fp32 (TF32 off), so the GPU agrees with the CPU to the fp32 network's rounding.
-    from ddpmrt.engine import DDIMSampler, DDPMSampler, DPMSolverSampler, UniPCSampler, load_model
+    from ddpmrt.engine import DDIMSampler, DDPMSampler, DPMSolverSampler, IPNDMSampler, UniPCSampler, load_model
 
     cpu = load_model("digits", precision="fp32")  # the reference: fp32 (auto is bf16 on CPUs with AMX-BF16)
     eager = load_model("digits", backend=backend, device="cuda", precision=precision)
     graphed = load_model("digits", backend=backend, device="cuda", precision=precision, cuda_graph=True)
     assert eager.device_loop is not None and cpu.device_loop is None
     assert eager.device_loop.cuda_graph == (backend == "inductor")  # inductor always replays one graph
-    # The multistep solvers read the history ring and, for UniPC, the corrected sample: the kernel's every column.
+    # The multistep solvers read the history ring (x̂₀, or iPNDM's ε) and, for UniPC, the corrected sample: the
+    # kernel's every column.
     for sampler in (DDIMSampler(cpu.schedule, 20), DDPMSampler(cpu.schedule, 25), DPMSolverSampler(cpu.schedule, 8, order=3),
-                    UniPCSampler(cpu.schedule, 9, order=3)):
+                    UniPCSampler(cpu.schedule, 9, order=3), IPNDMSampler(cpu.schedule, 7, order=4, clip_sample=1.0)):
         shape = (6, *cpu.image_shape)
         expected = sampler.sample(cpu, shape, seed=3, progress=False)
         got = sampler.sample(eager, shape, seed=3, progress=False)
@@ -52,7 +53,7 @@ def test_torch_cuda_loop_matches_the_cpu(backend, precision, tolerance):
         replayed = sampler.sample(graphed, shape, seed=3, progress=False)  # replay
         np.testing.assert_allclose(replayed, first, atol=1e-6)
         assert np.abs(replayed - expected).max() < tolerance
-    assert graphed.device_loop.captures == 4  # one per step count
+    assert graphed.device_loop.captures == 5  # one per step count
 
 
 def test_images_do_not_depend_on_the_batch():

@@ -43,9 +43,9 @@ def test_tuned_calls_reach_ddim_with_five_to_ten_times_more(seed):
         assert t.timesteps[0] == 999 and len(t.timesteps) == calls and t.network_calls > 0
 
 
-def test_tuning_is_deterministic_and_works_for_ddim_and_unipc():
+def test_tuning_is_deterministic_and_works_for_ddim_unipc_and_ipndm():
     data = GaussianData.random((2, 2, 2), SCHEDULE, seed=5)
-    for sampler, options in (("ddim", {}), ("unipc", {"order": 2})):
+    for sampler, options in (("ddim", {}), ("unipc", {"order": 2}), ("ipndm", {"order": 4})):
         first = tune_timesteps(data, SCHEDULE, sampler, calls=5, shape=(8, 2, 2, 2), seed=1, clip_sample=0, **options)
         again = tune_timesteps(data, SCHEDULE, sampler, calls=5, shape=(8, 2, 2, 2), seed=1, clip_sample=0, **options)
         np.testing.assert_array_equal(first, again)

@@ -184,9 +184,12 @@ def add_option_flags(p: argparse.ArgumentParser, names: tuple[str, ...] | None =
         option = declared[0][1]
         takers = [sampler for sampler, _ in declared]
         who = "every sampler" if len(takers) == len(SAMPLERS) else ", ".join(takers) + " only" * (len(takers) == 1)
-        defaults = dict.fromkeys(shown_default(o.for_commands) for _, o in declared)
+        defaults: dict[str, list[str]] = {}   # each default, with the samplers that have it
+        for sampler, o in declared:
+            defaults.setdefault(shown_default(o.for_commands), []).append(sampler)
         default = "" if option.for_commands is None and len(defaults) == 1 else \
-            f"; default {' / '.join(defaults)}" + (f" ({', '.join(takers)})" if len(defaults) > 1 else "")
+            f"; default {next(iter(defaults))}" if len(defaults) == 1 else \
+            "; default " + ", ".join(f"{value} ({', '.join(samplers)})" for value, samplers in defaults.items())
         p.add_argument(option.flag, dest=name, metavar=option.metavar or name.upper(),
                        help=f"{who}: {option.help}{default}")
 

@@ -43,7 +43,8 @@ from ddpmrt.export.evaluation.report_models import (
 SOLVERS = parse_specs(",".join([f"ddim:{s}" for s in (10, 25, 50, 100)]
                                + [f"{kind}:{s}:{order}" for kind in ("dpmsolver", "unipc") for order in (2, 3)
                                   for s in (5, 8, 10, 15, 20)]
-                               + [f"unipc:{s}:3:bh1" for s in (5, 8, 10, 15, 20)]))
+                               + [f"unipc:{s}:3:bh1" for s in (5, 8, 10, 15, 20)]
+                               + [f"ipndm:{s}:{order}" for order in (3, 4) for s in (5, 8, 10, 15, 20)]))
 FULL = parse_specs(",".join([f"ddim:{s}" for s in (5, 10, 20, 50, 100, 250, 1000)] + [f"ddim:{s}:1" for s in (20, 50, 100)]
                             + [f"ddpm:{s}" for s in (50, 250, 1000)]
                             + [f"{kind}:{s}:{order}" for kind in ("dpmsolver", "unipc") for order in (2, 3)

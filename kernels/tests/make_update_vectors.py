@@ -4,14 +4,14 @@
 
 Each case is one step over a small batch whose images carry their own (seed, image index) keys,
 as a served batch of several requests does: a DDIM/DDPM row, a DPM-Solver++ row (earlier x̂₀ read,
-its own kept) and a UniPC row (the corrector: the previous corrected sample read, the new one
-kept).  tests/test_kernels.py checks that the committed file is what this script produces today.
+its own kept), a UniPC row (the corrector: the previous corrected sample read, the new one
+kept) and iPNDM rows (earlier ε read, its own ε kept, with and without clipping).  tests/test_kernels.py checks that the committed file is what this script produces today.
 """
 
 import numpy as np
 
 from ddpmrt.engine.philox import STREAM_STEP, gaussian_noise
-from ddpmrt.engine.samplers import COEFFS_PER_STEP, History, apply_update, coefficient_table
+from ddpmrt.engine.samplers import COEFFS_PER_STEP, KEEP_EPS, KEEP_X0, History, apply_update, coefficient_table
 
 
 def _row(**columns) -> np.ndarray:
@@ -27,6 +27,9 @@ CASES = [  # elements per image, (seed, image index) per image, step, clip, coef
     # UniPC-like: the corrector reads P and three earlier x̂₀, the step keeps its x̂₀ and x_c.
     (6, [(11, 2), (5, 0)], 9, 1.0, _row(s0=0.6, s1=0.8, a=0.9, b=0.3, h1=-0.2, h2=0.05, qx=-1.0, q0=0.45, q1=0.2,
                                          q2=-0.1, q3=0.03, qp=0.42, keep=3)),
+    # iPNDM-like: earlier ε read, its own ε kept (KEEP_EPS); clipped, the ε its clipped x̂₀ implies.
+    (8, [(21, 0), (21, 4)], 5, 0.0, _row(s0=0.55, s1=0.84, a=-0.6, b=1.2, h1=-0.3, h2=0.1, h3=-0.02, keep=4)),
+    (7, [(9, 1)], 3, 1.0, _row(s0=0.3, s1=0.95, a=-0.4, b=1.1, h1=-0.25, h2=0.07, keep=4)),
 ]
 
 
@@ -46,7 +49,7 @@ def lines() -> list[str]:
         history = History()
         history.x0, history.corrected = [h1.copy(), h2.copy(), h3.copy()], p.copy()
         expected = apply_update(x, eps, row, clip or None, noise, history)
-        kept_x0 = history.x0[0] if int(row[15]) & 1 else np.zeros_like(x)
+        kept_x0 = history.x0[0] if int(row[15]) & (KEEP_X0 | KEEP_EPS) else np.zeros_like(x)
         out.append(f"case {elements} {n} {step} {clip:.9e} {_floats(row)}")
         out += [f"key {seed} {image}" for seed, image in keys]
         for name, values in (("x", x), ("eps", eps), ("h1", h1), ("h2", h2), ("h3", h3), ("p", p),
