@@ -176,3 +176,34 @@ def test_learning_curve_judges_snapshots_and_writes_its_table_and_plot(tmp_path,
     assert 0 <= row["ode_consistency"][0]["mean_abs_diff"] < 0.5  # the shipped digits model is consistent unclipped
     markdown = (results / "curve.md").read_text()
     assert "| digits | 200 |" in markdown and (results / "curve.png").stat().st_size > 10_000
+
+
+def _benchmark_module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_learning_curve_recipe_variants_name_their_data_and_batch():
+    learning_curve = _benchmark_module("learning_curve")
+    assert learning_curve.dataset_of("shapes-b256") == "shapes" and learning_curve.batch_of("shapes-b256") == 256
+    assert learning_curve.batch_of("digits") == 64
+    # A variant is the shipped recipe with later flags, which argparse takes over the earlier ones.
+    assert learning_curve.RECIPES["shapes-b256"][:len(learning_curve.RECIPES["shapes"])] == learning_curve.RECIPES["shapes"]
+
+
+def test_ipndm_benchmark_tunes_and_judges_every_solver(monkeypatch):
+    ipndm = _benchmark_module("ipndm")
+    monkeypatch.setattr(ipndm, "CALLS", (4, 6))
+    monkeypatch.setattr(ipndm, "SOLVERS", {k: ipndm.SOLVERS[k] for k in ("dpmsolver-3M", "ipndm-3")})
+    result = {"date": "today", "environment": {"cpu": "test"}, "gaussian": ipndm.gaussian_sets(),
+              "mixtures": ipndm.mixture_sets(n=200)}
+    rows = result["gaussian"][0]["rows"]
+    assert [(r["solver"], r["calls"]) for r in rows] == [("dpmsolver-3M", 4), ("dpmsolver-3M", 6), ("ipndm-3", 4),
+                                                         ("ipndm-3", 6)]
+    assert all(r["tuned_w2"] < r["untuned_w2"] for r in rows)
+    assert all(r["tuned"]["rms"] < r["untuned"]["rms"] for r in result["mixtures"][0]["rows"])
+    text = "\n".join(ipndm.markdown(result))
+    assert "## gaussian seed 3: exact W2" in text and "DDIM (η = 0, leading)" in text and "of 16" in text
