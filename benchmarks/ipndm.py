@@ -136,6 +136,7 @@ def markdown(result: dict) -> list[str]:
 
 
 def main() -> None:
+    from ddpmrt.engine.artifacts.io import atomic_write
     from ddpmrt.engine.profiling import environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -146,8 +147,10 @@ def main() -> None:
               "gaussian": gaussian_sets(), "mixtures": mixture_sets()}
     result["seconds"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    (args.out / "results.md").write_text("\n".join(markdown(result)))
+    with atomic_write(args.out / "results.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    with atomic_write(args.out / "results.md") as tmp:
+        tmp.write_text("\n".join(markdown(result)), encoding="utf-8")
     print("\n".join(markdown(result)))
 
 

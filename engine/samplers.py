@@ -11,7 +11,8 @@ affine update with per-step scalars:
 H_1, H_2, H_3 are the x̂₀ of the three previous steps (a history ring) and P the previous step's
 corrected sample x_c; a step stores its own x̂₀ and x_c for the next ones where its `keep` flags
 say so.  A sampler whose history is ε instead (iPNDM, an Adams-Bashforth method in ε) stores the
-step's ε in the ring: the model's ε, or with clipping the ε its clipped x̂₀ implies, (x_t − s₀ x̂₀)/s₁.  A sampler only computes the table of these scalars once; `apply_update` applies a row.
+step's ε in the ring: the model's ε, or with clipping the ε its clipped x̂₀ implies, (x_t − s₀ x̂₀)/s₁.
+A sampler only computes the table of these scalars once; `apply_update` applies a row.
 DDIM and DDPM rows have zeros in every history column.  The fused CUDA kernel
 (kernels/update_step.h) implements exactly `apply_update`, so one kernel serves every sampler.
 """

@@ -1,11 +1,12 @@
 """Few-step multistep solvers in the one coefficient form: DPM-Solver++, UniPC and iPNDM.
 
-Both solve the diffusion ODE in data prediction (x̂₀) with the exponential integrator, and reuse
-the x̂₀ of earlier steps instead of extra network calls: one call per step, 2.5-5x fewer steps than
-DDIM for the same images.  Every step is still the affine update of samplers.py: here each row
-combines the step's x̂₀ with up to three earlier ones (the history columns h₁..h₃) and, for UniPC's
-corrector, the previous corrected sample (q-columns), so the NumPy loop, the fused kernel and the
-exact Gaussian oracle run them unchanged.
+DPM-Solver++ and UniPC solve the diffusion ODE in data prediction (x̂₀) with the exponential
+integrator, and reuse the x̂₀ of earlier steps instead of extra network calls (iPNDM: the ε of earlier
+steps, by Adams-Bashforth): one call per step, 2.5-5x fewer steps than DDIM for the same images.
+Every step is still the affine update of samplers.py: here each row combines the step's x̂₀ with up
+to three earlier ones (the history columns h₁..h₃; iPNDM's hold ε) and, for UniPC's corrector, the
+previous corrected sample (q-columns), so the NumPy loop, the fused kernel and the exact Gaussian
+oracle run them unchanged.
 
     DPMSolverSampler   DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095), multistep, orders 1-3
     UniPCSampler       UniPC (Zhao et al. 2023, arXiv:2302.04867): the UniP predictor, and the UniC
