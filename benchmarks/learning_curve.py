@@ -154,7 +154,7 @@ def write_curve(table: dict, results: Path) -> None:
 
     rows = sorted(table.values(), key=lambda r: (r["model"], r["step"]))
     labels = [f"{kind}{steps}{'_clip' if clip else ''}" for kind, steps, clip in SAMPLERS]
-    lines = ["# Learning curve of the shipped recipe", "",
+    lines = ["# Learning curves of the shipped recipes (and variants: NAME-VARIANT, learning_curve.RECIPES)", "",
              "FID in the model's classifier features (mean over the seeds; `samples`: per seed × seeds); DDIM η = 0, "
              "`_clip`: x̂₀ clipped to ±1 at every step; ODE consistency: DDIM-50 against DDIM-1000 from the same noise "
              "(mean absolute pixel difference, share of the same recognised class), and the share of DDIM-50's pixels "

@@ -76,7 +76,9 @@ extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const voi
     const unsigned long long batch_elements = (unsigned long long)elements_per_image * n_images;
     const float* h_slot[HISTORY];
     for (int j = 0; j < HISTORY; ++j) h_slot[j] = k.reads[j] ? history_slot(history, step, j + 1, batch_elements) : 0;
-    float* x0_slot = (history && (k.keep & (KEEP_X0 | KEEP_EPS))) ? history + (unsigned long long)(step % HISTORY_SLOTS) * batch_elements : 0;
+    // The ring slot this step writes: its x0 (KEEP_X0) or, for iPNDM, its eps (KEEP_EPS).
+    float* kept_slot = (history && (k.keep & (KEEP_X0 | KEEP_EPS)))
+                           ? history + (unsigned long long)(step % HISTORY_SLOTS) * batch_elements : 0;
     const float* p_in = (corrected && k.reads_corrected) ? corrected : 0;
     float* p_out = (corrected && (k.keep & KEEP_CORRECTED)) ? corrected : 0;
 
@@ -115,7 +117,7 @@ extern "C" __global__ void ddpmrt_update_kernel(float* __restrict__ x, const voi
             out[lane] = update_one(xt[lane], e[lane], z[lane], k, clip, earlier, &x0[lane], &xc[lane]);
         }
         store4(x, base, b.count, vec, out);
-        if (x0_slot) store4(x0_slot, base, b.count, vec, x0);
+        if (kept_slot) store4(kept_slot, base, b.count, vec, x0);
         if (p_out) store4(p_out, base, b.count, vec, xc);
         if (x_half) {
             if (vec) {

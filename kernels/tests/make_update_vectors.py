@@ -5,7 +5,8 @@
 Each case is one step over a small batch whose images carry their own (seed, image index) keys,
 as a served batch of several requests does: a DDIM/DDPM row, a DPM-Solver++ row (earlier x̂₀ read,
 its own kept), a UniPC row (the corrector: the previous corrected sample read, the new one
-kept) and iPNDM rows (earlier ε read, its own ε kept, with and without clipping).  tests/test_kernels.py checks that the committed file is what this script produces today.
+kept) and iPNDM rows (earlier ε read, its own ε kept, with and without clipping).
+tests/test_kernels.py checks that the committed file is what this script produces today.
 """
 
 import numpy as np
