@@ -151,7 +151,11 @@ def test_host_update_step_matches_numpy_with_a_key_per_image(tmp_path):
     binary = build_host_test("update_host_test", tmp_path)
     vectors = KERNELS / "tests" / "update_vectors.txt"
     result = subprocess.run([str(binary), str(vectors)], capture_output=True, text=True)
-    assert result.returncode == 0 and "225 passed, 0 failed" in result.stdout, result.stdout
+    # Every element of every case, three values each (x_prev, the kept x̂₀ or ε, the corrected sample).
+    checked = 3 * sum(int(line.split()[1]) * int(line.split()[2]) for line in vectors.read_text().splitlines()
+                      if line.startswith("case "))
+    assert checked == 294  # the seven cases of make_update_vectors.py, iPNDM's two included
+    assert result.returncode == 0 and f"{checked} passed, 0 failed" in result.stdout, result.stdout
     # A wrong key (another image index for one image) must fail the test: that image's 7 elements.
     wrong = tmp_path / "wrong.txt"
     wrong.write_text(vectors.read_text().replace("key 42 5\n", "key 42 6\n"))
