@@ -118,6 +118,8 @@ class SamplerSpec:
             text = "DDPM" + (" fixed_large" if value["variance"] == "fixed_large" else "")
         elif self.name == "dpmsolver":
             text = f"DPM-Solver++({value['order']}M)" + (" heun" if value["solver_type"] == "heun" else "")
+        elif self.name == "ipndm":
+            text = f"iPNDM-{value['order']}"
         else:
             text = f"UniPC-{value['order']}" + (f" {given['variant']}" if "variant" in given else "") + \
                 ("" if value["corrector"] else " no corrector")

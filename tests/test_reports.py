@@ -179,6 +179,9 @@ def test_report_sampler_specs_and_seed_spread():
         "DPM-Solver++(3M), 10 steps", "UniPC-2, 8 steps", "DDIM η=0, 25 steps", "DDPM, 50 steps", "UniPC-3 bh1, 5 steps",
         "UniPC-1 no corrector, 6 steps", "DDIM η=0 timesteps, 4 steps", "DPM-Solver++(3M) timesteps, 3 steps"]
     assert dict(specs[6].options)["timesteps"] == (999, 700, 400, 100)
+    assert [s.label for s in parse_samplers("ipndm:8,ipndm:6:4:spacing=trailing")] == [
+        "iPNDM-3, 8 steps", "iPNDM-4 trailing, 6 steps"]
+    assert all(spec.label for spec in SOLVERS)  # every sampler of the solvers set has its label
     schedule = NoiseSchedule.linear(1000)
     assert list(specs[7].make(schedule).timesteps) == [900, 500, 100] and specs[5].make(schedule).corrector is False
     # The comparison: every new sampler at 5-20 calls, DDIM at 10-100.

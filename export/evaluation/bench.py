@@ -45,6 +45,7 @@ from ddpmrt.export.evaluation.bench_report import write_report
 # Dense fp16/bf16 tensor-core peak by GPU name (datasheets; shared/reference/anchors.md), for % of peak.
 # The first name that occurs in the device name wins; --peak-tflops overrides.
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
+# The samplers diffusers has a scheduler for (iPNDM has none: PNDMScheduler starts with Runge-Kutta steps).
 BENCH_SAMPLERS = ("ddim", "ddpm", "dpmsolver", "unipc")
 
 
