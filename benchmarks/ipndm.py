@@ -30,8 +30,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ddpmrt.engine import NoiseSchedule, make_sampler
 from ddpmrt.engine.tuning import Tuner
 
@@ -77,20 +75,13 @@ def gaussian_sets() -> list[dict]:
 
 
 def mixture_sets(n: int = 2000) -> list[dict]:
-    from ddpmrt.engine.mixture import REFERENCE, GaussianMixture, sliced_w2
-    from ddpmrt.engine.sampler_factory import parse_spec
+    from ddpmrt.engine.mixture import REFERENCE, GaussianMixture, MixtureCheck, sliced_w2
 
     schedule = NoiseSchedule.linear(1000)
     sets = []
     for mix_seed in (0, 1):
         mix = GaussianMixture.random((2, 2, 2), schedule, seed=mix_seed)
-        shape = (n, 2, 2, 2)
-        reference = parse_spec(REFERENCE).make(schedule, clip_sample=0).sample(mix, shape, seed=7, progress=False)
-        data = mix.sample_data(n, seed=9)
-
-        def measure(sampler) -> dict:
-            images = sampler.sample(mix, shape, seed=7, progress=False)
-            return {"rms": float(np.sqrt(np.mean((images - reference) ** 2))), "sliced_w2": sliced_w2(images, data)}
+        measure = MixtureCheck(mix, n)
 
         rows = []
         for name in SOLVERS:
@@ -102,7 +93,7 @@ def mixture_sets(n: int = 2000) -> list[dict]:
                              "timesteps": tuned.timesteps})
         ddim = {s: measure(make_sampler("ddim", schedule, s, clip_sample=0)) for s in (10, 20, 25, 50, 100)}
         sets.append({"data": f"mixture seed {mix_seed}", "rows": rows, "reference": REFERENCE, "ddim": ddim,
-                     "data_floor_sliced_w2": sliced_w2(mix.sample_data(n, seed=10), data)})
+                     "data_floor_sliced_w2": sliced_w2(mix.sample_data(n, seed=10), measure.data)})
     return sets
 
 
@@ -123,12 +114,12 @@ def markdown(result: dict) -> list[str]:
                 values = {}
                 for s in SOLVERS:
                     row = next(r for r in block["rows"] if r["solver"] == s and r["calls"] == calls)
-                    values[s] = row[f"{kind}_w2"] if gaussian else row[kind]["rms"]
+                    values[s] = row[f"{kind}_w2"] if gaussian else row[kind]["rms_to_reference"]
                 best = min(values, key=values.get)
                 wins.setdefault(best, []).append(f"{block['data']} {kind} {calls}")
                 cells += [f"**{v:.4f}**" if s == best else f"{v:.4f}" for s, v in values.items()]
             lines.append(f"| {calls} | " + " | ".join(cells) + " |")
-        ddim = block["ddim_w2"] if gaussian else {k: v["rms"] for k, v in block["ddim"].items()}
+        ddim = block["ddim_w2"] if gaussian else {k: v["rms_to_reference"] for k, v in block["ddim"].items()}
         lines += ["", f"DDIM (η = 0, leading) {measure}: " + ", ".join(f"{k} steps {v:.4f}" for k, v in ddim.items()), ""]
     lines += ["Wins (best of the four at a call count, tuned and untuned separately):", ""]
     lines += [f"- {s}: {len(w)} of {sum(len(v) for v in wins.values())}" for s, w in sorted(wins.items())]

@@ -20,8 +20,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 CALLS = (4, 5, 6, 8, 10)
 DDIM_STEPS = (10, 20, 25, 50, 100)
 
@@ -61,19 +59,12 @@ def mixture(seed: int, n: int = 2000) -> dict:
     """The same on a Gaussian mixture: per-image RMS to a 999-step reference solve from the same noise, and the
     sliced W2 of the samples to the mixture's (whose floor, data against data, is given)."""
     from ddpmrt.engine import NoiseSchedule, make_sampler
-    from ddpmrt.engine.mixture import REFERENCE, GaussianMixture, sliced_w2
-    from ddpmrt.engine.sampler_factory import parse_spec
+    from ddpmrt.engine.mixture import REFERENCE, GaussianMixture, MixtureCheck, sliced_w2
     from ddpmrt.engine.tuning import Tuner
 
     schedule = NoiseSchedule.linear(1000)
     mix = GaussianMixture.random((2, 2, 2), schedule, seed=seed)
-    shape = (n, 2, 2, 2)
-    reference = parse_spec(REFERENCE).make(schedule, clip_sample=0).sample(mix, shape, seed=7, progress=False)
-    data = mix.sample_data(n, seed=9)
-
-    def measure(sampler) -> dict:
-        x = sampler.sample(mix, shape, seed=7, progress=False)
-        return {"rms_to_reference": float(np.sqrt(np.mean((x - reference) ** 2))), "sliced_w2": sliced_w2(x, data)}
+    measure = MixtureCheck(mix, n)
 
     start = time.perf_counter()
     tuner = Tuner(mix, schedule, "dpmsolver", shape=(32, 2, 2, 2), order=3, clip_sample=0)
@@ -84,7 +75,7 @@ def mixture(seed: int, n: int = 2000) -> dict:
                      "tuned": measure(make_sampler("dpmsolver", schedule, order=3, clip_sample=0, timesteps=tuned.timesteps)),
                      "linspace": measure(make_sampler("dpmsolver", schedule, calls, order=3, clip_sample=0))})
     return {"mixture_seed": seed, "components": len(mix.weights), "dim": mix.dim, "samples": n, "reference": REFERENCE,
-            "data_floor_sliced_w2": sliced_w2(mix.sample_data(n, seed=10), data), "rows": rows,
+            "data_floor_sliced_w2": sliced_w2(mix.sample_data(n, seed=10), measure.data), "rows": rows,
             "ddim": {s: measure(make_sampler("ddim", schedule, s, clip_sample=0)) for s in DDIM_STEPS},
             "tuning": {"network_calls": tuner.network_calls, "seconds": time.perf_counter() - start}}
 

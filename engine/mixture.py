@@ -7,7 +7,8 @@ components N(√ᾱ μ_k, C_k), C_k = ᾱ Σ_k + (1−ᾱ) I, so the MMSE noise 
 
 A sampler's output distribution is no longer closed form; what is: the data (to sample, for a
 distribution distance) and, per starting noise, the solution of the probability-flow ODE, which a
-many-step high-order solve (`reference`) approximates far below any few-step sampler's error.
+many-step high-order solve (REFERENCE) approximates far below any few-step sampler's error.
+`MixtureCheck` measures a sampler against both.
 """
 
 from __future__ import annotations
@@ -84,3 +85,22 @@ def sliced_w2(a: np.ndarray, b: np.ndarray, projections: int = 256, seed: int = 
     directions /= np.linalg.norm(directions, axis=0)
     pa, pb = np.sort(a @ directions, axis=0), np.sort(b @ directions, axis=0)
     return float(np.sqrt(np.mean((pa - pb) ** 2)))
+
+
+class MixtureCheck:
+    """A sampler's error on a mixture, from n seeded noises: the per-image RMS distance of its images to the
+    reference solve's from the same noise, and the sliced W2 of its images to n samples of the mixture."""
+
+    def __init__(self, mixture: GaussianMixture, n: int, seed: int = 7, data_seed: int = 9):
+        from ddpmrt.engine.sampler_factory import parse_spec  # the samplers, only when a check is made
+
+        self.mixture, self.seed = mixture, seed
+        self.shape = (n, *mixture.image_shape)
+        self.reference = parse_spec(REFERENCE).make(mixture.schedule, clip_sample=0).sample(
+            mixture, self.shape, seed=seed, progress=False)
+        self.data = mixture.sample_data(n, seed=data_seed)
+
+    def __call__(self, sampler) -> dict:
+        images = sampler.sample(self.mixture, self.shape, seed=self.seed, progress=False)
+        return {"rms_to_reference": float(np.sqrt(np.mean((images - self.reference) ** 2))),
+                "sliced_w2": sliced_w2(images, self.data)}

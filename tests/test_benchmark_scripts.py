@@ -204,6 +204,6 @@ def test_ipndm_benchmark_tunes_and_judges_every_solver(monkeypatch):
     assert [(r["solver"], r["calls"]) for r in rows] == [("dpmsolver-3M", 4), ("dpmsolver-3M", 6), ("ipndm-3", 4),
                                                          ("ipndm-3", 6)]
     assert all(r["tuned_w2"] < r["untuned_w2"] for r in rows)
-    assert all(r["tuned"]["rms"] < r["untuned"]["rms"] for r in result["mixtures"][0]["rows"])
+    assert all(r["tuned"]["rms_to_reference"] < r["untuned"]["rms_to_reference"] for r in result["mixtures"][0]["rows"])
     text = "\n".join(ipndm.markdown(result))
     assert "## gaussian seed 3: exact W2" in text and "DDIM (η = 0, leading)" in text and "of 16" in text

@@ -154,15 +154,13 @@ def test_the_mixtures_optimal_eps_is_the_gaussians_for_one_component():
 
 def test_tuned_timesteps_generalize_to_the_gaussian_mixture():
     # Multimodal and nonlinear: per-image distance to a 999-step reference solve from the same noise.
-    from ddpmrt.engine.mixture import REFERENCE, GaussianMixture
-    from ddpmrt.engine.sampler_factory import parse_spec
+    from ddpmrt.engine.mixture import GaussianMixture, MixtureCheck
 
     mixture = GaussianMixture.random((2, 2, 2), SCHEDULE, seed=0)
-    shape = (256, 2, 2, 2)
-    reference = parse_spec(REFERENCE).make(SCHEDULE, clip_sample=0).sample(mixture, shape, seed=7, progress=False)
+    check = MixtureCheck(mixture, 256)
 
     def error(sampler):
-        return float(np.sqrt(np.mean((sampler.sample(mixture, shape, seed=7, progress=False) - reference) ** 2)))
+        return check(sampler)["rms_to_reference"]
 
     tuner = Tuner(mixture, SCHEDULE, "dpmsolver", shape=(32, 2, 2, 2), order=3, clip_sample=0)
     tuned = {calls: make_sampler("dpmsolver", SCHEDULE, order=3, clip_sample=0, timesteps=tuner.tune(calls).timesteps)
