@@ -37,6 +37,9 @@ RECIPES = {
 # (square-root scaling), compared with the shipped recipe at equal images seen.
 RECIPES["shapes-b256"] = RECIPES["shapes"] + ["--batch-size", "256", "--lr", "1e-3"]
 RECIPES["digits-b256"] = RECIPES["digits"] + ["--batch-size", "256", "--lr", "1e-3"]
+# minsnr5: Min-SNR-5 loss weights (trainer.min_snr_weight), for the high-noise ε precision the ODE needs.
+RECIPES["shapes-minsnr5"] = RECIPES["shapes"] + ["--snr-gamma", "5"]
+RECIPES["digits-minsnr5"] = RECIPES["digits"] + ["--snr-gamma", "5"]
 
 
 def dataset_of(recipe: str) -> str:

@@ -63,10 +63,10 @@ def measure(variant: str, steps: int, warmup: int, data, schedule) -> dict:
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step(k: int) -> None:
-        x_t, t, noise = noisy_batch(images, abar, schedule.num_train_timesteps, batch, k, "cpu")
+        x_t, t, noise, weight = noisy_batch(images, abar, schedule.num_train_timesteps, batch, k, "cpu")
         if channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        train_step(net, model, ema, optimizer, scaler, (x_t, t, noise), 5e-4, k, args, dtype, "cpu")
+        train_step(net, model, ema, optimizer, scaler, (x_t, t, noise, weight), 5e-4, k, args, dtype, "cpu")
 
     start = time.perf_counter()
     step(0)  # the first step compiles where compile is asked

@@ -244,3 +244,33 @@ def test_the_signals_that_save_include_windows_ctrl_break(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(trainer)
+
+
+def test_min_snr_weights_are_the_closed_form_and_zero_is_l_simple():
+    from ddpmrt.engine.schedule import NoiseSchedule
+    from ddpmrt.export.training.trainer import min_snr_weight
+
+    abar = torch.tensor(NoiseSchedule.linear(1000).alphas_cumprod, dtype=torch.float64)
+    snr = abar / (1 - abar)
+    w = min_snr_weight(abar, 5.0)
+    # Hang et al. eq. 8 for ε-prediction: min(SNR, γ) / SNR, written out per timestep.
+    expected = torch.tensor([min(s, 5.0) / s for s in snr.tolist()], dtype=torch.float64)
+    assert torch.allclose(w, expected, rtol=1e-12)
+    assert w[-1] == 1.0 and w[0] < 1e-3  # high noise keeps its weight, the lowest noise loses almost all
+    assert torch.equal(min_snr_weight(abar, 0.0), torch.ones_like(abar))
+
+
+def test_snr_gamma_changes_the_training_and_is_recorded(tmp_path):
+    # Batches of 32: some of their timesteps fall below SNR 5 (t < 130), where the weights differ.
+    train(TrainArgs(out=str(tmp_path / "simple"), iters=3, **{**FAST, "batch_size": 32}))
+    train(TrainArgs(out=str(tmp_path / "minsnr"), iters=3, snr_gamma=5.0, **{**FAST, "batch_size": 32}))
+    a, b = _state(tmp_path / "simple"), _state(tmp_path / "minsnr")
+    assert b["train_args"]["snr_gamma"] == 5.0
+    assert not torch.equal(a["model"]["conv_in.weight"], b["model"]["conv_in.weight"])
+    config = json.loads((tmp_path / "minsnr" / "config.json").read_text())
+    assert config["training"]["snr_gamma"] == 5.0
+
+
+def test_bad_snr_gamma_is_one_line(tmp_path):
+    assert_user_error(run_cli("train", "--dataset", "digits", "--iters", "2", "--snr-gamma", "-1",
+                              "--out", str(tmp_path / "out"), timeout=120), "--snr-gamma")

@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int_in(0, 10 ** 9), help=f"LR warm-up steps (default {d.warmup})")
     p.add_argument("--ema-decay", type=real_in(0, 1, high_open=True), help=f"EMA decay (default {d.ema_decay:g})")
     p.add_argument("--grad-clip", type=real_in(0, 1e6, low_open=True), help=f"gradient-norm clip (default {d.grad_clip:g})")
+    p.add_argument("--snr-gamma", type=real_in(0, 1e6),
+                   help="weight each sample's ε loss by min(SNR, γ)/SNR (Min-SNR-γ, as diffusers' --snr_gamma; "
+                        f"5 is the paper's value), 0 = L_simple's equal weights (default {d.snr_gamma:g})")
     p.add_argument("--schedule", choices=["linear", "cosine"], help=f"noise schedule (default {d.schedule})")
     p.add_argument("--precision", choices=TRAIN_PRECISIONS, help=f"autocast precision (default {d.precision}: bf16 on a CUDA GPU that has it and "
                         "on a CPU where bf16 is faster, as the engine's auto rule; fp32 elsewhere)")

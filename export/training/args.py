@@ -16,6 +16,7 @@ class TrainArgs:
     lr: float = 2e-4
     warmup: int = 500                 # linear LR warm-up steps
     grad_clip: float = 1.0
+    snr_gamma: float = 0.0            # Min-SNR-γ loss weight min(SNR, γ)/SNR (Hang et al. 2023); 0: L_simple
     ema_decay: float = 0.9999
     image_size: int | None = None     # default: the dataset's own size
     seed: int = 0
