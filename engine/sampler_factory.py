@@ -20,8 +20,7 @@ from ddpmrt.engine.samplers import DDIMSampler, DDPMSampler, Sampler
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.engine.solvers import DPMSolverSampler, IPNDMSampler, UniPCSampler
 
-SAMPLER_CLASSES = {cls.NAME: cls for cls in (DDIMSampler, DDPMSampler, DPMSolverSampler, UniPCSampler,
-                                                    IPNDMSampler)}
+SAMPLER_CLASSES = {cls.NAME: cls for cls in (DDIMSampler, DDPMSampler, DPMSolverSampler, UniPCSampler, IPNDMSampler)}
 SAMPLERS = tuple(SAMPLER_CLASSES)
 
 

@@ -62,12 +62,12 @@ def test_ipndm_gaussian_moments_are_exact():
     basis = np.vstack([np.zeros(8), np.eye(8)]).reshape(9, 2, 2, 2).astype(np.float32)
     out = sampler.sample(data, basis.shape, x_T=basis, progress=False).reshape(9, 8).astype(np.float64)
     linear = (out[1:] - out[0]).T
-    mean, cov = sampler_moments = data.predicted_moments(sampler)
+    mean, cov = data.predicted_moments(sampler)
     np.testing.assert_allclose(mean, out[0], atol=1e-5)
     np.testing.assert_allclose(cov, linear @ linear.T, atol=1e-5)
     # And it is the better solver there at 8 calls, as benchmarks/results/cpu-ipndm-gaussian/ measured.
     dpm = make_sampler("dpmsolver", SCHEDULE, 8, order=3, clip_sample=0)
-    assert w2_gaussian(*sampler_moments, data.mean, data.cov) < w2_gaussian(*data.predicted_moments(dpm), data.mean, data.cov)
+    assert w2_gaussian(mean, cov, data.mean, data.cov) < w2_gaussian(*data.predicted_moments(dpm), data.mean, data.cov)
 
 
 def test_the_eps_ring_holds_the_eps_of_the_clipped_x0():
