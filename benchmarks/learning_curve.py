@@ -101,6 +101,15 @@ def _loss_by_bucket(model, images, schedule, buckets: int = 10, seed: int = 0) -
     return out
 
 
+def _cpu_name() -> str:
+    """Who judged (and, with these scripts, trained) a row: vendor, matrix instructions, cores."""
+    import os
+
+    from ddpmrt.engine.cpu import cpu_vendor, matrix_instructions
+
+    return f"{cpu_vendor() or 'CPU'} ({', '.join(matrix_instructions()) or 'no matrix instructions'}), {os.cpu_count()} cores"
+
+
 def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int], backend: str = "openvino") -> None:
     import numpy as np
 
@@ -115,14 +124,19 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
         judge_ = ClassifierJudge.train(dataset_of(name), image_size=16)
         real = load_dataset(dataset_of(name), image_size=16).images[:num].astype(np.float32)
         for snapshot in sorted((out / name).glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
-            key = f"{name}/{snapshot.name}"
-            if key in table or snapshot.name.endswith(".tmp"):
+            if snapshot.name.endswith(".tmp"):
+                continue
+            # The precision it trained in is part of what a row is (bf16 autocast on a CPU with bf16 units).
+            precision = json.loads((snapshot / "config.json").read_text())["training"].get("precision_used", "fp32")
+            key = f"{name}/{precision}/{snapshot.name}"
+            if key in table:
                 continue
             # OpenVINO in fp32: the same numbers as eager torch to rounding (the export is validated against it),
             # 4x its speed here, and no bf16 to blur the ODE consistency of 1,000 steps.
             model = load_model(str(snapshot), backend=backend, precision="fp32")
             step = int(snapshot.name.split("_")[1])
-            row = {"model": name, "step": step, "images_seen": step * batch_of(name), "samples": num, "seeds": seeds,
+            row = {"model": name, "precision": precision, "step": step, "images_seen": step * batch_of(name),
+                   "samples": num, "seeds": seeds, "cpu": _cpu_name(),
                    "loss_by_t_bucket": _loss_by_bucket(model, real, model.schedule), "scores": {}}
             for seed in seeds:
                 images = {}
@@ -155,27 +169,32 @@ def write_curve(table: dict, results: Path) -> None:
 
     from ddpmrt.export.evaluation.plots import pyplot, save_figure, write_markdown
 
-    rows = sorted(table.values(), key=lambda r: (r["model"], r["step"]))
+    rows = sorted(table.values(), key=lambda r: (r["model"], r["precision"], r["step"]))
     labels = [f"{kind}{steps}{'_clip' if clip else ''}" for kind, steps, clip in SAMPLERS]
     lines = ["# Learning curves of the shipped recipes (and variants: NAME-VARIANT, learning_curve.RECIPES)", "",
              "FID in the model's classifier features (mean over the seeds; `samples`: per seed × seeds); DDIM η = 0, "
              "`_clip`: x̂₀ clipped to ±1 at every step; ODE consistency: DDIM-50 against DDIM-1000 from the same noise "
              "(mean absolute pixel difference, share of the same recognised class), and the share of DDIM-50's pixels "
              "past ±1.2.", "",
-             "| model | step | M images seen | samples | " + " | ".join(labels) + " | DDIM-50 vs -1000 diff | same class | saturated |",
-             "| --- | --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- | --- | --- |"]
+             *[f"- judged on {cpu}: " + ", ".join(sorted({f"{r['model']} {r['precision']}" for r in rows if r["cpu"] == cpu}))
+               for cpu in sorted({r["cpu"] for r in rows})], "",
+             "| model | trained in | step | M images seen | samples | " + " | ".join(labels)
+             + " | DDIM-50 vs -1000 diff | same class | saturated |",
+             "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- | --- | --- |"]
     for row in rows:
         # Snapshots judged before a sampler joined SAMPLERS have no figure for it: "–".
         fids = [np.mean([s["fid"] for s in row["scores"][label]]) if label in row["scores"] else None for label in labels]
         ode = row["ode_consistency"]
-        lines.append(f"| {row['model']} | {row['step']} | {row.get('images_seen', row['step'] * 64) / 1e6:.2f} | "
+        lines.append(f"| {row['model']} | {row['precision']} | {row['step']} | {row['images_seen'] / 1e6:.2f} | "
                      f"{row['samples']} × {len(row['seeds'])} | "
                      + " | ".join("–" if f is None else f"{f:.2f}" for f in fids)
                      + f" | {np.mean([o['mean_abs_diff'] for o in ode]):.3f} | {np.mean([o['same_class'] for o in ode]):.0%}"
                      + f" | {np.mean([o['saturated_ddim50'] for o in ode]):.1%} |")
     lines += ["", "ε loss per timestep bucket (t in tenths of T, real images):", "",
-              "| model | step | " + " | ".join(f"t{b}" for b in range(10)) + " |", "| --- | --- | " + " | ".join("---" for _ in range(10)) + " |"]
-    lines += [f"| {r['model']} | {r['step']} | " + " | ".join(f"{v:.4f}" for v in r["loss_by_t_bucket"]) + " |" for r in rows]
+              "| model | trained in | step | " + " | ".join(f"t{b}" for b in range(10)) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in range(10)) + " |"]
+    lines += [f"| {r['model']} | {r['precision']} | {r['step']} | " + " | ".join(f"{v:.4f}" for v in r["loss_by_t_bucket"]) + " |"
+              for r in rows]
     write_markdown(results / "curve.md", lines + [""])
     # One column per data set, its recipes side by side against the images seen (batch × steps), so a recipe
     # with another batch size is compared at equal training data; four samplers keep the panel legible.
@@ -184,11 +203,12 @@ def write_curve(table: dict, results: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(2, max(1, len(datasets)), figsize=(6 * max(1, len(datasets)), 8), squeeze=False)
     for column, dataset in enumerate(datasets):
-        recipes = sorted({r["model"] for r in rows if dataset_of(r["model"]) == dataset})
-        for marker, recipe in zip("os^v", recipes):
-            mine = [r for r in rows if r["model"] == recipe]
+        recipes = sorted({(r["model"], r["precision"]) for r in rows if dataset_of(r["model"]) == dataset})
+        for marker, (model, precision) in zip("os^vDP", recipes):
+            recipe = f"{model} {precision}"
+            mine = [r for r in rows if (r["model"], r["precision"]) == (model, precision)]
             for colour, label in enumerate(shown_labels):
-                points = [(r.get("images_seen", r["step"] * 64) / 1e6, np.mean([s["fid"] for s in r["scores"][label]]))
+                points = [(r["images_seen"] / 1e6, np.mean([s["fid"] for s in r["scores"][label]]))
                           for r in mine if label in r["scores"]]
                 if points:
                     axes[0][column].plot(*zip(*points), marker=marker, color=f"C{colour}",
