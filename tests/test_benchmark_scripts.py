@@ -169,13 +169,16 @@ def test_learning_curve_judges_snapshots_and_writes_its_table_and_plot(tmp_path,
     results = tmp_path / "results"
     learning_curve.judge(tmp_path / "runs", results, ["digits"], num=6, seeds=[0], backend="torch")
     table = json.loads((results / "curve.json").read_text())
-    assert sorted(table) == ["digits/step_100", "digits/step_200"]
-    row = table["digits/step_100"]
+    # A row is keyed by the precision its snapshot trained in (the shipped digits model: fp32) and names the judge's CPU.
+    precision = json.loads((SHIPPED_MODELS_DIR / "digits" / "config.json").read_text())["training"].get("precision_used", "fp32")
+    assert sorted(table) == [f"digits/{precision}/step_100", f"digits/{precision}/step_200"]
+    row = table[f"digits/{precision}/step_100"]
+    assert row["precision"] == precision and "cores" in row["cpu"]
     assert len(row["loss_by_t_bucket"]) == 10 and all(v > 0 for v in row["loss_by_t_bucket"])
     assert set(row["scores"]) == {"ddim50", "ddim1000", "ddim3_clip"}
     assert 0 <= row["ode_consistency"][0]["mean_abs_diff"] < 0.5  # the shipped digits model is consistent unclipped
     markdown = (results / "curve.md").read_text()
-    assert "| digits | 200 |" in markdown and (results / "curve.png").stat().st_size > 10_000
+    assert f"| digits | {precision} | 200 |" in markdown and (results / "curve.png").stat().st_size > 10_000
 
 
 def _benchmark_module(name: str):
