@@ -9,7 +9,7 @@ ranges come from the inputs the network really sees while sampling, (x_t, t) col
 fp32 model's own DDIM trajectory at every step, not from one timestep or random noise.
 
 The int8 file is what `ddpmrt export-onnx --precision int8` writes (export/conversion/quantize.py: ONNX
-Runtime's static QDQ quantizer, per-channel int8 weights, uint8 activations, the first and last
+Runtime's static QDQ quantizer, per-channel 7-bit int8 weights, uint8 activations, the first and last
 convolutions and everything but Conv/Gemm/MatMul kept in float).  It runs on OpenVINO (its Q/DQ
 pairs become int8 kernels: AVX512-VNNI or AMX-INT8) and on ONNX Runtime, each compared with the
 fp32 file on the same backend:

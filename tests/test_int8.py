@@ -1,5 +1,7 @@
 """`export-onnx --precision int8`: calibrated on the model's own trajectories, run on OpenVINO and ONNX Runtime."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,28 @@ def test_int8_samples_stay_close_to_fp32(exported, backend):
     difference = np.abs(a - b)
     # The same digits, not bit-identical: int8 moves pixels by a few percent of the [-1, 1] range.
     assert difference.mean() < 0.05 and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.97, (difference.mean(), difference.max())
+
+
+def test_int8_samples_stay_close_on_a_cpu_without_vnni(exported):
+    """OpenVINO limited to AVX2 (oneDNN's ONEDNN_MAX_CPU_ISA) multiplies uint8 by int8 as a CPU without VNNI does,
+    with int16 pair sums that saturate on full-range weights (CI's AVX2 machine: mean difference 0.07-0.08)."""
+    import subprocess
+    import sys
+
+    from ddpmrt.engine.backends import openvino_backend
+
+    if not openvino_backend.available():
+        pytest.skip("needs OpenVINO: pip install -e '.[openvino]'")
+    fp32, int8, _ = exported
+    script = ("import sys, numpy as np; from ddpmrt.engine import DDIMSampler, load_model\n"
+              "a, b = (load_model(p, backend='openvino', precision=q) for p, q in zip(sys.argv[1:], ('fp32', 'auto')))\n"
+              "s = DDIMSampler(b.schedule, 10, clip_sample=1.0)\n"
+              "x, y = (s.sample(m, (8, *b.image_shape), seed=3, progress=False) for m in (a, b))\n"
+              "print(np.abs(x - y).mean())")
+    result = subprocess.run([sys.executable, "-c", script, str(fp32), str(int8)], capture_output=True, text=True,
+                            env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) < 0.05, result.stdout
 
 
 def test_sample_reports_int8(exported, tmp_path):

@@ -10,7 +10,11 @@ every step of DDIM trajectories run by the fp32 model itself.
 ONNX Runtime's quantizer does the rest (`quant_pre_process`, then `quantize_static`, MinMax ranges):
 QDQ format, per-channel int8 weights and asymmetric uint8 activations, the form OpenVINO's int8
 convolutions take (with int8 activations OpenVINO's ε was off by 0.65 of its range; with uint8,
-0.07, as ONNX Runtime's).  Only Conv, Gemm and MatMul are quantized, so attention's softmax and
+0.07, as ONNX Runtime's).  The weights use 7 of their 8 bits (`reduce_range`): a CPU without VNNI
+(AVX2, or AVX-512 before VNNI) multiplies uint8 by int8 with `vpmaddubsw`, which sums pairs into int16
+and saturates once 255 x 127 x 2 overflows it; the file is the same on every CPU, so it must be exact on
+those too (full-range weights moved DDIM-10 samples by 0.073 on OpenVINO limited to AVX2 against 0.025
+with VNNI; 7-bit weights, 0.030 on both).  Only Conv, Gemm and MatMul are quantized, so attention's softmax and
 every GroupNorm stay in float, and so do the first and last convolutions: the image's own scale
 in, ε out.  What it costs and gains was measured before it was offered (benchmarks/cpu_int8.py,
 benchmarks/results/cpu-int8-*/): quality against fp32 and speed, on digits and shapes.
@@ -129,11 +133,11 @@ def quantize_onnx(fp32_path: Path, out: Path, calibration: Calibration = Calibra
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=kept_in_float)
+                        nodes_to_exclude=kept_in_float, reduce_range=True)
         model = onnx.load(str(quantized))
         quantized_nodes = sum(node.op_type == "DequantizeLinear" for node in model.graph.node)
         metadata = dataclasses.replace(metadata, quantization={
-            "kind": "int8 static, QDQ, per-channel weights, uint8 activations, MinMax",
+            "kind": "int8 static, QDQ, per-channel 7-bit weights, uint8 activations, MinMax",
             "calibration": f"DDIM-{calibration.steps} trajectories of {calibration.images} images "
                            f"({len(inputs)} network calls), seed {calibration.seed}",
             "kept_in_float": "first and last Conv; everything but " + ", ".join(QUANTIZED_OPS)})
