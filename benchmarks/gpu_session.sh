@@ -19,13 +19,18 @@
 #   bash benchmarks/gpu_session.sh solvers "$OUT"   # DDIM, DPM-Solver++ and UniPC per-step time in the device loop at
 #                                                   # batch 1 and 64 (the update stays bandwidth-bound: within 3 % of DDIM)
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
+#   bash benchmarks/gpu_session.sh curve   "$OUT"   # the Reference models' learning curve in one call: digits and
+#                                                   # shapes train side by side (learning_curve.py train, TRAIN_SECONDS,
+#                                                   # default 300), then each judges its snapshots, latest first
+#                                                   # (JUDGE_SECONDS, default 180) -> curve.json/md/png, and the
+#                                                   # last snapshot of each in models.tar.gz
 #
 # The device image has PyTorch, cuda-python and NVRTC but not diffusers: carry its wheel in .whl
 # (see benchmarks/README.md); gpu_env.sh installs .whl/*.whl and ddpmrt itself into /tmp/site.
 # Every part fails loudly: the first failing command stops the script with its exit status.
 set -euo pipefail
-part=${1:?usage: gpu_session.sh tests|kernels|bench|levers|package|solvers|report OUTDIR [BATCHES]}
-out=${2:?usage: gpu_session.sh tests|kernels|bench|levers|package|solvers|report OUTDIR [BATCHES]}
+part=${1:?usage: gpu_session.sh tests|kernels|bench|levers|package|solvers|report|curve OUTDIR [BATCHES]}
+out=${2:?usage: gpu_session.sh tests|kernels|bench|levers|package|solvers|report|curve OUTDIR [BATCHES]}
 mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/nvidia-smi.csv"
@@ -90,8 +95,23 @@ case "$part" in
       keep "/tmp/report-$model" "report-$model"
     done
     ;;
+  curve)
+    # The tiny U-Net leaves an H100 mostly idle, so the two models train, then judge, at once; each stage
+    # is bounded so the call ends inside the device tool's limit with what it has.
+    for model in digits shapes; do
+      ( python3 benchmarks/learning_curve.py train --out runs/gpu-curve --models "$model" --device cuda \
+          --precision bf16 --steps 6000,12000,24000,48000,96000,192000 --seconds "${TRAIN_SECONDS:-300}"
+        timeout "${JUDGE_SECONDS:-180}" python3 benchmarks/learning_curve.py judge --out runs/gpu-curve \
+          --models "$model" --num 256 --seeds 0,1 --backend torch --device cuda \
+          --results "runs/gpu-curve/results-$model" ) > "$out/curve-$model.log" 2>&1 &
+    done
+    wait
+    python3 benchmarks/learning_curve.py merge runs/gpu-curve/results-* --results "$out"
+    last() { find runs/gpu-curve/"$1" -maxdepth 1 -name 'step_*' ! -name '*.tmp' | sort -t_ -k2 -n | tail -1; }
+    tar czf "$out/models.tar.gz" "$(last digits)" "$(last shapes)"
+    ;;
   *)
-    echo "unknown part $part: use tests, kernels, bench, levers, package, solvers or report" >&2
+    echo "unknown part $part: use tests, kernels, bench, levers, package, solvers, report or curve" >&2
     exit 2
     ;;
 esac

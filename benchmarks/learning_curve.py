@@ -8,7 +8,9 @@ of the EMA weights at each, and judge every snapshot.
 then `--resume`s it to each next one: the learning rate is constant after warm-up and all randomness
 of step k is seeded from (seed, k), so the segments are one uninterrupted run.  A snapshot
 (`NAME/step_K/`: config.json, model.safetensors) is a checkpoint folder any command loads.  An
-interrupted `train` starts again where the run folder stands.
+interrupted `train` starts again where the run folder stands; `--seconds` stops it on purpose (a device call's
+limit), keeping the step it reached as a snapshot too.  On a GPU, `bash benchmarks/gpu_session.sh curve OUT`
+trains and judges both models in one device call, and `merge` joins the per-model tables it writes.
 
 `judge` measures each snapshot: FID / recognised share in the classifier's features of DDIM-10, -50
 and -1000 (η = 0, clipped and unclipped) and DDPM-1000, the ODE consistency of DDIM-50 against
@@ -61,28 +63,53 @@ def _steps_arg(text: str) -> list[int]:
     return steps
 
 
-def train(out: Path, models: list[str], steps: list[int], precision: str) -> None:
+def train(out: Path, models: list[str], steps: list[int], precision: str, device: str = "auto",
+          seconds: float | None = None) -> None:
+    """Each model's run to each step count in turn, a snapshot at each.  With `seconds`, the run is stopped there by
+    SIGTERM, which the trainer turns into a checkpoint (a device call's time limit), and that checkpoint is kept as
+    a snapshot too, at the step it reached; the next call resumes the run."""
+    deadline = None if seconds is None else time.monotonic() + seconds
     for name in models:
         run = out / name / "run"
         for count in steps:
-            snapshot = out / name / f"step_{count}"
-            if (snapshot / "model.safetensors").is_file():
+            if (out / name / f"step_{count}" / "model.safetensors").is_file():
                 continue
             resume = (run / "training_state.pt").is_file()
             command = [sys.executable, "-m", "ddpmrt.export", "train", *RECIPES[name], "--iters", str(count),
-                       "--precision", precision, "--save-every", "1000", "--sample-every", "0", "--out", str(run),
-                       "--no-progress", *(["--resume"] if resume else ["--overwrite"])]
+                       "--precision", precision, "--device", device, "--save-every", "1000", "--sample-every", "0",
+                       "--out", str(run), "--no-progress", *(["--resume"] if resume else ["--overwrite"])]
             start = time.perf_counter()
-            subprocess.run(command, check=True)
-            tmp = snapshot.with_name(snapshot.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for file in ("config.json", "model.safetensors"):
-                shutil.copy2(run / file, tmp / file)
-            (tmp / "segment.json").write_text(json.dumps({"seconds": time.perf_counter() - start,
-                                                          "precision": precision, "command": command[1:]}))
-            tmp.rename(snapshot)
+            with subprocess.Popen(command) as process:
+                try:
+                    process.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.terminate()  # SIGTERM: the trainer saves its state at the next step and exits
+                    process.wait()
+            if process.returncode != 0 and not (deadline and time.monotonic() >= deadline):
+                raise subprocess.CalledProcessError(process.returncode, command)
+            if not (run / "config.json").is_file():
+                print(f"{name}: stopped at the time limit before its first checkpoint", flush=True)
+                return
+            reached = json.loads((run / "config.json").read_text())["training"]["step"]
+            snapshot = out / name / f"step_{reached}"
+            if not snapshot.exists():
+                _keep_snapshot(run, snapshot, {"seconds": time.perf_counter() - start, "precision": precision,
+                                               "command": command[1:]})
+            if reached < count:
+                print(f"{name}: stopped at the time limit at step {reached} (kept) before step {count}; "
+                      "run it again to resume", flush=True)
+                return
             print(f"{name}: step {count} saved to {snapshot}", flush=True)
+
+
+def _keep_snapshot(run: Path, snapshot: Path, segment: dict) -> None:
+    tmp = snapshot.with_name(snapshot.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for file in ("config.json", "model.safetensors"):
+        shutil.copy2(run / file, tmp / file)
+    (tmp / "segment.json").write_text(json.dumps(segment))
+    tmp.rename(snapshot)
 
 
 def _loss_by_bucket(model, images, schedule, buckets: int = 10, seed: int = 0) -> list[float]:
@@ -101,16 +128,22 @@ def _loss_by_bucket(model, images, schedule, buckets: int = 10, seed: int = 0) -
     return out
 
 
-def _cpu_name() -> str:
-    """Who judged (and, with these scripts, trained) a row: vendor, matrix instructions, cores."""
+def _judged_on(device: str | None) -> str:
+    """Who judged (and, with these scripts, trained) a row: the GPU's name, or the CPU's vendor, matrix
+    instructions and cores."""
     import os
 
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
     from ddpmrt.engine.cpu import cpu_vendor, matrix_instructions
 
     return f"{cpu_vendor() or 'CPU'} ({', '.join(matrix_instructions()) or 'no matrix instructions'}), {os.cpu_count()} cores"
 
 
-def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int], backend: str = "openvino") -> None:
+def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int], backend: str = "openvino",
+          device: str | None = None) -> None:
     import numpy as np
 
     from ddpmrt.engine import load_model, make_sampler
@@ -123,7 +156,8 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
     for name in models:
         judge_ = ClassifierJudge.train(dataset_of(name), image_size=16)
         real = load_dataset(dataset_of(name), image_size=16).images[:num].astype(np.float32)
-        for snapshot in sorted((out / name).glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
+        # The longest-trained first: a judge stopped by a time limit has judged what matters most.
+        for snapshot in sorted((out / name).glob("step_*"), key=lambda p: -int(p.name.split("_")[1].split(".")[0])):
             if snapshot.name.endswith(".tmp"):
                 continue
             # The precision it trained in is part of what a row is (bf16 autocast on a CPU with bf16 units).
@@ -133,10 +167,10 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
                 continue
             # OpenVINO in fp32: the same numbers as eager torch to rounding (the export is validated against it),
             # 4x its speed here, and no bf16 to blur the ODE consistency of 1,000 steps.
-            model = load_model(str(snapshot), backend=backend, precision="fp32")
+            model = load_model(str(snapshot), backend=backend, device=device, precision="fp32")
             step = int(snapshot.name.split("_")[1])
             row = {"model": name, "precision": precision, "step": step, "images_seen": step * batch_of(name),
-                   "samples": num, "seeds": seeds, "cpu": _cpu_name(),
+                   "samples": num, "seeds": seeds, "cpu": _judged_on(device),
                    "loss_by_t_bucket": _loss_by_bucket(model, real, model.schedule), "scores": {}}
             for seed in seeds:
                 images = {}
@@ -160,6 +194,17 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
             tmp.replace(path)
             print(key, json.dumps({k: [round(s["fid"], 2) for s in v] for k, v in row["scores"].items()}), flush=True)
             write_curve(table, results)
+
+
+def merge(folders: list[Path], results: Path) -> None:
+    """The rows of several judges' curve.json (one per model, judged at once on a GPU) in one table and plot."""
+    table = {}
+    for folder in [results, *folders]:
+        if (folder / "curve.json").is_file():
+            table.update(json.loads((folder / "curve.json").read_text()))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "curve.json").write_text(json.dumps(table, indent=1))
+    write_curve(table, results)
 
 
 def write_curve(table: dict, results: Path) -> None:
@@ -227,11 +272,16 @@ def write_curve(table: dict, results: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["train", "judge"])
+    parser.add_argument("action", choices=["train", "judge", "merge"])
+    parser.add_argument("folders", nargs="*", type=Path, help="merge: results folders whose curve.json join in --results")
     parser.add_argument("--out", type=Path, default=Path("runs/curve"))
     parser.add_argument("--models", default="digits,shapes")
     parser.add_argument("--steps", type=_steps_arg, default=[6000, 12000, 24000, 48000])
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the runs train (auto: a CUDA GPU if PyTorch sees one) and, with --backend torch, "
+                             "where judge samples (auto: the CPU)")
+    parser.add_argument("--seconds", type=float, help="train: stop (with a checkpoint) after this long; resumes next time")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/cpu-learning-curve"))
     parser.add_argument("--num", type=int, default=256)
     parser.add_argument("--seeds", default="0")
@@ -240,9 +290,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     if args.action == "train":
-        train(args.out, models, args.steps, args.precision)
+        train(args.out, models, args.steps, args.precision, args.device, args.seconds)
+    elif args.action == "merge":
+        merge(args.folders, args.results)
     else:
-        judge(args.out, args.results, models, args.num, [int(s) for s in args.seeds.split(",")], args.backend)
+        judge(args.out, args.results, models, args.num, [int(s) for s in args.seeds.split(",")], args.backend,
+              None if args.device == "auto" else args.device)
     return 0
 
 

@@ -189,6 +189,22 @@ def _benchmark_module(name: str):
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
+def test_learning_curve_train_stops_at_its_time_limit_with_a_checkpoint_it_resumes(tmp_path, capfd):
+    import torch
+
+    learning_curve = _benchmark_module("learning_curve")
+    out = tmp_path / "curve"
+    # A device call's limit: step 20 is reached and kept, the run towards 10^6 is stopped by SIGTERM and saved.
+    learning_curve.train(out, ["digits"], [20, 10 ** 6], "fp32", device="cpu", seconds=45)
+    assert (out / "digits" / "step_20" / "model.safetensors").is_file()
+    assert not (out / "digits" / "step_1000000").exists()
+    state = torch.load(out / "digits" / "run" / "training_state.pt", weights_only=True)
+    assert 20 < state["step"] < 10 ** 6
+    # The step it reached is kept as a snapshot of its own, for the judge.
+    assert f"stopped at the time limit at step {state['step']} (kept) before step 1000000" in capfd.readouterr().out
+    assert (out / "digits" / f"step_{state['step']}" / "model.safetensors").is_file()
+
+
 def test_learning_curve_recipe_variants_name_their_data_and_batch():
     learning_curve = _benchmark_module("learning_curve")
     assert learning_curve.dataset_of("shapes-b256") == "shapes" and learning_curve.batch_of("shapes-b256") == 256
