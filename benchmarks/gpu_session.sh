@@ -19,11 +19,12 @@
 #   bash benchmarks/gpu_session.sh solvers "$OUT"   # DDIM, DPM-Solver++ and UniPC per-step time in the device loop at
 #                                                   # batch 1 and 64 (the update stays bandwidth-bound: within 3 % of DDIM)
 #   bash benchmarks/gpu_session.sh report  "$OUT"   # digits and shapes reports on torch CUDA
-#   bash benchmarks/gpu_session.sh curve   "$OUT"   # the Reference models' learning curve in one call: digits and
-#                                                   # shapes train side by side (learning_curve.py train, TRAIN_SECONDS,
-#                                                   # default 300), then each judges its snapshots, latest first
-#                                                   # (JUDGE_SECONDS, default 180) -> curve.json/md/png, and the
-#                                                   # last snapshot of each in models.tar.gz
+#   bash benchmarks/gpu_session.sh curve   "$OUT"   # the Reference models' learning curve in one call: the
+#                                                   # recipes in CURVE_MODELS (default digits, shapes and their
+#                                                   # -minsnr5 variants) train side by side (TRAIN_SECONDS, default
+#                                                   # 300), then judge their snapshots, latest first (JUDGE_SECONDS,
+#                                                   # default 180) -> curve.json/md/png, curve.log, and each
+#                                                   # recipe's last snapshot in models-digits/-shapes.tar.gz
 #
 # The device image has PyTorch, cuda-python and NVRTC but not diffusers: carry its wheel in .whl
 # (see benchmarks/README.md); gpu_env.sh installs .whl/*.whl and ddpmrt itself into /tmp/site.
@@ -96,19 +97,26 @@ case "$part" in
     done
     ;;
   curve)
-    # The tiny U-Net leaves an H100 mostly idle, so the two models train, then judge, at once; each stage
-    # is bounded so the call ends inside the device tool's limit with what it has.
-    for model in digits shapes; do
+    # The tiny U-Net leaves an H100 mostly idle, so the recipes train, then judge, at once; each stage is
+    # bounded so the call ends inside the device tool's limit with what it has.  Eight files come back at
+    # most: curve.json/md/png, one log, and per data set a tarball of each recipe's last snapshot.
+    models=${CURVE_MODELS:-digits shapes digits-minsnr5 shapes-minsnr5}
+    for model in $models; do
       ( python3 benchmarks/learning_curve.py train --out runs/gpu-curve --models "$model" --device cuda \
           --precision bf16 --steps 6000,12000,24000,48000,96000,192000 --seconds "${TRAIN_SECONDS:-300}"
         timeout "${JUDGE_SECONDS:-180}" python3 benchmarks/learning_curve.py judge --out runs/gpu-curve \
           --models "$model" --num 256 --seeds 0,1 --backend torch --device cuda \
-          --results "runs/gpu-curve/results-$model" ) > "$out/curve-$model.log" 2>&1 &
+          --results "runs/gpu-curve/results-$model" ) > "runs/gpu-curve-$model.log" 2>&1 &
     done
     wait
+    for model in $models; do echo "== $model"; cat "runs/gpu-curve-$model.log"; done > "$out/curve.log"
     python3 benchmarks/learning_curve.py merge runs/gpu-curve/results-* --results "$out"
-    last() { find runs/gpu-curve/"$1" -maxdepth 1 -name 'step_*' ! -name '*.tmp' | sort -t_ -k2 -n | tail -1; }
-    tar czf "$out/models.tar.gz" "$(last digits)" "$(last shapes)"
+    last() { { find runs/gpu-curve/"$1" -maxdepth 1 -name 'step_*' ! -name '*.tmp' 2>/dev/null || true; } \
+               | sort -t_ -k2 -n | tail -1; }
+    for data in digits shapes; do
+      snapshots=$(for model in $models; do case $model in "$data"*) last "$model" ;; esac; done)
+      if [ -n "$snapshots" ]; then tar czf "$out/models-$data.tar.gz" $snapshots; fi
+    done
     ;;
   *)
     echo "unknown part $part: use tests, kernels, bench, levers, package, solvers, report or curve" >&2
