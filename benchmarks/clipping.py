@@ -13,10 +13,13 @@ model's classifier judge, as `ddpmrt report`) of --num samples per seed under:
             sample_max_value 1.5) on the same weights converted to UNet2DModel.  With diffusers'
             default sample_max_value of 1.0 the threshold is always 1 and the rule is plain clipping.
 
-clip and none run through ddpmrt's samplers (make_sampler, the factory of every command); dynamic
+Every rule starts from the same noise (ddpmrt's Philox x_T for each seed) and calls the same model
+(--backend, fp32; OpenVINO by default, the learning curve's judge), so the rules differ in the rule
+alone: clip and none through ddpmrt's samplers (make_sampler, the factory of every command), dynamic
 through diffusers' DDIMScheduler / DPMSolverMultistepScheduler with the same schedule and spacing.
-Writes clipping.json (raw scores per seed, the environment) and clipping.md (the table, and per rule
-whether FID never rose by more than the seed spread as the steps grew).
+Writes clipping.json (raw scores per seed, the environment) after every row, so an interrupted run
+resumes where it stopped, and clipping.md (the table, and per rule whether FID never rose by more
+than the seed spread as the steps grew).
 """
 
 from __future__ import annotations
@@ -32,47 +35,48 @@ import torch
 
 from ddpmrt.engine import load_model, make_sampler
 from ddpmrt.engine.backends import resolve_model_path
+from ddpmrt.engine.philox import STREAM_INITIAL, gaussian_noise
 from ddpmrt.engine.profiling import environment
 from ddpmrt.export.evaluation.quality import ClassifierJudge
 from ddpmrt.export.model.checkpoint import read_config
-from ddpmrt.export.model.diffusers_convert import diffusers_schedule, to_diffusers
-from ddpmrt.export.model.sources import from_checkpoint
+from ddpmrt.export.model.diffusers_convert import diffusers_schedule
 
 RULES = ("clip", "none", "dynamic")
 SAMPLERS = ("ddim", "dpmsolver")
 DYNAMIC = {"thresholding": True, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.5}
 
 
-def _diffusers_scheduler(name: str, schedule):
+def _diffusers_scheduler(name: str, schedule, spacing: str, dynamic: dict):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    args = diffusers_schedule(schedule)
+    args = {**diffusers_schedule(schedule), "timestep_spacing": spacing}
     if name == "ddim":
-        return DDIMScheduler(**args, set_alpha_to_one=True, **DYNAMIC)
+        return DDIMScheduler(**args, set_alpha_to_one=True, **dynamic)
     return DPMSolverMultistepScheduler(**args, solver_order=2, algorithm_type="dpmsolver++", final_sigmas_type="zero",
-                                       **DYNAMIC)
+                                       **dynamic)
 
 
-@torch.no_grad()
-def _sample_dynamic(unet, scheduler, shape, steps: int, seed: int, batch: int = 250) -> np.ndarray:
-    out = []
-    gen = torch.Generator().manual_seed(seed)
-    for start in range(0, shape[0], batch):
-        x = torch.randn((min(batch, shape[0] - start), *shape[1:]), generator=gen)
-        scheduler.set_timesteps(steps)
-        for t in scheduler.timesteps:
-            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
-        out.append(x.numpy())
-    return np.concatenate(out)
+def _sample_dynamic(model, scheduler, x_T: np.ndarray, steps: int, timesteps: np.ndarray) -> np.ndarray:
+    """diffusers' own scheduler loop, thresholding included, around the model's ε (numpy in, numpy out)."""
+    x = torch.from_numpy(x_T.copy())
+    scheduler.set_timesteps(steps)
+    if scheduler.timesteps.tolist() != timesteps.tolist():
+        raise RuntimeError(f"diffusers' timesteps {scheduler.timesteps.tolist()} are not ddpmrt's {timesteps.tolist()}")
+    for t in scheduler.timesteps:
+        eps = model(x.numpy(), np.full(len(x), int(t), np.int64))
+        x = scheduler.step(torch.from_numpy(np.asarray(eps, np.float32)), t, x).prev_sample
+    return x.numpy()
 
 
-def sample(rule: str, name: str, steps: int, model, unet, schedule, num: int, seed: int) -> np.ndarray:
+def sample(rule: str, name: str, steps: int, model, num: int, seed: int, dynamic: dict = DYNAMIC) -> np.ndarray:
     shape = (num, *model.image_shape)
-    if rule == "dynamic":
-        return _sample_dynamic(unet, _diffusers_scheduler(name, schedule), shape, steps, seed)
+    x_T = gaussian_noise(seed, np.arange(num), 0, STREAM_INITIAL, model.image_shape)
     options = {"eta": 0.0} if name == "ddim" else {"order": 2}
-    sampler = make_sampler(name, schedule, steps, clip_sample=1.0 if rule == "clip" else 0.0, **options)
-    return sampler.sample(model, shape, seed=seed, progress=False)
+    sampler = make_sampler(name, model.schedule, steps, clip_sample=1.0 if rule == "clip" else 0.0, **options)
+    if rule == "dynamic":  # each sampler's default spacing, as the other two rules run it
+        scheduler = _diffusers_scheduler(name, model.schedule, sampler.spacing, dynamic)
+        return _sample_dynamic(model, scheduler, x_T, steps, sampler.timesteps)
+    return sampler.sample(model, shape, seed=seed, x_T=x_T, progress=False)
 
 
 def never_worse(fids_by_steps: list[tuple[int, list[float]]]) -> bool:
@@ -91,31 +95,46 @@ def main(argv=None) -> int:
     parser.add_argument("--solver-steps", default="5,10,20,50", help="DPM-Solver++ step counts (default 5,10,20,50)")
     parser.add_argument("--num", type=int, default=500)
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--backend", default="openvino", choices=("openvino", "onnxruntime", "torch"),
+                        help="where the model runs, in fp32 (default openvino)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     path = resolve_model_path(args.model)
     dataset = read_config(path).get("data", {}).get("name", args.model)
     judge = ClassifierJudge.train(dataset, image_size=16)
-    model = load_model(str(path), backend="torch", precision="fp32")
-    unet = to_diffusers(from_checkpoint(path, "fp32").module.eval())
-    schedule = model.schedule
+    model = load_model(str(path), backend=args.backend, precision="fp32")
     seeds = [int(s) for s in args.seeds.split(",")]
     plan = {"ddim": [int(s) for s in args.steps.split(",")], "dpmsolver": [int(s) for s in args.solver_steps.split(",")]}
-    rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw = args.out / "clipping.json"
+    result = {"benchmark": "clipping", "model": str(path), "dataset": dataset, "num": args.num, "seeds": seeds,
+              "backend": args.backend, "dynamic": DYNAMIC, "environment": environment(), "rows": []}
+    if raw.is_file():  # an interrupted run of the same measurement resumes; rows are never mixed across settings
+        earlier = json.loads(raw.read_text())
+        if all(earlier.get(k) == result[k] for k in ("model", "num", "seeds", "backend", "dynamic")):
+            result["rows"] = earlier["rows"]
+    rows = result["rows"]
     for name in SAMPLERS:
         for rule in RULES:
             for steps in plan[name]:
+                if any((r["sampler"], r["rule"], r["steps"]) == (name, rule, steps) for r in rows):
+                    continue
                 start = time.perf_counter()
-                scores = [judge.scores(sample(rule, name, steps, model, unet, schedule, args.num, seed)) for seed in seeds]
+                scores = [judge.scores(sample(rule, name, steps, model, args.num, seed)) for seed in seeds]
                 rows.append({"sampler": name, "rule": rule, "steps": steps, "fid": [s["fid"] for s in scores],
                              "recognised": [s["recognised"] for s in scores], "seconds": time.perf_counter() - start})
                 print(f"{name:9s} {rule:8s} {steps:5d} steps: FID {np.mean(rows[-1]['fid']):7.2f}", flush=True)
-    verdict = {f"{name}/{rule}": never_worse([(r["steps"], r["fid"]) for r in rows if r["sampler"] == name and r["rule"] == rule])
+                tmp = raw.with_suffix(".tmp")
+                tmp.write_text(json.dumps(result, indent=1))
+                tmp.replace(raw)
+    rows = [r for r in rows if r["steps"] in plan[r["sampler"]]]
+    verdict = {f"{name}/{rule}": never_worse(sorted((r["steps"], r["fid"]) for r in rows
+                                                    if r["sampler"] == name and r["rule"] == rule))
                for name in SAMPLERS for rule in RULES}
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "clipping", "model": str(path), "dataset": dataset, "num": args.num, "seeds": seeds,
-              "dynamic": DYNAMIC, "environment": environment(), "rows": rows, "never_worse": verdict}
-    (args.out / "clipping.json").write_text(json.dumps(result, indent=1))
+    result["never_worse"] = verdict
+    tmp = raw.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(raw)
     lines = [f"# x̂₀ clipping on {args.model} ({args.num} samples, seeds {args.seeds})", "",
              "| sampler | steps | " + " | ".join(f"FID {rule}" for rule in RULES) + " |",
              "| --- | --- | " + " | ".join("---" for _ in RULES) + " |"]

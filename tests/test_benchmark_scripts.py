@@ -135,17 +135,43 @@ def test_train_speed_times_the_trainers_own_step(tmp_path):
     assert bad.returncode == 2 and "PRECISION[+cl][+compile][@BATCH]" in bad.stderr
 
 
-def test_clipping_compares_the_three_rules(tmp_path):
+def test_clipping_compares_the_three_rules_and_an_interrupted_run_resumes(tmp_path):
     pytest.importorskip("diffusers")
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/clipping.py"), "digits", "--steps", "2,3",
-                             "--solver-steps", "2", "--num", "8", "--seeds", "0", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((tmp_path / "clipping.json").read_text())
+
+    def run(steps):
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks/clipping.py"), "digits", "--steps", steps,
+                                 "--solver-steps", "2", "--num", "8", "--seeds", "0", "--out", str(tmp_path)],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads((tmp_path / "clipping.json").read_text())
+
+    report = run("2,3")
     assert {(r["sampler"], r["rule"], r["steps"]) for r in report["rows"]} == {
         (s, rule, n) for rule in ("clip", "none", "dynamic") for s, n in (("ddim", 2), ("ddim", 3), ("dpmsolver", 2))}
     assert all(r["fid"][0] > 0 for r in report["rows"]) and set(report["never_worse"]) >= {"ddim/none", "ddim/clip"}
     assert "| ddim | 3 |" in (tmp_path / "clipping.md").read_text()
+    # Run again with one more step count: the rows measured are kept as they were, only the new ones are measured.
+    again = run("2,3,4")
+    assert again["rows"][:len(report["rows"])] == report["rows"]
+    assert {(r["rule"], r["steps"]) for r in again["rows"][len(report["rows"]):]} == {
+        (rule, 4) for rule in ("clip", "none", "dynamic")}
+
+
+def test_clipping_rules_start_from_the_same_noise_and_differ_in_the_rule_alone():
+    # diffusers' thresholding with sample_max_value 1 is plain clipping: its loop around the same model and x_T must
+    # then give ddpmrt's clipped samples, or the dynamic column would measure something besides the rule.
+    pytest.importorskip("diffusers")
+    import numpy as np
+
+    from ddpmrt.engine import load_model
+
+    clipping = _benchmark_module("clipping")
+    model = load_model("digits", backend="torch", precision="fp32")
+    plain = {**clipping.DYNAMIC, "sample_max_value": 1.0}
+    for name in clipping.SAMPLERS:
+        clip = clipping.sample("clip", name, 4, model, 3, seed=5)
+        assert np.abs(clipping.sample("dynamic", name, 4, model, 3, seed=5, dynamic=plain) - clip).max() < 1e-4
+        assert np.abs(clipping.sample("dynamic", name, 4, model, 3, seed=5) - clip).max() > 1e-3
 
 
 def test_learning_curve_judges_snapshots_and_writes_its_table_and_plot(tmp_path, monkeypatch):
