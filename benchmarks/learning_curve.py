@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-# The shipped recipe (engine/models/*/README.md), less the step count; --precision is this script's.
+# The recipe the models were first shipped with (equal loss weights, L_simple), less the step count; --precision is
+# this script's.  The digits model shipped since 2026-12-06 is digits-minsnr5 at 12k steps (engine/models/digits/).
 RECIPES = {
     "digits": ["--dataset", "digits", "--model", "tiny", "--batch-size", "64", "--lr", "5e-4", "--warmup", "200",
                "--ema-decay", "0.999"],
