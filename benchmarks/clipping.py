@@ -17,9 +17,10 @@ Every rule starts from the same noise (ddpmrt's Philox x_T for each seed) and ca
 (--backend, fp32; OpenVINO by default, the learning curve's judge), so the rules differ in the rule
 alone: clip and none through ddpmrt's samplers (make_sampler, the factory of every command), dynamic
 through diffusers' DDIMScheduler / DPMSolverMultistepScheduler with the same schedule and spacing.
-Writes clipping.json (raw scores per seed, the environment) after every row, so an interrupted run
-resumes where it stopped, and clipping.md (the table, and per rule whether FID never rose by more
-than the seed spread as the steps grew).
+Writes clipping.json (raw scores per seed, the environment) after every sample set, so an interrupted
+run resumes where it stopped and a later run with more seeds or step counts adds only what is missing,
+and clipping.md (the table, and per rule whether FID never rose by more than the seed spread as the
+steps grew; that needs two seeds).
 """
 
 from __future__ import annotations
@@ -79,11 +80,14 @@ def sample(rule: str, name: str, steps: int, model, num: int, seed: int, dynamic
     return sampler.sample(model, shape, seed=seed, x_T=x_T, progress=False)
 
 
-def never_worse(fids_by_steps: list[tuple[int, list[float]]]) -> bool:
-    """FID non-increasing with the steps, within the spread of the seeds (max − min of each pair of settings)."""
+def never_worse(fids_by_steps: list[tuple[int, list[float]]]) -> bool | None:
+    """FID non-increasing with the steps, within the spread of the seeds (max − min of each pair of settings);
+    None with fewer than two seeds, where there is no spread to judge a small rise by."""
+    if any(len(fids) < 2 for _, fids in fids_by_steps):
+        return None
     for (_, a), (_, b) in zip(fids_by_steps, fids_by_steps[1:]):
         spread = (max(a) - min(a)) + (max(b) - min(b))
-        if np.mean(b) > np.mean(a) + max(spread, 1e-9):
+        if np.mean(b) > np.mean(a) + spread:
             return False
     return True
 
@@ -107,46 +111,57 @@ def main(argv=None) -> int:
     plan = {"ddim": [int(s) for s in args.steps.split(",")], "dpmsolver": [int(s) for s in args.solver_steps.split(",")]}
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / "clipping.json"
-    result = {"benchmark": "clipping", "model": str(path), "dataset": dataset, "num": args.num, "seeds": seeds,
+    result = {"benchmark": "clipping", "model": str(path), "dataset": dataset, "num": args.num,
               "backend": args.backend, "dynamic": DYNAMIC, "environment": environment(), "rows": []}
-    if raw.is_file():  # an interrupted run of the same measurement resumes; rows are never mixed across settings
+    if raw.is_file():  # an earlier run of the same measurement: keep its rows, add what is missing (settings, seeds)
         earlier = json.loads(raw.read_text())
-        if all(earlier.get(k) == result[k] for k in ("model", "num", "seeds", "backend", "dynamic")):
+        if all(earlier.get(k) == result[k] for k in ("model", "num", "backend", "dynamic")):
             result["rows"] = earlier["rows"]
     rows = result["rows"]
     for name in SAMPLERS:
         for rule in RULES:
             for steps in plan[name]:
-                if any((r["sampler"], r["rule"], r["steps"]) == (name, rule, steps) for r in rows):
-                    continue
-                start = time.perf_counter()
-                scores = [judge.scores(sample(rule, name, steps, model, args.num, seed)) for seed in seeds]
-                rows.append({"sampler": name, "rule": rule, "steps": steps, "fid": [s["fid"] for s in scores],
-                             "recognised": [s["recognised"] for s in scores], "seconds": time.perf_counter() - start})
-                print(f"{name:9s} {rule:8s} {steps:5d} steps: FID {np.mean(rows[-1]['fid']):7.2f}", flush=True)
-                tmp = raw.with_suffix(".tmp")
-                tmp.write_text(json.dumps(result, indent=1))
-                tmp.replace(raw)
-    rows = [r for r in rows if r["steps"] in plan[r["sampler"]]]
-    verdict = {f"{name}/{rule}": never_worse(sorted((r["steps"], r["fid"]) for r in rows
-                                                    if r["sampler"] == name and r["rule"] == rule))
+                row = next((r for r in rows if (r["sampler"], r["rule"], r["steps"]) == (name, rule, steps)), None)
+                if row is None:
+                    row = {"sampler": name, "rule": rule, "steps": steps, "seeds": [], "fid": [], "recognised": [],
+                           "seconds": []}
+                    rows.append(row)
+                for seed in seeds:
+                    if seed in row["seeds"]:
+                        continue
+                    start = time.perf_counter()
+                    score = judge.scores(sample(rule, name, steps, model, args.num, seed))
+                    for key, value in (("seeds", seed), ("fid", score["fid"]), ("recognised", score["recognised"]),
+                                       ("seconds", time.perf_counter() - start)):
+                        row[key].append(value)
+                    print(f"{name:9s} {rule:8s} {steps:5d} steps, seed {seed}: FID {score['fid']:7.2f}", flush=True)
+                    tmp = raw.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(result, indent=1))
+                    tmp.replace(raw)
+
+    def fids(name, rule, steps):  # this command's seeds only
+        row = next(r for r in rows if (r["sampler"], r["rule"], r["steps"]) == (name, rule, steps))
+        return [row["fid"][row["seeds"].index(seed)] for seed in seeds]
+
+    verdict = {f"{name}/{rule}": never_worse([(steps, fids(name, rule, steps)) for steps in sorted(plan[name])])
                for name in SAMPLERS for rule in RULES}
     result["never_worse"] = verdict
     tmp = raw.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(raw)
     lines = [f"# x̂₀ clipping on {args.model} ({args.num} samples, seeds {args.seeds})", "",
+             "FID, the mean over the seeds ± half their range." if len(seeds) > 1 else "FID, one seed.", "",
              "| sampler | steps | " + " | ".join(f"FID {rule}" for rule in RULES) + " |",
              "| --- | --- | " + " | ".join("---" for _ in RULES) + " |"]
     for name in SAMPLERS:
         for steps in plan[name]:
             cells = []
             for rule in RULES:
-                fid = next(r["fid"] for r in rows if (r["sampler"], r["rule"], r["steps"]) == (name, rule, steps))
-                cells.append(f"{np.mean(fid):.2f} ± {(max(fid) - min(fid)) / 2:.2f}")
+                fid = fids(name, rule, steps)
+                cells.append(f"{np.mean(fid):.2f}" + (f" ± {(max(fid) - min(fid)) / 2:.2f}" if len(fid) > 1 else ""))
             lines.append(f"| {name} | {steps} | " + " | ".join(cells) + " |")
     lines += ["", "More steps never worse (within the seed spread): " +
-              ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in verdict.items())]
+              ", ".join(f"{k} {'yes' if v else 'no' if v is False else 'needs two seeds'}" for k, v in verdict.items())]
     (args.out / "clipping.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
