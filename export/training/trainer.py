@@ -33,7 +33,7 @@ from ddpmrt.engine.samplers import DDIMSampler
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.model.checkpoint import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config
 from ddpmrt.export.model.unet import UNet, UNetConfig, count_parameters, get_config
-from ddpmrt.export.training.args import FIXED_ON_RESUME, NOT_SAVED, TrainArgs
+from ddpmrt.export.training.args import BEFORE_SAVED, FIXED_ON_RESUME, NOT_SAVED, TrainArgs
 from ddpmrt.export.training.data import load_dataset
 
 # What a training run leaves in its folder; a fresh run refuses a folder holding any of them.
@@ -61,7 +61,8 @@ def resume_args(out, given: dict) -> tuple[TrainArgs, list[str]]:
     if not state_path.is_file():
         raise UserError(f"nothing to resume: {state_path} does not exist; drop --resume to start a new run")
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
-    saved = {k: v for k, v in saved_settings(state_path).items() if k in fields and k not in NOT_SAVED}
+    saved = {**BEFORE_SAVED,
+             **{k: v for k, v in saved_settings(state_path).items() if k in fields and k not in NOT_SAVED}}
     overridden = []
     for key, value in given.items():
         if key in NOT_SAVED or key not in saved or saved[key] == value:
