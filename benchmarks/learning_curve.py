@@ -164,16 +164,25 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
             # The precision it trained in is part of what a row is (bf16 autocast on a CPU with bf16 units).
             precision = json.loads((snapshot / "config.json").read_text())["training"].get("precision_used", "fp32")
             key = f"{name}/{precision}/{snapshot.name}"
-            if key in table:
+            row = table.get(key)
+            if row is not None and row["samples"] != num:
+                print(f"{key}: judged with {row['samples']} samples in {path}; judge {num} into another --results",
+                      flush=True)
+                continue
+            todo = [seed for seed in seeds if row is None or seed not in row["seeds"]]
+            if not todo:
                 continue
             # OpenVINO in fp32: the same numbers as eager torch to rounding (the export is validated against it),
             # 4x its speed here, and no bf16 to blur the ODE consistency of 1,000 steps.
             model = load_model(str(snapshot), backend=backend, device=device, precision="fp32")
             step = int(snapshot.name.split("_")[1])
-            row = {"model": name, "precision": precision, "step": step, "images_seen": step * batch_of(name),
-                   "samples": num, "seeds": seeds, "cpu": _judged_on(device),
-                   "loss_by_t_bucket": _loss_by_bucket(model, real, model.schedule), "scores": {}}
-            for seed in seeds:
+            if row is None:
+                row = {"model": name, "precision": precision, "step": step, "images_seen": step * batch_of(name),
+                       "samples": num, "seeds": [], "cpu": _judged_on(device),
+                       "loss_by_t_bucket": _loss_by_bucket(model, real, model.schedule), "scores": {}}
+            # Saved after each seed: a judge of many samples that is stopped keeps the seeds it finished and
+            # adds only the missing ones next time.
+            for seed in todo:
                 images = {}
                 for kind, steps, clip in SAMPLERS:
                     options = {"eta": 0.0} if kind == "ddim" else {}
@@ -189,11 +198,13 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
                 row.setdefault("ode_consistency", []).append(
                     {"mean_abs_diff": float(same.mean()), "same_class": float(classes.mean()),
                      "saturated_ddim50": float((np.abs(a) > 1.2).mean())})
-            table[key] = row
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(table, indent=1))
-            tmp.replace(path)
-            print(key, json.dumps({k: [round(s["fid"], 2) for s in v] for k, v in row["scores"].items()}), flush=True)
+                row["seeds"].append(seed)
+                table[key] = row
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(table, indent=1))
+                tmp.replace(path)
+                print(key, f"seed {seed}", json.dumps({k: round(v[-1]["fid"], 2) for k, v in row["scores"].items()}),
+                      flush=True)
             write_curve(table, results)
 
 

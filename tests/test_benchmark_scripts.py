@@ -213,6 +213,15 @@ def test_learning_curve_judges_snapshots_and_writes_its_table_and_plot(tmp_path,
     assert 0 <= row["ode_consistency"][0]["mean_abs_diff"] < 0.5  # the shipped digits model is consistent unclipped
     markdown = (results / "curve.md").read_text()
     assert f"| digits | {precision} | 200 |" in markdown and (results / "curve.png").stat().st_size > 10_000
+    # A second seed is added to the rows it judged, the first seed's figures kept as they were (not judged again).
+    first = row["scores"]["ddim50"][0]
+    learning_curve.judge(tmp_path / "runs", results, ["digits"], num=6, seeds=[0, 1], backend="torch")
+    row = json.loads((results / "curve.json").read_text())[f"digits/{precision}/step_100"]
+    assert row["seeds"] == [0, 1] and len(row["scores"]["ddim50"]) == 2 and len(row["ode_consistency"]) == 2
+    assert row["scores"]["ddim50"][0] == first and row["scores"]["ddim50"][1]["fid"] != first["fid"]
+    # A table of another sample count is not mixed into: the row is left as it is.
+    learning_curve.judge(tmp_path / "runs", results, ["digits"], num=5, seeds=[2], backend="torch")
+    assert json.loads((results / "curve.json").read_text())[f"digits/{precision}/step_100"]["seeds"] == [0, 1]
 
 
 def _benchmark_module(name: str):
