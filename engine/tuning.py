@@ -13,9 +13,17 @@ Only network calls of the model are used (any backend; `model(x_t, t) -> ε`), i
    is there, with no further network call; dynamic programming over that cost matrix gives the
    path of `calls` steps with the least total cost (GITS, Chen et al., ICML 2024).
 2. That path (or the sampler's own spacing, whichever is closer) is refined on the true objective —
-   the mean squared distance of the student's final images to the teacher's, every step of the
-   student's own solver included — by coordinate descent over the integer timesteps with step
-   sizes 32, 16, 8, 4, 2, 1 (each trial one run of the student: `calls` network calls on N images).
+   the distance of the student's final images to the teacher's, every step of the student's own
+   solver included — by coordinate descent over the integer timesteps with step sizes 32, 16, 8, 4,
+   2, 1 (each trial one run of the student: `calls` network calls on N images).
+
+The distance is the mean over the images of each one's RMS distance to the teacher's, leaving out
+the quarter farthest from it.  A few images that turn into another digit on the way (a flip of
+mode; an FID does not see it) would otherwise decide the schedule: with the RMS over all images,
+the schedules tuned on 32 noises were further from the teacher than the standard spacing on 64
+others, though closer on most images (DPM-Solver++(3M), 8 calls, digits: 0.062 against 0.043;
+the median image 0.033 against 0.039).  The same distance on N noises not tuned on is recorded
+beside it (`heldout`, `heldout_baseline`): what a user's own noise will get.
 
 The first timestep stays the teacher's first (T − 1 with its linspace spacing): the student starts
 from the same x_T.  Deterministic for a seed.  DDPM and DDIM with η > 0 are stochastic: nothing to
@@ -40,6 +48,7 @@ from ddpmrt.engine.schedule import NoiseSchedule
 DEFAULT_TEACHER = "dpmsolver:200:order=3"
 DEFAULT_TRAJECTORIES = 32
 STEP_SIZES = (32, 16, 8, 4, 2, 1)   # coordinate descent's moves, coarse to fine (in timesteps)
+KEPT = 0.75                         # the share of images, closest to the teacher's, that the distance averages
 
 
 @dataclass
@@ -50,8 +59,10 @@ class TunedSchedule:
     options: dict            # every option of the sampler but its timesteps and spacing
     calls: int
     timesteps: list[int]
-    objective: float         # RMS distance to the teacher's images, tuned
+    objective: float         # distance to the teacher's images (Tuner.distance), tuned
     baseline: float          # the same for the sampler's default spacing at this many calls
+    heldout: float           # the tuned timesteps' distance on as many noises not tuned on
+    heldout_baseline: float  # the default spacing's there
     network_calls: int       # batched calls of the model this entry cost (the teacher's are the Tuner's)
     seconds: float
     teacher: dict = field(default_factory=dict)
@@ -107,16 +118,34 @@ class Tuner:
         self.grid = teacher.timesteps.astype(np.int64)
         self.states, self.outputs = np.stack(states), np.stack(outputs)   # (K, N, D)
         self.target = x.reshape(self.n, -1)
+        # The noises after these (image indices N..2N−1 of the same seed): only the teacher's images are kept.
+        self.heldout_indices = np.arange(self.n, 2 * self.n)
+        self.heldout_target = self._images(teacher, self.heldout_indices)
         self.teacher_calls = self.network_calls
 
     # -- the objective -------------------------------------------------------------------------------
 
-    def objective(self, timesteps) -> float:
-        """RMS distance of the student's images (these timesteps, the same noise) to the teacher's."""
+    @staticmethod
+    def distance(images: np.ndarray, target: np.ndarray) -> float:
+        """The mean of each image's RMS distance to its teacher image, over the KEPT share closest to it."""
+        each = np.sqrt(np.mean((images.reshape(len(target), -1) - target) ** 2, axis=1))
+        return float(np.sort(each)[:max(1, round(KEPT * len(each)))].mean())
+
+    def objective(self, timesteps, heldout: bool = False) -> float:
+        """The distance of the student's images (these timesteps, the same noise) to the teacher's."""
         sampler = make_sampler(self.name, self.schedule, timesteps=list(map(int, timesteps)), **self.options)
+        images = self._images(sampler, self.heldout_indices if heldout else np.arange(self.n))
+        return self.distance(images, self.heldout_target if heldout else self.target)
+
+    def _images(self, sampler, indices: np.ndarray) -> np.ndarray:
+        """The sampler's images from the starting noises `indices` of the seed (on the model's own loop: a GPU
+        model's device loop), flattened; NaN or Inf is one line."""
         self.network_calls += sampler.num_steps
-        images = sampler.sample(self.model, (self.n, *self.image_shape), seed=self.seed, progress=False)
-        return float(np.sqrt(np.mean((images.reshape(self.n, -1) - self.target) ** 2)))
+        images = sampler.sample(self.model, (self.n, *self.image_shape), seed=self.seed, image_indices=indices,
+                                progress=False)
+        if not np.isfinite(images).all():
+            raise UserError("the model's images hold NaN or Inf during tuning; try the fp32 model")
+        return images.reshape(self.n, -1)
 
     # -- stage 1: dynamic programming over the teacher's cost matrix -----------------------------------
 
@@ -196,7 +225,9 @@ class Tuner:
                         value, best = score, trial
         bar.close()
         return TunedSchedule(sampler=self.name, options=dict(self.config), calls=calls, timesteps=best,
-                             objective=value, baseline=baseline, network_calls=self.network_calls - spent,
+                             objective=value, baseline=baseline, heldout=self.objective(best, heldout=True),
+                             heldout_baseline=self.objective(standard, heldout=True),
+                             network_calls=self.network_calls - spent,
                              seconds=time.perf_counter() - start,
                              teacher={"spec": self.teacher_spec, "trajectories": self.n, "seed": self.seed,
                                       "network_calls": self.teacher_calls, "seconds": self.teacher_seconds})

@@ -40,7 +40,18 @@ def test_tuned_calls_reach_ddim_with_five_to_ten_times_more(seed):
     for calls, t in tuned.items():
         untuned = w2(data, make_sampler("dpmsolver", SCHEDULE, calls, order=3, clip_sample=0))
         assert measured[calls] < untuned and t.objective < t.baseline
+        assert t.heldout < t.heldout_baseline  # on noises it was not tuned on, too
         assert t.timesteps[0] == 999 and len(t.timesteps) == calls and t.network_calls > 0
+
+
+def test_the_tuning_distance_leaves_out_the_images_farthest_from_the_teacher():
+    # A quarter of the images far off (a flip of mode) does not move it; the others' RMS distances are averaged.
+    target = np.zeros((8, 12), np.float32)
+    images = np.full((8, 12), 0.1, np.float32)
+    images[[2, 5]] = 3.0
+    assert Tuner.distance(images, target) == pytest.approx(0.1)
+    images[3] = 0.4
+    assert Tuner.distance(images, target) == pytest.approx((5 * 0.1 + 0.4) / 6)
 
 
 def test_tuning_is_deterministic_and_works_for_ddim_unipc_and_ipndm():

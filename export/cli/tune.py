@@ -71,8 +71,10 @@ def run(ns: argparse.Namespace) -> None:
     for count in calls:
         result = tuner.tune(count)
         entries.append({**result.as_dict(), "date": today, "backend": f"{model.backend}"})
-        lines.append(f"  {count:>3} calls: {' '.join(map(str, result.timesteps))}  RMS to the teacher {result.objective:.4f} "
-                     f"(its own spacing {result.baseline:.4f}); {result.network_calls} calls, {result.seconds:.1f} s")
+        lines.append(f"  {count:>3} calls: {' '.join(map(str, result.timesteps))}  distance to the teacher "
+                     f"{result.objective:.4f}, on other noises {result.heldout:.4f} (its own spacing "
+                     f"{result.baseline:.4f}, {result.heldout_baseline:.4f}); {result.network_calls} calls, "
+                     f"{result.seconds:.1f} s")
     written = table.write(entries)
     total = tuner.network_calls
     seconds = tuner.teacher_seconds + sum(e["seconds"] for e in entries)
