@@ -290,3 +290,26 @@ def test_a_run_saved_before_snr_gamma_resumes_with_equal_weights(tmp_path):
 def test_bad_snr_gamma_is_one_line(tmp_path):
     assert_user_error(run_cli("train", "--dataset", "digits", "--iters", "2", "--snr-gamma", "-1",
                               "--out", str(tmp_path / "out"), timeout=120), "--snr-gamma")
+
+
+def test_the_cooldown_falls_linearly_to_zero_over_the_last_steps_and_is_logged(tmp_path):
+    from ddpmrt.export.training.trainer import learning_rate
+
+    args = TrainArgs(lr=1e-3, warmup=10, iters=100, cooldown=20)
+    rates = [learning_rate(args, step) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == rates[50] == rates[80] == pytest.approx(1e-3)
+    assert rates[90] == pytest.approx(0.5e-3) and rates[99] == pytest.approx(0.05e-3)
+    assert all(a >= b for a, b in zip(rates[80:], rates[81:]))
+    assert learning_rate(TrainArgs(lr=1e-3, warmup=10, iters=100), 99) == pytest.approx(1e-3)  # 0: none
+    # The rate the trainer used is the one logged; a run saved before --cooldown existed resumes without one.
+    out = tmp_path / "run"
+    train(TrainArgs(out=str(out), iters=10, cooldown=5, **FAST))
+    logged = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([learning_rate(TrainArgs(lr=FAST.get("lr", TrainArgs.lr), warmup=5, iters=10,
+                                                            cooldown=5), step - 1) for step in (5, 10)])
+    from ddpmrt.export.training.trainer import resume_args
+
+    state = _state(out)
+    del state["train_args"]["cooldown"]
+    torch.save(state, out / "training_state.pt")
+    assert resume_args(out, {"iters": 20})[0].cooldown == 0

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--image-size", type=int_in(4, 4096), help="resize the data to S×S (default: the data's own size)")
     p.add_argument("--lr", type=real_in(0, 1, low_open=True), help=f"peak learning rate (default {d.lr:g})")
     p.add_argument("--warmup", type=int_in(0, 10 ** 9), help=f"LR warm-up steps (default {d.warmup})")
+    p.add_argument("--cooldown", type=int_in(0, 10 ** 9),
+                   help="the last N steps before --iters: the learning rate falls linearly to 0 "
+                        f"(warmup-stable-decay); 0 = constant to the end (default {d.cooldown})")
     p.add_argument("--ema-decay", type=real_in(0, 1, high_open=True), help=f"EMA decay (default {d.ema_decay:g})")
     p.add_argument("--grad-clip", type=real_in(0, 1e6, low_open=True), help=f"gradient-norm clip (default {d.grad_clip:g})")
     p.add_argument("--snr-gamma", type=real_in(0, 1e6),

@@ -15,6 +15,7 @@ class TrainArgs:
     batch_size: int = 128             # per process
     lr: float = 2e-4
     warmup: int = 500                 # linear LR warm-up steps
+    cooldown: int = 0                 # the last N steps before iters: the LR falls linearly to 0 (trainer.learning_rate)
     grad_clip: float = 1.0
     # Min-SNR-γ loss weight min(SNR, γ)/SNR (Hang et al. 2023); 0: L_simple.  5, because on both shipped data sets
     # it gave the better model at every length measured (benchmarks/results/cpu-learning-curve/, docs/training.md).
@@ -41,4 +42,4 @@ FIXED_ON_RESUME = ("dataset", "model", "image_size", "seed", "num_train_timestep
 NOT_SAVED = ("out", "resume", "overwrite", "progress")
 # Settings added after runs were first saved, with the value every run saved without them trained with: a resumed
 # older run keeps that, not a later default.
-BEFORE_SAVED = {"snr_gamma": 0.0}
+BEFORE_SAVED = {"snr_gamma": 0.0, "cooldown": 0}

@@ -160,6 +160,16 @@ def _schedule(args: TrainArgs) -> NoiseSchedule:
     raise UserError(f"unknown schedule {args.schedule!r}; choose linear or cosine")
 
 
+def learning_rate(args: TrainArgs, step: int) -> float:
+    """Linear warm-up over `warmup` steps, then constant, then with `cooldown` a linear fall to 0 over the last
+    `cooldown` steps before `iters` (warmup-stable-decay): the noise that a constant rate leaves in the weights
+    settles at the end (docs/training.md has the measurement)."""
+    lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+    if args.cooldown:
+        lr *= min(1.0, (args.iters - step) / args.cooldown)
+    return lr
+
+
 @torch.no_grad()
 def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
     # Warm-up of the decay (as TensorFlow's ExponentialMovingAverage with num_updates): early
@@ -396,7 +406,7 @@ def train(args: TrainArgs) -> Path:
                 torch.manual_seed(_step_seed(args.seed, rank, step))  # dropout
                 batch = noisy_batch(images, abar, schedule.num_train_timesteps, args.batch_size,
                                      _step_seed(args.seed, rank, step), device, args.snr_gamma)
-                lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+                lr = learning_rate(args, step)
                 loss = train_step(net, model, ema, optimizer, scaler, batch, lr, step, args, autocast_dtype, device.type)
                 step += 1
                 losses.append(loss.item())
