@@ -7,9 +7,10 @@ gaussian: on two Gaussian data sets (the exact oracle; a linear sampler's output
 form), DPM-Solver++(3M) tuned by engine.tuning from 32 trajectories of the oracle at 4-10 calls, beside
 its own linspace spacing and DDIM-10..100; exact W2 to the data, and the tuning cost.
 
-model: tunes the model (`ddpmrt tune`'s Tuner, on OpenVINO where installed) for DPM-Solver++(3M) at
-4-10 calls, then FID and recognised share (the data set's classifier) of the tuned and the untuned
-solver and of DDIM-10..100, for two seeds; the tuning cost (network calls, seconds) is recorded.
+model: tunes the model (`ddpmrt tune`'s Tuner, on OpenVINO where installed) for DPM-Solver++(3M) and
+iPNDM-3 (--solvers) at 4-10 calls, then FID and recognised share (the data set's classifier) of the tuned
+and the untuned solvers and of DDIM-10..100, for two seeds; the tuning cost (network calls, seconds) is
+recorded.
 Writes results.json (with the environment) and results.md.
 """
 
@@ -80,7 +81,12 @@ def mixture(seed: int, n: int = 2000) -> dict:
             "tuning": {"network_calls": tuner.network_calls, "seconds": time.perf_counter() - start}}
 
 
-def model_run(name: str, samples: int, seeds: list[int]) -> dict:
+# The solvers `model` tunes and measures: DPM-Solver++(3M), the issue's, and iPNDM-3, which won 23 of 40 settings on
+# the Gaussian checks (results/cpu-ipndm-gaussian/).
+SOLVERS = {"dpmsolver-3M": ("dpmsolver", {"order": 3}, "DPM-Solver++(3M)"), "ipndm-3": ("ipndm", {"order": 3}, "iPNDM-3")}
+
+
+def model_run(name: str, samples: int, seeds: list[int], solvers: list[str]) -> dict:
     from ddpmrt.engine import load_model, make_sampler
     from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.tuning import Tuner
@@ -90,24 +96,30 @@ def model_run(name: str, samples: int, seeds: list[int]) -> dict:
     path = resolve_model_path(name)
     config = read_config(path)
     model = load_model(path)
-    start = time.perf_counter()
-    tuner = Tuner(model, model.schedule, "dpmsolver", shape=(32, *model.image_shape), seed=0, order=3)
-    tuned = {calls: tuner.tune(calls) for calls in CALLS}
-    cost = {"network_calls": tuner.network_calls, "seconds": time.perf_counter() - start, "trajectories": 32,
-            "teacher": tuner.teacher_spec, "backend": f"{model.backend} {getattr(model, 'precision', '')}"}
-    judge = ClassifierJudge.train(config["data"]["name"], image_size=config["image_shape"][-1])
     settings = [("DDIM", s, make_sampler("ddim", model.schedule, s)) for s in DDIM_STEPS]
-    settings += [("DPM-Solver++(3M) linspace", c, make_sampler("dpmsolver", model.schedule, c, order=3)) for c in CALLS]
-    settings += [("DPM-Solver++(3M) tuned", c, make_sampler("dpmsolver", model.schedule, order=3,
-                                                            timesteps=tuned[c].timesteps)) for c in CALLS]
+    tuning, tuned = {}, {}
+    for solver in solvers:
+        kind, options, label = SOLVERS[solver]
+        start = time.perf_counter()
+        tuner = Tuner(model, model.schedule, kind, shape=(32, *model.image_shape), seed=0, **options)
+        tuned[solver] = {calls: tuner.tune(calls) for calls in CALLS}
+        tuning[solver] = {"network_calls": tuner.network_calls, "seconds": time.perf_counter() - start,
+                          "trajectories": 32, "teacher": tuner.teacher_spec,
+                          "backend": f"{model.backend} {getattr(model, 'precision', '')}"}
+        settings += [(f"{label} linspace", c, make_sampler(kind, model.schedule, c, **options)) for c in CALLS]
+        settings += [(f"{label} tuned", c, make_sampler(kind, model.schedule, timesteps=tuned[solver][c].timesteps,
+                                                        **options)) for c in CALLS]
+    judge = ClassifierJudge.train(config["data"]["name"], image_size=config["image_shape"][-1])
     rows = []
     for label, calls, sampler in settings:
         for seed in seeds:
             images = sampler.sample(model, (samples, *model.image_shape), seed=seed, progress=False)
             rows.append({"sampler": label, "calls": calls, "seed": seed, **judge.scores(images)})
-    return {"what": "tuned_steps_model", "model": name, "samples": samples, "seeds": seeds, "clip_sample": 1.0,
-            "tuning": cost, "tuned": {c: t.as_dict() for c, t in tuned.items()}, "rows": rows,
-            "judge": {"kind": judge.description, "real_vs_real": judge.floor()}}
+    # Every setting clips as the commands do (make_sampler's command default).
+    return {"what": "tuned_steps_model", "model": name, "samples": samples, "seeds": seeds,
+            "clip_sample": settings[0][2].clip_sample, "tuning": tuning,
+            "tuned": {solver: {c: t.as_dict() for c, t in by_calls.items()} for solver, by_calls in tuned.items()},
+            "rows": rows, "judge": {"kind": judge.description, "real_vs_real": judge.floor()}}
 
 
 def markdown(result: dict) -> list[str]:
@@ -133,10 +145,11 @@ def markdown(result: dict) -> list[str]:
                       for r in m["rows"]]
             lines.append("")
     else:
-        cost = result["tuning"]
-        lines += [f"Model {result['model']}, {result['samples']} samples per row, seeds {result['seeds']}; tuning "
-                  f"{cost['network_calls']} network calls of {cost['trajectories']} images, {cost['seconds']:.1f} s "
-                  f"({cost['backend']}). FID floor (real vs real) {result['judge']['real_vs_real']['fid']:.2f}.", "",
+        costs = "; ".join(f"{solver} {cost['network_calls']} network calls of {cost['trajectories']} images, "
+                          f"{cost['seconds']:.1f} s ({cost['backend']})" for solver, cost in result["tuning"].items())
+        lines += [f"Model {result['model']}, {result['samples']} samples per row, seeds {result['seeds']}, x̂₀ clipped "
+                  f"to {result['clip_sample'] or 'nothing'}; tuning for {len(CALLS)} call counts: {costs}. "
+                  f"FID floor (real vs real) {result['judge']['real_vs_real']['fid']:.2f}.", "",
                   "| sampler | calls | FID (mean ± half range) | recognised |", "| --- | --- | --- | --- |"]
         keys = list(dict.fromkeys((r["sampler"], r["calls"]) for r in result["rows"]))
         for label, calls in keys:
@@ -157,9 +170,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"model: of {', '.join(SOLVERS)}")
     args = parser.parse_args()
     result = gaussian(args.out) if args.what == "gaussian" else \
-        model_run(args.model, args.samples, [int(s) for s in args.seeds.split(",")])
+        model_run(args.model, args.samples, [int(s) for s in args.seeds.split(",")], args.solvers.split(","))
     result["environment"] = environment(None)
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out / "results.json") as tmp:
