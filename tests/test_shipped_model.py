@@ -64,5 +64,6 @@ def test_shapes_model_draws_every_shape():
     sampler = DDIMSampler(model.schedule, num_steps=50, clip_sample=1.0)
     scores = judge.scores(sampler.sample(model, (300, 3, 16, 16), seed=0, progress=False))
     print(scores, "real-vs-real", judge.floor())
-    # Measured 16.0 (floor 1.06); uniform noise scores over 100 and flat colours about 200.
-    assert scores["fid"] <= 25 and scores["recognised"] >= 0.9 and scores["min_class_share"] >= 0.15
+    # Measured 4.35 (floor 1.06; the weights shipped until 2026-12-06 scored 16.0); uniform noise scores over 100 and
+    # flat colours about 200.
+    assert scores["fid"] <= 10 and scores["recognised"] >= 0.9 and scores["min_class_share"] >= 0.2
