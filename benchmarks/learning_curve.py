@@ -144,7 +144,7 @@ def _judged_on(device: str | None) -> str:
 
 
 def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int], backend: str = "openvino",
-          device: str | None = None) -> None:
+          device: str | None = None, threads: int | None = None) -> None:
     import numpy as np
 
     from ddpmrt.engine import load_model, make_sampler
@@ -174,7 +174,7 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
                 continue
             # OpenVINO in fp32: the same numbers as eager torch to rounding (the export is validated against it),
             # 4x its speed here, and no bf16 to blur the ODE consistency of 1,000 steps.
-            model = load_model(str(snapshot), backend=backend, device=device, precision="fp32")
+            model = load_model(str(snapshot), backend=backend, device=device, precision="fp32", threads=threads)
             step = int(snapshot.name.split("_")[1])
             if row is None:
                 row = {"model": name, "precision": precision, "step": step, "images_seen": step * batch_of(name),
@@ -299,6 +299,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--backend", choices=["openvino", "onnxruntime", "torch"], default="openvino",
                         help="judge: the backend the snapshots sample on, in fp32 (default openvino)")
+    parser.add_argument("--threads", type=int, help="judge: CPU threads of the backend (default: all cores; 1 beside a "
+                                                    "training run, which OpenVINO's default would slow to half)")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     if args.action == "train":
@@ -307,7 +309,7 @@ def main(argv=None) -> int:
         merge(args.folders, args.results)
     else:
         judge(args.out, args.results, models, args.num, [int(s) for s in args.seeds.split(",")], args.backend,
-              None if args.device == "auto" else args.device)
+              None if args.device == "auto" else args.device, args.threads)
     return 0
 
 

@@ -201,7 +201,13 @@ def test_learning_curve_judges_snapshots_and_writes_its_table_and_plot(tmp_path,
     # test the ODE consistency it reports.
     monkeypatch.setattr(learning_curve, "SAMPLERS", [("ddim", 50, 0.0), ("ddim", 1000, 0.0), ("ddim", 3, 1.0)])
     results = tmp_path / "results"
-    learning_curve.judge(tmp_path / "runs", results, ["digits"], num=6, seeds=[0], backend="torch")
+    # --threads reaches the backend of every snapshot (1 beside a training run).
+    import ddpmrt.engine
+
+    threads, load_model = [], ddpmrt.engine.load_model
+    monkeypatch.setattr(ddpmrt.engine, "load_model", lambda *a, **k: threads.append(k["threads"]) or load_model(*a, **k))
+    learning_curve.judge(tmp_path / "runs", results, ["digits"], num=6, seeds=[0], backend="torch", threads=1)
+    assert threads == [1, 1]
     table = json.loads((results / "curve.json").read_text())
     # A row is keyed by the precision its snapshot trained in (the shipped digits model: fp32) and names the judge's CPU.
     precision = json.loads((SHIPPED_MODELS_DIR / "digits" / "config.json").read_text())["training"].get("precision_used", "fp32")
