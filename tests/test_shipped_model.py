@@ -61,9 +61,11 @@ def test_shapes_model_draws_every_shape():
     assert judge.test_accuracy > 0.95
     model = load_model("shapes")
     assert model.image_shape == (3, 16, 16)
-    sampler = DDIMSampler(model.schedule, num_steps=50, clip_sample=1.0)
-    scores = judge.scores(sampler.sample(model, (300, 3, 16, 16), seed=0, progress=False))
-    print(scores, "real-vs-real", judge.floor())
-    # Measured 4.35 (floor 1.06; the weights shipped until 2026-12-06 scored 16.0); uniform noise scores over 100 and
-    # flat colours about 200.
-    assert scores["fid"] <= 10 and scores["recognised"] >= 0.9 and scores["min_class_share"] >= 0.2
+    # Clipped and unclipped: measured 4.6-4.7 and 5.7-6.0 (OpenVINO bf16 on a Zen 4, the thread count moves it; floor
+    # 1.06; the weights shipped until 2026-12-06 scored 16.0 clipped and 282 unclipped, in saturated colour fields);
+    # uniform noise scores over 100 and flat colours about 200.
+    for clip in (1.0, None):
+        sampler = DDIMSampler(model.schedule, num_steps=50, clip_sample=clip)
+        scores = judge.scores(sampler.sample(model, (300, 3, 16, 16), seed=0, progress=False))
+        print(f"clip {clip}", scores, "real-vs-real", judge.floor())
+        assert scores["fid"] <= 10 and scores["recognised"] >= 0.9 and scores["min_class_share"] >= 0.2
