@@ -172,6 +172,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"model: of {', '.join(SOLVERS)}")
     args = parser.parse_args()
+    unknown = sorted(set(args.solvers.split(",")) - set(SOLVERS))
+    if unknown:
+        parser.error(f"--solvers: unknown {', '.join(unknown)}; give some of {', '.join(SOLVERS)}")
     result = gaussian(args.out) if args.what == "gaussian" else \
         model_run(args.model, args.samples, [int(s) for s in args.seeds.split(",")], args.solvers.split(","))
     result["environment"] = environment(None)

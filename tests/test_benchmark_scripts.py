@@ -275,3 +275,12 @@ def test_ipndm_benchmark_tunes_and_judges_every_solver(monkeypatch):
     assert all(r["tuned"]["rms_to_reference"] < r["untuned"]["rms_to_reference"] for r in result["mixtures"][0]["rows"])
     text = "\n".join(ipndm.markdown(result))
     assert "## gaussian seed 3: exact W2" in text and "DDIM (η = 0, leading)" in text and "of 16" in text
+
+
+def test_tuned_steps_refuses_an_unknown_solver_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tuned_steps.py"), "model", "digits",
+                             "--solvers", "dpmsolver", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("unknown dpmsolver; give some of dpmsolver-3M, ipndm-3")
+    assert not (tmp_path / "out").exists()
