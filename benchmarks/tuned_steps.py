@@ -86,7 +86,8 @@ def mixture(seed: int, n: int = 2000) -> dict:
 SOLVERS = {"dpmsolver-3M": ("dpmsolver", {"order": 3}, "DPM-Solver++(3M)"), "ipndm-3": ("ipndm", {"order": 3}, "iPNDM-3")}
 
 
-def model_run(name: str, samples: int, seeds: list[int], solvers: list[str]) -> dict:
+def model_run(name: str, samples: int, seeds: list[int], solvers: list[str], clip_sample: float | None = None) -> dict:
+    """Tuned against linspace and DDIM on a model's classifier FID; clip_sample None: the commands' default, 0: off."""
     from ddpmrt.engine import load_model, make_sampler
     from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.engine.tuning import Tuner
@@ -96,10 +97,12 @@ def model_run(name: str, samples: int, seeds: list[int], solvers: list[str]) -> 
     path = resolve_model_path(name)
     config = read_config(path)
     model = load_model(path)
-    settings = [("DDIM", s, make_sampler("ddim", model.schedule, s)) for s in DDIM_STEPS]
+    clip = {"clip_sample": clip_sample}      # every setting and the tuning's teacher clip alike
+    settings = [("DDIM", s, make_sampler("ddim", model.schedule, s, **clip)) for s in DDIM_STEPS]
     tuning, tuned = {}, {}
     for solver in solvers:
         kind, options, label = SOLVERS[solver]
+        options = {**options, **clip}
         start = time.perf_counter()
         tuner = Tuner(model, model.schedule, kind, shape=(32, *model.image_shape), seed=0, **options)
         tuned[solver] = {calls: tuner.tune(calls) for calls in CALLS}
@@ -115,7 +118,7 @@ def model_run(name: str, samples: int, seeds: list[int], solvers: list[str]) -> 
         for seed in seeds:
             images = sampler.sample(model, (samples, *model.image_shape), seed=seed, progress=False)
             rows.append({"sampler": label, "calls": calls, "seed": seed, **judge.scores(images)})
-    # Every setting clips as the commands do (make_sampler's command default).
+    # Every setting clips alike: as the commands do (make_sampler's command default) unless --clip-sample says.
     return {"what": "tuned_steps_model", "model": name, "samples": samples, "seeds": seeds,
             "clip_sample": settings[0][2].clip_sample, "tuning": tuning,
             "tuned": {solver: {c: t.as_dict() for c, t in by_calls.items()} for solver, by_calls in tuned.items()},
@@ -171,12 +174,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"model: of {', '.join(SOLVERS)}")
+    parser.add_argument("--clip-sample", type=float, help="model: clip x̂₀ to ±C in every setting and the teacher "
+                                                         "(0: no clipping; default: the commands' default)")
     args = parser.parse_args()
     unknown = sorted(set(args.solvers.split(",")) - set(SOLVERS))
     if unknown:
         parser.error(f"--solvers: unknown {', '.join(unknown)}; give some of {', '.join(SOLVERS)}")
     result = gaussian(args.out) if args.what == "gaussian" else \
-        model_run(args.model, args.samples, [int(s) for s in args.seeds.split(",")], args.solvers.split(","))
+        model_run(args.model, args.samples, [int(s) for s in args.seeds.split(",")], args.solvers.split(","),
+                  args.clip_sample)
     result["environment"] = environment(None)
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out / "results.json") as tmp:

@@ -284,3 +284,19 @@ def test_tuned_steps_refuses_an_unknown_solver_in_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith("unknown dpmsolver; give some of dpmsolver-3M, ipndm-3")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_tuned_steps_model_clips_every_setting_and_the_tuning_alike(monkeypatch):
+    tuned_steps = _benchmark_module("tuned_steps")
+    monkeypatch.setattr(tuned_steps, "CALLS", (4,))
+    monkeypatch.setattr(tuned_steps, "DDIM_STEPS", (5,))
+    result = tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=["dpmsolver-3M"], clip_sample=0.0)
+    assert not result["clip_sample"]
+    tuned = result["tuned"]["dpmsolver-3M"][4]
+    assert not tuned["options"].get("clip_sample") and len(tuned["timesteps"]) == 4
+    assert [r["sampler"] for r in result["rows"]] == ["DDIM", "DPM-Solver++(3M) linspace", "DPM-Solver++(3M) tuned"]
+    # Left out, every setting clips as the commands do (±1).
+    monkeypatch.setattr(tuned_steps, "SOLVERS", {})
+    assert tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=[])["clip_sample"] == 1.0
+    assert "x̂₀ clipped to nothing" in "\n".join(tuned_steps.markdown({**result, "environment": {"date": "d", "cpu": "c"}}))
