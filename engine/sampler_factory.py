@@ -4,8 +4,9 @@
     parse_spec("dpmsolver:10:order=3").make(schedule)       # a report's sampler spec
 
 The options, their defaults and checks are the sampler classes' declarations (Sampler.OPTIONS);
-this module adds only what the commands do differently from the classes: they clip x̂₀ to ±1
-(images lie in [-1, 1]; Option.command_default), where the classes keep diffusers' conventions.
+this module adds only what the commands do differently from the classes: they never clip x̂₀ unless
+asked (Option.command_default; measured: only no clipping keeps more steps from giving worse images),
+where the classes keep diffusers' conventions (DDPMSampler clips to ±1).
 An option a sampler does not take (η for DPM-Solver++) is a one-line UserError naming the ones it does.
 """
 
@@ -49,7 +50,7 @@ TUNED = "tuned"   # the spacing that means the model's own timesteps (`ddpmrt tu
 
 def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, tuned=None, **options) -> Sampler:
     """The sampler `name` with `steps` and the options it takes; an option left out or None gets the
-    commands' default (the class's, except that x̂₀ is clipped to ±1).  With `timesteps`, `steps` may be
+    commands' default (the class's, except that x̂₀ is not clipped: clip_sample=1.0 asks for it).  With `timesteps`, `steps` may be
     left out; no spacing default is applied then.
 
     spacing="tuned": the timesteps `ddpmrt tune` made for this sampler setting and step count, from

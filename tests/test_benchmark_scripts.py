@@ -291,12 +291,14 @@ def test_tuned_steps_model_clips_every_setting_and_the_tuning_alike(monkeypatch)
     tuned_steps = _benchmark_module("tuned_steps")
     monkeypatch.setattr(tuned_steps, "CALLS", (4,))
     monkeypatch.setattr(tuned_steps, "DDIM_STEPS", (5,))
-    result = tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=["dpmsolver-3M"], clip_sample=0.0)
-    assert not result["clip_sample"]
+    result = tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=["dpmsolver-3M"], clip_sample=1.0)
+    assert result["clip_sample"] == 1.0
     tuned = result["tuned"]["dpmsolver-3M"][4]
-    assert not tuned["options"].get("clip_sample") and len(tuned["timesteps"]) == 4
+    assert tuned["options"]["clip_sample"] == 1.0 and len(tuned["timesteps"]) == 4
     assert [r["sampler"] for r in result["rows"]] == ["DDIM", "DPM-Solver++(3M) linspace", "DPM-Solver++(3M) tuned"]
-    # Left out, every setting clips as the commands do (±1).
+    assert "x̂₀ clipped to 1.0" in "\n".join(tuned_steps.markdown({**result, "environment": {"date": "d", "cpu": "c"}}))
+    # Left out, no setting clips, as the commands do not.
     monkeypatch.setattr(tuned_steps, "SOLVERS", {})
-    assert tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=[])["clip_sample"] == 1.0
-    assert "x̂₀ clipped to nothing" in "\n".join(tuned_steps.markdown({**result, "environment": {"date": "d", "cpu": "c"}}))
+    unclipped = tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=[])
+    assert not unclipped["clip_sample"]
+    assert "x̂₀ clipped to nothing" in "\n".join(tuned_steps.markdown({**unclipped, "environment": {"date": "d", "cpu": "c"}}))

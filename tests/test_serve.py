@@ -296,7 +296,8 @@ def test_parse_request_defaults_and_limits():
     assert (request.sampler, request.n, request.format) == ("ddim", 1, "png")
     # The sampler a request gets is `ddpmrt sample`'s, with the same defaults (make_sampler).
     assert request.make_sampler(schedule).config == make_sampler("ddim", schedule).config
-    assert request.make_sampler(schedule).config["clip_sample"] == 1.0
+    assert request.make_sampler(schedule).config["clip_sample"] is None       # the commands do not clip
+    assert parse_request({"clip_sample": 1}, schedule).make_sampler(schedule).clip_sample == 1.0
     assert parse_request({"clip_sample": 0}, schedule).make_sampler(schedule).clip_sample is None
     assert parse_request({"clip_sample": None}, schedule).make_sampler(schedule).clip_sample is None
     ddpm = parse_request({"sampler": "ddpm", "variance": "fixed_large", "spacing": "trailing", "steps": 20}, schedule)

@@ -32,7 +32,7 @@ def model():
 
 @pytest.mark.slow
 def test_ddim50_samples_are_recognisable_digits(judge, model):
-    # The engine's defaults: DDIMSampler(schedule, 50), no clipping of x̂₀.
+    # The engine's and the commands' defaults: DDIMSampler(schedule, 50), no clipping of x̂₀.
     images = DDIMSampler(model.schedule, num_steps=50).sample(model, (500, 1, 16, 16), seed=0, progress=False)
     scores = judge.scores(images)
     print(scores)
@@ -42,7 +42,7 @@ def test_ddim50_samples_are_recognisable_digits(judge, model):
 
 @pytest.mark.slow
 def test_ddim50_with_clipping_is_close_to_real_digits(judge, model):
-    # `ddpmrt sample`'s default: x̂₀ clipped to [-1, 1], as diffusers' DDIM does.
+    # `ddpmrt sample --clip-sample 1`: x̂₀ clipped to [-1, 1], as diffusers' DDIM does by default.
     sampler = DDIMSampler(model.schedule, num_steps=50, clip_sample=1.0)
     scores = judge.scores(sampler.sample(model, (500, 1, 16, 16), seed=0, progress=False))
     print(scores, "real-vs-real", judge.floor())

@@ -75,7 +75,7 @@ def run(ns: argparse.Namespace) -> None:
 
 def _clip_values(text: str | None) -> list[float]:
     """--clip-sample 1,0,off: each value read and checked as the samplers declare clip_sample; 0 is unclipped
-    (given to make_sampler as 0: None would mean "the command's default", which clips)."""
+    (given to make_sampler as 0, which stays unclipped whatever the commands' default is)."""
     from ddpmrt.engine.sampler_options import clip_option
 
     if text is None:
