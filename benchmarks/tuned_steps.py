@@ -86,7 +86,8 @@ def mixture(seed: int, n: int = 2000) -> dict:
 SOLVERS = {"dpmsolver-3M": ("dpmsolver", {"order": 3}, "DPM-Solver++(3M)"), "ipndm-3": ("ipndm", {"order": 3}, "iPNDM-3")}
 
 
-def model_run(name: str, samples: int, seeds: list[int], solvers: list[str], clip_sample: float | None = None) -> dict:
+def model_run(name: str, samples: int, seeds: list[int], solvers: list[str], clip_sample: float | None = None,
+              threads: int | None = None) -> dict:
     """Tuned against linspace and DDIM on a model's classifier FID; clip_sample None: the commands' default, 0: off."""
     from ddpmrt.engine import load_model, make_sampler
     from ddpmrt.engine.backends import resolve_model_path
@@ -96,7 +97,7 @@ def model_run(name: str, samples: int, seeds: list[int], solvers: list[str], cli
 
     path = resolve_model_path(name)
     config = read_config(path)
-    model = load_model(path)
+    model = load_model(path, threads=threads)
     clip = {"clip_sample": clip_sample}      # every setting and the tuning's teacher clip alike
     settings = [("DDIM", s, make_sampler("ddim", model.schedule, s, **clip)) for s in DDIM_STEPS]
     tuning, tuned = {}, {}
@@ -176,13 +177,14 @@ def main() -> None:
     parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"model: of {', '.join(SOLVERS)}")
     parser.add_argument("--clip-sample", type=float, help="model: clip x̂₀ to ±C in every setting and the teacher "
                                                          "(0: no clipping; default: the commands' default)")
+    parser.add_argument("--threads", type=int, help="model: CPU threads of the backend (default: all cores)")
     args = parser.parse_args()
     unknown = sorted(set(args.solvers.split(",")) - set(SOLVERS))
     if unknown:
         parser.error(f"--solvers: unknown {', '.join(unknown)}; give some of {', '.join(SOLVERS)}")
     result = gaussian(args.out) if args.what == "gaussian" else \
         model_run(args.model, args.samples, [int(s) for s in args.seeds.split(",")], args.solvers.split(","),
-                  args.clip_sample)
+                  args.clip_sample, args.threads)
     result["environment"] = environment(None)
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out / "results.json") as tmp:

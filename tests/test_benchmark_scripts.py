@@ -297,8 +297,12 @@ def test_tuned_steps_model_clips_every_setting_and_the_tuning_alike(monkeypatch)
     assert tuned["options"]["clip_sample"] == 1.0 and len(tuned["timesteps"]) == 4
     assert [r["sampler"] for r in result["rows"]] == ["DDIM", "DPM-Solver++(3M) linspace", "DPM-Solver++(3M) tuned"]
     assert "x̂₀ clipped to 1.0" in "\n".join(tuned_steps.markdown({**result, "environment": {"date": "d", "cpu": "c"}}))
-    # Left out, no setting clips, as the commands do not.
+    # Left out, no setting clips, as the commands do not; --threads reaches the backend.
+    import ddpmrt.engine
+
+    threads, load_model = [], ddpmrt.engine.load_model
+    monkeypatch.setattr(ddpmrt.engine, "load_model", lambda *a, **k: threads.append(k["threads"]) or load_model(*a, **k))
     monkeypatch.setattr(tuned_steps, "SOLVERS", {})
-    unclipped = tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=[])
-    assert not unclipped["clip_sample"]
+    unclipped = tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=[], threads=1)
+    assert not unclipped["clip_sample"] and threads == [1]
     assert "x̂₀ clipped to nothing" in "\n".join(tuned_steps.markdown({**unclipped, "environment": {"date": "d", "cpu": "c"}}))
