@@ -208,3 +208,16 @@ def test_report_puts_tuned_rows_beside_the_standard_ones(checkpoint, tmp_path):
     # A setting with no entry: one line naming the command, before any work.
     assert_user_error(run_cli("report", str(checkpoint), "--samplers", "ddim:4", "--spacing", "tuned", "--out",
                               str(tmp_path / "r2")), f"ddpmrt tune {checkpoint} --sampler ddim --calls 4")
+
+
+@pytest.mark.parametrize("name", ["digits", "shapes"])
+def test_shipped_models_carry_tables_for_the_commands_default_and_for_clipping(name):
+    # `--spacing tuned` with the commands' default (no clipping) and with --clip-sample 1 finds an entry made
+    # for the shipped weights (lookup refuses a table of other weights) at every call count the issue names.
+    table = TunedSchedules(resolve_model_path(name), name)
+    for clip in (None, 1.0):
+        for calls in (4, 5, 6, 8, 10):
+            sampler = make_sampler("dpmsolver", SCHEDULE, calls, order=3, clip_sample=clip)
+            timesteps = table.lookup(sampler.config, calls)
+            assert timesteps is not None and timesteps[0] == 999 and len(timesteps) == calls, (clip, calls)
+            assert all(a > b for a, b in zip(timesteps, timesteps[1:]))
