@@ -50,8 +50,8 @@ TUNED = "tuned"   # the spacing that means the model's own timesteps (`ddpmrt tu
 
 def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, tuned=None, **options) -> Sampler:
     """The sampler `name` with `steps` and the options it takes; an option left out or None gets the
-    commands' default (the class's, except that x̂₀ is not clipped: clip_sample=1.0 asks for it).  With `timesteps`, `steps` may be
-    left out; no spacing default is applied then.
+    commands' default (the class's, except that x̂₀ is not clipped: clip_sample=1.0 asks for it).  With
+    `timesteps`, `steps` may be left out; no spacing default is applied then.
 
     spacing="tuned": the timesteps `ddpmrt tune` made for this sampler setting and step count, from
     `tuned` (the model's artifacts.schedules.TunedSchedules); none there is one line naming the command."""

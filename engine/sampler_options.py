@@ -158,7 +158,8 @@ def clip_option(default: float | None) -> Option:
     both shipped models (benchmarks/results/cpu-clipping-*), only no clipping keeps DDIM from getting
     worse with more steps; clipping at every step drifts (DDIM-1000 FID 27-36 against 4-12 unclipped)."""
     check_value = real("clip_sample", 0.0, 100.0)
-    return Option("clip_sample", default, "clip x̂₀ to ±C at every step, as diffusers' clip_sample (default: no clipping; 0 also turns it off)",
+    return Option("clip_sample", default,
+                  "clip x̂₀ to ±C at every step, as diffusers' clip_sample (default: no clipping; 0 also turns it off)",
                   check=lambda value: None if value is None else check_value(value) or None, parse=as_number,
                   command_default=None, metavar="C", nullable=True)
 
