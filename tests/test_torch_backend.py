@@ -307,7 +307,21 @@ def test_load_model_honours_or_refuses_a_packages_options(tmp_path, monkeypatch)
     monkeypatch.setattr(torch_backend, "load_aot_package", lambda path, **options: calls.append(options))
     load_model(package, cuda_graph=False, precision="bf16")
     load_model(package)
-    assert calls == [{"device": None, "cuda_graph": False}, {"device": None, "cuda_graph": True}]
+    load_model(package, threads=1)
+    assert calls == [{"device": None, "cuda_graph": False, "threads": None},
+                     {"device": None, "cuda_graph": True, "threads": None},
+                     {"device": None, "cuda_graph": True, "threads": 1}]
+
+
+@pytest.mark.parametrize("backend", ["torch", "inductor"])
+def test_threads_reach_pytorch_on_its_backends(backend, monkeypatch):
+    # --threads on the torch side is PyTorch's CPU thread count, not silently dropped: beside another job, PyTorch's
+    # default of every core spins against it (a shipped model's call took 27x OpenVINO's on one busy thread).
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    load_model("digits", backend=backend, precision="fp32", threads=1)
+    load_model("digits", backend=backend, precision="fp32")
+    assert asked == [1]
 
 
 def test_models_close_in_a_with_block():

@@ -215,7 +215,8 @@ def load_model(model: str | Path, backend: str = "auto", device: str | None = No
 
         _check_fixed_precision(path, precision, read_sidecar(path, PACKAGE).get("precision", "fp32"), "a package",
                                "build another package (export-engine --flavour inductor --precision ...)")
-        return load_aot_package(path, device=device, cuda_graph=True if cuda_graph is None else cuda_graph)
+        return load_aot_package(path, device=device, cuda_graph=True if cuda_graph is None else cuda_graph,
+                                threads=threads)
 
     raise UserError(f"{path.name}: unknown model file type; use a checkpoint directory, .onnx, .plan or .pt2")
 

@@ -302,12 +302,14 @@ class TorchModel(LoadedModel):
         return _TorchGraph(graph, shape)
 
 
-def load_aot_package(path: Path, device: str | None = None, cuda_graph: bool = True) -> TorchModel:
+def load_aot_package(path: Path, device: str | None = None, cuda_graph: bool = True,
+                     threads: int | None = None) -> TorchModel:
     """An AOTInductor package (`export-engine --flavour inductor`), checked against its sidecar first.
 
     `device` None runs it where it was built for; another device is a UserError.  The package
     computes in its own precision and takes x and returns ε in fp32; on CUDA the sampling loop is
-    captured as one CUDA graph like the inductor backend's.
+    captured as one CUDA graph like the inductor backend's.  `threads` sets PyTorch's CPU threads
+    (process-wide, as torch.set_num_threads is).
     """
     path = Path(path)
     sidecar = read_sidecar(path, PACKAGE)  # format, checksum, the package's size and hash, its batch profile
@@ -316,6 +318,8 @@ def load_aot_package(path: Path, device: str | None = None, cuda_graph: bool = T
         import torch
     except ImportError:
         raise UserError(f"an inductor package needs PyTorch: {install_hint('export')}") from None
+    if threads is not None:
+        torch.set_num_threads(threads)
     if built_for == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{path.name} was compiled for CUDA and PyTorch sees no GPU; build a --device cpu package here")
     if sidecar["torch_version"] != torch.__version__:

@@ -29,8 +29,11 @@ from ddpmrt.export.model.checkpoint import load_unet
 from ddpmrt.export.model.sources import Source, from_checkpoint, from_diffusers
 
 
-def _check(device: str, backend: str, precision: str) -> None:
-    """The device and precision, before any weights are read."""
+def _check(device: str, backend: str, precision: str, threads: int | None = None) -> None:
+    """The device and precision, before any weights are read; `threads` sets PyTorch's CPU threads for the torch
+    and inductor backends (process-wide, as torch.set_num_threads is), never dropped."""
+    if threads is not None and backend != "openvino":
+        torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
     if backend == "openvino" and precision != "int8":
@@ -63,7 +66,7 @@ def _on_openvino(source: Source, precision: str, threads) -> OpenVinoModel:
 def load_checkpoint(path: Path, backend: str = "torch", device: str = "cpu", precision: str = "auto",
                     cuda_graph: bool = False, schedule: NoiseSchedule | None = None, threads: int | None = None):
     """A ddpmrt checkpoint on `backend`: torch (eager), inductor or openvino; `schedule` is unused."""
-    _check(device, backend, precision)
+    _check(device, backend, precision, threads)
     if backend == "openvino":
         return _on_openvino(from_checkpoint(path, "fp32"), precision, threads)
     module, config = load_unet(path, device)
@@ -74,7 +77,7 @@ def load_checkpoint(path: Path, backend: str = "torch", device: str = "cpu", pre
 def load_diffusers(path: Path, backend: str = "torch", device: str = "cpu", precision: str = "auto",
                    cuda_graph: bool = False, schedule: NoiseSchedule | None = None, threads: int | None = None):
     """A diffusers pipeline folder (or its unet/), schedule from its scheduler config unless `schedule` is given."""
-    _check(device, backend, precision)
+    _check(device, backend, precision, threads)
     source = from_diffusers(path, "fp32", schedule)
     if backend == "openvino":
         return _on_openvino(source, precision, threads)
