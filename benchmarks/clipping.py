@@ -3,8 +3,9 @@
     python benchmarks/clipping.py shapes --out benchmarks/results/cpu-clipping-shapes
     python benchmarks/clipping.py digits --steps 5,10 --num 16 --seeds 0 --out /tmp/clip   # the script itself
 
-For DDIM (η = 0) and DPM-Solver++(2M) at every step count of --steps, FID and recognised share (the
-model's classifier judge, as `ddpmrt report`) of --num samples per seed under:
+For DDIM (η = 0), DPM-Solver++(2M) and DDPM (ancestral, fixed_small) at their step counts (--steps,
+--solver-steps, --ddpm-steps), FID and recognised share (the model's classifier judge, as `ddpmrt report`)
+of --num samples per seed under:
 
 - clip:     x̂₀ clipped to [-1, 1] at every step (ddpmrt's clip_sample=1, diffusers' clip_sample=True);
 - none:     no clipping; the images are clipped once, when they become pixels (to_uint8, and the judge).
@@ -12,6 +13,8 @@ model's classifier judge, as `ddpmrt report`) of --num samples per seed under:
 - dynamic:  Imagen's dynamic thresholding in diffusers' own scheduler (thresholding=True, ratio 0.995,
             sample_max_value 1.5) on the same weights converted to UNet2DModel.  With diffusers'
             default sample_max_value of 1.0 the threshold is always 1 and the rule is plain clipping.
+            Not for DDPM: diffusers' DDPMScheduler draws its own noise, so the rule would not differ
+            from the other two in the rule alone.
 
 Every rule starts from the same noise (ddpmrt's Philox x_T for each seed) and calls the same model
 (--backend, fp32; OpenVINO by default, the learning curve's judge), so the rules differ in the rule
@@ -43,7 +46,8 @@ from ddpmrt.export.model.checkpoint import read_config
 from ddpmrt.export.model.diffusers_convert import diffusers_schedule
 
 RULES = ("clip", "none", "dynamic")
-SAMPLERS = ("ddim", "dpmsolver")
+SAMPLERS = ("ddim", "dpmsolver", "ddpm")
+RULES_OF = {"ddim": RULES, "dpmsolver": RULES, "ddpm": ("clip", "none")}
 DYNAMIC = {"thresholding": True, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.5}
 
 
@@ -72,7 +76,7 @@ def _sample_dynamic(model, scheduler, x_T: np.ndarray, steps: int, timesteps: np
 def sample(rule: str, name: str, steps: int, model, num: int, seed: int, dynamic: dict = DYNAMIC) -> np.ndarray:
     shape = (num, *model.image_shape)
     x_T = gaussian_noise(seed, np.arange(num), 0, STREAM_INITIAL, model.image_shape)
-    options = {"eta": 0.0} if name == "ddim" else {"order": 2}
+    options = {"ddim": {"eta": 0.0}, "dpmsolver": {"order": 2}, "ddpm": {}}[name]
     sampler = make_sampler(name, model.schedule, steps, clip_sample=1.0 if rule == "clip" else 0.0, **options)
     if rule == "dynamic":  # each sampler's default spacing, as the other two rules run it
         scheduler = _diffusers_scheduler(name, model.schedule, sampler.spacing, dynamic)
@@ -97,18 +101,22 @@ def main(argv=None) -> int:
     parser.add_argument("model", help="checkpoint directory or shipped model (digits, shapes)")
     parser.add_argument("--steps", default="5,10,20,50,100,250,1000")
     parser.add_argument("--solver-steps", default="5,10,20,50", help="DPM-Solver++ step counts (default 5,10,20,50)")
+    parser.add_argument("--ddpm-steps", default="1000", help="DDPM step counts (default 1000)")
     parser.add_argument("--num", type=int, default=500)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--backend", default="openvino", choices=("openvino", "onnxruntime", "torch"),
                         help="where the model runs, in fp32 (default openvino)")
+    parser.add_argument("--threads", type=int, help="CPU threads of the backend (default: all cores; 1 beside "
+                        "another job, which OpenVINO's default would slow to half)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     path = resolve_model_path(args.model)
     dataset = read_config(path).get("data", {}).get("name", args.model)
     judge = ClassifierJudge.train(dataset, image_size=16)
-    model = load_model(str(path), backend=args.backend, precision="fp32")
+    model = load_model(str(path), backend=args.backend, precision="fp32", threads=args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    plan = {"ddim": [int(s) for s in args.steps.split(",")], "dpmsolver": [int(s) for s in args.solver_steps.split(",")]}
+    plan = {name: [int(s) for s in text.split(",")]
+            for name, text in (("ddim", args.steps), ("dpmsolver", args.solver_steps), ("ddpm", args.ddpm_steps))}
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / "clipping.json"
     result = {"benchmark": "clipping", "model": str(path), "dataset": dataset, "num": args.num,
@@ -119,7 +127,7 @@ def main(argv=None) -> int:
             result["rows"] = earlier["rows"]
     rows = result["rows"]
     for name in SAMPLERS:
-        for rule in RULES:
+        for rule in RULES_OF[name]:
             for steps in plan[name]:
                 row = next((r for r in rows if (r["sampler"], r["rule"], r["steps"]) == (name, rule, steps)), None)
                 if row is None:
@@ -144,7 +152,7 @@ def main(argv=None) -> int:
         return [row["fid"][row["seeds"].index(seed)] for seed in seeds]
 
     verdict = {f"{name}/{rule}": never_worse([(steps, fids(name, rule, steps)) for steps in sorted(plan[name])])
-               for name in SAMPLERS for rule in RULES}
+               for name in SAMPLERS for rule in RULES_OF[name]}
     result["never_worse"] = verdict
     tmp = raw.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
@@ -157,6 +165,9 @@ def main(argv=None) -> int:
         for steps in plan[name]:
             cells = []
             for rule in RULES:
+                if rule not in RULES_OF[name]:
+                    cells.append("—")
+                    continue
                 fid = fids(name, rule, steps)
                 cells.append(f"{np.mean(fid):.2f}" + (f" ± {(max(fid) - min(fid)) / 2:.2f}" if len(fid) > 1 else ""))
             lines.append(f"| {name} | {steps} | " + " | ".join(cells) + " |")

@@ -140,18 +140,20 @@ def test_clipping_compares_the_three_rules_and_a_later_run_adds_only_what_is_mis
 
     def run(steps, seeds):
         result = subprocess.run([sys.executable, str(ROOT / "benchmarks/clipping.py"), "digits", "--steps", steps,
-                                 "--solver-steps", "2", "--num", "8", "--seeds", seeds, "--out", str(tmp_path)],
+                                 "--solver-steps", "2", "--ddpm-steps", "3", "--num", "8", "--seeds", seeds, "--out", str(tmp_path)],
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads((tmp_path / "clipping.json").read_text())
 
     report = run("2,3", "0")
     assert {(r["sampler"], r["rule"], r["steps"]) for r in report["rows"]} == {
-        (s, rule, n) for rule in ("clip", "none", "dynamic") for s, n in (("ddim", 2), ("ddim", 3), ("dpmsolver", 2))}
+        (s, rule, n) for rule in ("clip", "none", "dynamic") for s, n in (("ddim", 2), ("ddim", 3), ("dpmsolver", 2))
+    } | {("ddpm", "clip", 3), ("ddpm", "none", 3)}  # DDPM: no dynamic rule (diffusers would draw other noise)
     assert all(r["seeds"] == [0] and r["fid"][0] > 0 for r in report["rows"])
     # One seed has no spread to judge a small rise by: no verdict.
     assert set(report["never_worse"].values()) == {None} and "needs two seeds" in (tmp_path / "clipping.md").read_text()
     assert "| ddim | 3 |" in (tmp_path / "clipping.md").read_text()
+    assert "| ddpm | 3 |" in (tmp_path / "clipping.md").read_text() and "| —" in (tmp_path / "clipping.md").read_text()
     # Again with a second seed and one more step count: what was measured is kept, only the missing is measured.
     again = run("2,3,4", "0,1")
     before = {(r["sampler"], r["rule"], r["steps"]): r for r in report["rows"]}
@@ -176,10 +178,13 @@ def test_clipping_rules_start_from_the_same_noise_and_differ_in_the_rule_alone()
     clipping = _benchmark_module("clipping")
     model = load_model("digits", backend="torch", precision="fp32")
     plain = {**clipping.DYNAMIC, "sample_max_value": 1.0}
-    for name in clipping.SAMPLERS:
+    for name in ("ddim", "dpmsolver"):
         clip = clipping.sample("clip", name, 4, model, 3, seed=5)
         assert np.abs(clipping.sample("dynamic", name, 4, model, 3, seed=5, dynamic=plain) - clip).max() < 1e-4
         assert np.abs(clipping.sample("dynamic", name, 4, model, 3, seed=5) - clip).max() > 1e-3
+    # DDPM's two rules: the same ancestral noise, so without clipping the samples differ by the rule alone.
+    assert np.abs(clipping.sample("clip", "ddpm", 4, model, 3, seed=5)
+                  - clipping.sample("none", "ddpm", 4, model, 3, seed=5)).max() > 1e-3
 
 
 def test_learning_curve_judges_snapshots_and_writes_its_table_and_plot(tmp_path, monkeypatch):
@@ -306,3 +311,32 @@ def test_tuned_steps_model_clips_every_setting_and_the_tuning_alike(monkeypatch)
     unclipped = tuned_steps.model_run("digits", samples=16, seeds=[0], solvers=[], threads=1)
     assert not unclipped["clip_sample"] and threads == [1]
     assert "x̂₀ clipped to nothing" in "\n".join(tuned_steps.markdown({**unclipped, "environment": {"date": "d", "cpu": "c"}}))
+
+
+def test_tuned_paired_measures_each_setting_against_the_reference_from_the_same_noise(tmp_path):
+    def run(seeds):
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tuned_paired.py"), "digits", "--samples", "6",
+                                 "--seeds", seeds, "--ddim-steps", "10,100", "--calls", "5", "--threads", "1",
+                                 "--out", str(tmp_path)],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads((tmp_path / "results.json").read_text())
+
+    first = run("1")
+    rows = {(r["label"].split(" ")[-1], r["steps"]): r for r in first["rows"]}
+    assert rows[("dpmsolver:200:order=3", 0)]["rms_mean"] == 0.0   # the reference against itself
+    # More DDIM steps come closer to the converged solution; every row is scored.
+    assert 0 < rows[("DDIM", 100)]["rms_mean"] < rows[("DDIM", 10)]["rms_mean"]
+    assert all(r["fid"] > 0 and 0 <= r["recognised"] <= 1 for r in first["rows"])
+    # The tuned row runs the shipped table's unclipped 5-call timesteps, the linspace row its own spacing.
+    from ddpmrt.engine.artifacts.schedules import TunedSchedules
+    from ddpmrt.engine.backends import resolve_model_path
+
+    shipped = [e for e in TunedSchedules(resolve_model_path("digits"), "digits").entries()
+               if e["calls"] == 5 and not e["options"].get("clip_sample")]
+    assert rows[("tuned", 5)]["timesteps"] == shipped[0]["timesteps"]
+    assert rows[("linspace", 5)]["timesteps"] != rows[("tuned", 5)]["timesteps"]
+    # A second seed adds its rows and keeps the first's.
+    again = run("1,2")
+    assert len(again["rows"]) == 2 * len(first["rows"]) and again["rows"][:len(first["rows"])] == first["rows"]
+    assert "| DPM-Solver++(3M) tuned | 5 |" in (tmp_path / "results.md").read_text()
