@@ -4,9 +4,9 @@
     parse_spec("dpmsolver:10:order=3").make(schedule)       # a report's sampler spec
 
 The options, their defaults and checks are the sampler classes' declarations (Sampler.OPTIONS);
-this module adds only what the commands do differently from the classes: they do not clip x̂₀ for DDIM
-and the solvers unless asked (Option.command_default; measured: only no clipping keeps more steps from
-giving worse images); DDPM keeps its class's diffusers default of ±1.
+this module adds only what the commands do differently from the classes: they do not clip x̂₀ unless
+asked (Option.command_default; measured: only no clipping keeps more steps from giving worse images, and
+DDPM scores the same either way), where DDPMSampler keeps diffusers' default of ±1.
 An option a sampler does not take (η for DPM-Solver++) is a one-line UserError naming the ones it does.
 """
 
@@ -50,7 +50,7 @@ TUNED = "tuned"   # the spacing that means the model's own timesteps (`ddpmrt tu
 
 def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, tuned=None, **options) -> Sampler:
     """The sampler `name` with `steps` and the options it takes; an option left out or None gets the
-    commands' default (the class's, except that DDIM and the solvers do not clip x̂₀: clip_sample=1.0 asks for it).  With
+    commands' default (the class's, except that x̂₀ is not clipped: clip_sample=1.0 asks for it).  With
     `timesteps`, `steps` may be left out; no spacing default is applied then.
 
     spacing="tuned": the timesteps `ddpmrt tune` made for this sampler setting and step count, from
@@ -66,7 +66,9 @@ def make_sampler(name: str, schedule: NoiseSchedule, steps: int | None = None, t
     for option in cls.OPTIONS:
         if option.name not in given and not (option.name == "spacing" and "timesteps" in given):
             settings[option.name] = option.for_commands
-    settings = {key: value for key, value in settings.items() if value is not None}
+    # None is "the class's default" except for a nullable option, where it is a value (clip_sample: no clipping).
+    nullable = {option.name for option in cls.OPTIONS if option.nullable}
+    settings = {key: value for key, value in settings.items() if value is not None or key in nullable}
     return cls(schedule, num_steps=steps, **settings)
 
 

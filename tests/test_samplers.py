@@ -225,3 +225,18 @@ def test_each_declared_option_reaches_the_command_line_a_request_and_a_spec():
                                                                               "off" if value is False else str(value))
             spec = parse_spec(f"{name}:4:{option.name}={text}")
             assert spec.make(schedule, clip_sample=sampler.clip_sample or 0).config == sampler.config, option.name
+
+
+def test_the_commands_clip_no_sampler_unless_asked_while_ddpms_class_keeps_diffusers_default():
+    # make_sampler is every command's factory: an option left out, or None, is the commands' default, and for
+    # clip_sample that is "off" for every sampler (measured: benchmarks/results/cpu-clipping-*), DDPM included,
+    # although DDPMSampler itself keeps diffusers' ±1.
+    from ddpmrt.engine.sampler_factory import SAMPLER_CLASSES, make_sampler
+
+    schedule = NoiseSchedule.linear(1000)
+    for name in SAMPLER_CLASSES:
+        assert make_sampler(name, schedule, 10).clip_sample is None, name
+        assert make_sampler(name, schedule, 10, clip_sample=None).clip_sample is None, name
+        assert make_sampler(name, schedule, 10, clip_sample=1.0).clip_sample == 1.0, name
+        assert make_sampler(name, schedule, 10, clip_sample=0).clip_sample is None, name
+    assert DDPMSampler(schedule, 10).clip_sample == 1.0 and DDIMSampler(schedule, 10).clip_sample is None
