@@ -122,7 +122,8 @@ def markdown(result: dict, seeds: list[int]) -> list[str]:
              f"{result['samples']} samples per seed, seeds {seeds}, {result['backend']}, x̂₀ clipped to "
              f"{result['clip_sample'] or 'nothing'}. RMS: each image's RMS distance (on [-1, 1]) to the reference's image "
              f"from the same noise ({result['reference']}), mean (median, 90th percentile) over the images and seeds. "
-             f"FID: the mean over the seeds ± half their range; real against real {result['judge_floor']['fid']:.2f}.",
+             + ("FID: the mean over the seeds ± half their range" if len(seeds) > 1 else "FID: one seed")
+             + f"; real against real {result['judge_floor']['fid']:.2f}.",
              "", "| sampler | calls | RMS to reference | FID | recognised |", "| --- | --- | --- | --- | --- |"]
     keys = list(dict.fromkeys((r["label"], r["steps"]) for r in result["rows"]))
     for label, steps in keys:
@@ -133,7 +134,8 @@ def markdown(result: dict, seeds: list[int]) -> list[str]:
         mean = lambda key: sum(r[key] for r in group) / len(group)  # noqa: E731
         calls = "200" if steps == 0 else str(steps)
         lines.append(f"| {label} | {calls} | {mean('rms_mean'):.4f} ({mean('rms_median'):.4f}, {mean('rms_p90'):.4f}) | "
-                     f"{np.mean(fids):.2f} ± {(max(fids) - min(fids)) / 2:.2f} | {mean('recognised'):.1%} |")
+                     f"{np.mean(fids):.2f}" + (f" ± {(max(fids) - min(fids)) / 2:.2f}" if len(fids) > 1 else "")
+                     + f" | {mean('recognised'):.1%} |")
     return lines
 
 
