@@ -39,6 +39,7 @@ import torch
 
 from ddpmrt.engine import load_model, make_sampler
 from ddpmrt.engine.backends import resolve_model_path
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.philox import STREAM_INITIAL, gaussian_noise
 from ddpmrt.engine.profiling import environment
 from ddpmrt.export.evaluation.quality import ClassifierJudge
@@ -179,4 +180,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -40,6 +40,7 @@ import torch
 
 from ddpmrt.engine import load_model
 from ddpmrt.engine.backends import openvino_backend
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment, summarize
 from ddpmrt.export.conversion.onnx_export import export_onnx
 from ddpmrt.export.evaluation.bench import OpenVinoDefault, batch_sizes_arg, bench_sampler, diffusers_pipeline, measure_startup
@@ -144,4 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

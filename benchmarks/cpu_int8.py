@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from ddpmrt.engine import DDIMSampler, load_model
 from ddpmrt.engine.backends import openvino_backend, resolve_model_path
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment, time_calls
 from ddpmrt.export.conversion.onnx_export import export_onnx
 from ddpmrt.export.conversion.quantize import Calibration, quantize_onnx
@@ -132,4 +134,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment
 from ddpmrt.export.conversion.aot_package import build_aot_package
 from ddpmrt.export.conversion.engine_build import BatchProfile
@@ -51,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -39,6 +39,7 @@ import torch
 
 from ddpmrt.engine import load_model
 from ddpmrt.engine.backends import openvino_backend
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment, time_calls
 from ddpmrt.export.conversion.onnx_export import export_onnx
 from ddpmrt.export.evaluation.bench import batch_sizes_arg
@@ -138,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

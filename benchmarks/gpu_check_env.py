@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment
 from ddpmrt.export.model.checkpoint import write_json
 
@@ -52,4 +53,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -25,6 +25,7 @@ import torch
 
 from ddpmrt.engine import DDIMSampler, DDPMSampler, NoiseSchedule
 from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.gpu.kernels import FusedUpdate, image_keys, run_params
 from ddpmrt.engine.philox import STREAM_INITIAL, STREAM_STEP, gaussian_noise
 from ddpmrt.engine.profiling import environment, summarize
@@ -156,4 +157,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ddpmrt.engine.artifacts.io import atomic_write
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.gpu.cuda_runtime import check, cudart, describe_graph
 from ddpmrt.engine.profiling import environment, summarize
 
@@ -128,4 +129,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from ddpmrt.engine import NoiseSchedule, make_sampler
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.tuning import Tuner
 
 CALLS = (4, 5, 6, 8, 10)
@@ -146,4 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from ddpmrt.engine.errors import UserError, run_script
+
 # The recipe the models were first shipped with (equal loss weights, L_simple), less the step count; --precision is
 # this script's.  The digits model shipped since 2026-12-06 is digits-minsnr5 at 12k steps (engine/models/digits/).
 RECIPES = {
@@ -303,6 +305,12 @@ def main(argv=None) -> int:
                                                     "training run, which OpenVINO's default would slow to half)")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
+    # A judged run's name begins with its data set (shapes-minsnr5-cooldown12k); a trained one is a recipe.
+    known = RECIPES if args.action == "train" else [n for n in RECIPES if "-" not in n]
+    for name in models if args.action != "merge" else []:
+        if (name if args.action == "train" else dataset_of(name)) not in known:
+            raise UserError(f"--models {name}: not a recipe of this script; give one of {', '.join(known)}"
+                            + ("" if args.action == "train" else " (or a name that begins with one and a '-')"))
     if args.action == "train":
         train(args.out, models, args.steps, args.precision, args.device, args.seconds)
     elif args.action == "merge":
@@ -314,4 +322,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.backends.tensorrt_flavour import import_flavour
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment
 from ddpmrt.export.conversion.engine_build import BatchProfile, build_engine
 from ddpmrt.export.conversion.onnx_export import export_onnx
@@ -75,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

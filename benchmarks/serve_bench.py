@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpmrt.engine.artifacts.io import atomic_write, check_output_dir
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment
 
 
@@ -184,4 +186,4 @@ def write(report: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

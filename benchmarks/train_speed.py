@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment, summarize
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.model.unet import UNet, get_config
@@ -121,4 +122,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

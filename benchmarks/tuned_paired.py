@@ -32,6 +32,7 @@ from ddpmrt.engine import load_model, make_sampler
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.artifacts.schedules import TunedSchedules
 from ddpmrt.engine.backends import resolve_model_path
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment
 from ddpmrt.engine.sampler_factory import parse_spec
 from ddpmrt.engine.tuning import DEFAULT_TEACHER
@@ -140,4 +141,4 @@ def markdown(result: dict, seeds: list[int]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+from ddpmrt.engine.errors import run_script
 
 CALLS = (4, 5, 6, 8, 10)
 DDIM_STEPS = (10, 20, 25, 50, 100)
@@ -195,4 +198,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

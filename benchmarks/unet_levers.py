@@ -47,6 +47,7 @@ import torch
 from ddpmrt.engine import DDIMSampler, NoiseSchedule
 from ddpmrt.engine.artifacts.io import atomic_write
 from ddpmrt.engine.backends.torch_backend import TorchModel
+from ddpmrt.engine.errors import run_script
 from ddpmrt.engine.profiling import environment, profile_device_loop, time_calls
 from ddpmrt.export.model.unet import UNet, get_config
 
@@ -204,4 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -48,3 +48,17 @@ def install_hint(extra: str) -> str:
     if packages:
         return "pip install " + " ".join(f'"{p}"' for p in packages)
     return f'pip install -e ".[{extra}]" in the ddpmrt repository'
+
+
+def run_script(main, prog: str | None = None) -> int:
+    """Run a script's `main()` as the `ddpmrt` command runs its commands: a UserError is one line on stderr
+    (`PROG: error: ...`) and exit status 2, not a traceback; anything else is a bug and keeps its traceback.
+    The benchmark scripts end with `sys.exit(run_script(main))`."""
+    import sys
+    from pathlib import Path
+
+    try:
+        return int(main() or 0)
+    except UserError as exc:
+        print(f"{prog or Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_status", 2)

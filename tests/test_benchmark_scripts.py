@@ -340,3 +340,29 @@ def test_tuned_paired_measures_each_setting_against_the_reference_from_the_same_
     again = run("1,2")
     assert len(again["rows"]) == 2 * len(first["rows"]) and again["rows"][:len(first["rows"])] == first["rows"]
     assert "| DPM-Solver++(3M) tuned | 5 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("script", ["tuned_paired.py", "clipping.py", "learning_curve.py"])
+def test_a_benchmark_script_gives_a_user_error_in_one_line(script, tmp_path):
+    # As the ddpmrt command does (engine.errors.run_script): the message names the fix; no traceback.
+    args = {"tuned_paired.py": ["no-such-model", "--out", str(tmp_path / "o")],
+            "clipping.py": ["no-such-model", "--out", str(tmp_path / "o")],
+            "learning_curve.py": ["judge", "--out", str(tmp_path / "runs"), "--models", "no-such-recipe"]}[script]
+    result = run_script(script, *args, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith(f"{script}: error: ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_script_passes_a_bug_on_and_returns_main_s_status():
+    from ddpmrt.engine.errors import UserError, run_script as run_main
+
+    assert run_main(lambda: None) == 0 and run_main(lambda: 3) == 3
+
+    def refused():
+        raise UserError("bad input; pass a good one")
+
+    assert run_main(refused, prog="x") == 2
+    with pytest.raises(ZeroDivisionError):   # a bug keeps its traceback
+        run_main(lambda: 1 / 0)
