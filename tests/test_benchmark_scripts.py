@@ -356,7 +356,8 @@ def test_a_benchmark_script_gives_a_user_error_in_one_line(script, tmp_path):
 
 
 def test_run_script_passes_a_bug_on_and_returns_main_s_status():
-    from ddpmrt.engine.errors import UserError, run_script as run_main
+    from ddpmrt.engine.errors import UserError
+    from ddpmrt.engine.errors import run_script as run_main
 
     assert run_main(lambda: None) == 0 and run_main(lambda: 3) == 3
 
