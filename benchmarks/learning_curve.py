@@ -51,9 +51,6 @@ def dataset_of(recipe: str) -> str:
     return recipe.split("-")[0]
 
 
-def batch_of(recipe: str) -> int:
-    flags = RECIPES[recipe]
-    return int([flags[i + 1] for i, f in enumerate(flags) if f == "--batch-size"][-1])
 # Unclipped DDIM at 10, 20, 50, 100 and 1000 steps: whether more steps are never worse (the criterion).
 SAMPLERS = [("ddim", 10, 1.0), ("ddim", 50, 1.0), ("ddim", 1000, 1.0), ("ddim", 10, 0.0), ("ddim", 20, 0.0),
             ("ddim", 50, 0.0), ("ddim", 100, 0.0), ("ddim", 1000, 0.0), ("ddpm", 1000, 1.0)]
@@ -164,7 +161,8 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
             if snapshot.name.endswith(".tmp"):
                 continue
             # The precision it trained in is part of what a row is (bf16 autocast on a CPU with bf16 units).
-            precision = json.loads((snapshot / "config.json").read_text())["training"].get("precision_used", "fp32")
+            training = json.loads((snapshot / "config.json").read_text())["training"]
+            precision = training.get("precision_used", "fp32")
             key = f"{name}/{precision}/{snapshot.name}"
             row = table.get(key)
             if row is not None and row["samples"] != num:
@@ -179,7 +177,9 @@ def judge(out: Path, results: Path, models: list[str], num: int, seeds: list[int
             model = load_model(str(snapshot), backend=backend, device=device, precision="fp32", threads=threads)
             step = int(snapshot.name.split("_")[1])
             if row is None:
-                row = {"model": name, "precision": precision, "step": step, "images_seen": step * batch_of(name),
+                # The run's own batch: a snapshot judged under a name that is no recipe (a branch of one) has it too.
+                row = {"model": name, "precision": precision, "step": step,
+                       "images_seen": step * training["batch_size"] * training.get("world_size", 1),
                        "samples": num, "seeds": [], "cpu": _judged_on(device),
                        "loss_by_t_bucket": _loss_by_bucket(model, real, model.schedule), "scores": {}}
             # Saved after each seed: a judge of many samples that is stopped keeps the seeds it finished and
