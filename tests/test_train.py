@@ -313,3 +313,37 @@ def test_the_cooldown_falls_linearly_to_zero_over_the_last_steps_and_is_logged(t
     del state["train_args"]["cooldown"]
     torch.save(state, out / "training_state.pt")
     assert resume_args(out, {"iters": 20})[0].cooldown == 0
+
+
+def test_init_from_starts_a_run_at_a_model_s_weights_with_its_own_dropout(tmp_path):
+    # A fine-tune of the shipped digits model: model and EMA start at its weights (one step at a tiny rate moves
+    # them by little), the run's own settings (dropout 0 here) are recorded, and the optimizer starts afresh.
+    from ddpmrt.engine.backends import SHIPPED_MODELS_DIR
+
+    shipped = load_file(SHIPPED_MODELS_DIR / "digits" / "model.safetensors")
+    out = tmp_path / "ft"
+    train(TrainArgs(out=str(out), iters=1, lr=1e-7, init_from="digits", dropout=0.0, **FAST))
+    state = _state(out)
+    assert state["step"] == 1 and state["model_config"]["dropout"] == 0.0
+    assert state["train_args"]["init_from"] == "digits" and state["train_args"]["dropout"] == 0.0
+    for key in ("model", "ema"):
+        for name, tensor in shipped.items():
+            assert torch.allclose(state[key][name], tensor, atol=1e-5), f"{key}.{name}"
+    fresh = tmp_path / "fresh"
+    train(TrainArgs(out=str(fresh), iters=1, lr=1e-7, **FAST))
+    assert not torch.allclose(_state(fresh)["model"]["conv_in.weight"], shipped["conv_in.weight"], atol=1e-2)
+    assert _state(fresh)["model_config"]["dropout"] == 0.1   # the tiny config's, when not given
+    # Resumed, the run keeps its start and dropout: another is one line.
+    assert_user_error(run_cli("train", "--resume", "--out", str(out), "--dropout", "0.2", timeout=120), "--dropout")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--dataset", "digits", "--init-from", "shapes"], "another U-Net"),          # 3 channels against digits' 1
+    (["--dataset", "digits", "--init-from", "{tmp}"], "not a checkpoint folder"),
+    (["--dataset", "digits", "--init-from", "{tmp}/nothing"], "not found"),
+    (["--dataset", "digits", "--dropout", "1"], "--dropout"),
+])
+def test_bad_init_from_and_dropout_are_one_line(tmp_path, args, fragment):
+    argv = ["train", "--iters", "2", "--out", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in args]]
+    assert_user_error(run_cli(*argv, timeout=120), fragment)
+    assert not (tmp_path / "out" / "training_state.pt").exists()

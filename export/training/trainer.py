@@ -212,6 +212,8 @@ def _check_arguments(args: TrainArgs, state_path: Path, device: torch.device) ->
         raise UserError("--precision fp16 needs a CUDA GPU; use fp32 (or bf16) on the CPU")
     if args.iters < 1 or args.batch_size < 1:
         raise UserError("--iters and --batch-size must be positive")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout {args.dropout}: give a probability from 0 to below 1")
     if args.save_every < 1 or args.save_minutes < 0:
         raise UserError("--save-every must be positive and --save-minutes at least 0")
 
@@ -252,14 +254,34 @@ def _model_config(args: TrainArgs, data) -> UNetConfig:
     c, h, w = data.images.shape[1:]
     if h != w:
         raise UserError(f"images must be square, got {h}x{w}; pass --image-size")
+    overrides = {} if args.dropout is None else {"dropout": args.dropout}
     try:
-        model_config = get_config(args.model, image_channels=c, image_size=h)
+        model_config = get_config(args.model, image_channels=c, image_size=h, **overrides)
     except ValueError as exc:
         raise UserError(f"{exc}") from None
     if h % 2 ** (len(model_config.ch_mult) - 1):
         raise UserError(f"image size {h} is not divisible by {2 ** (len(model_config.ch_mult) - 1)} "
                         f"(the {args.model} U-Net's downsampling); pass --image-size")
     return model_config
+
+
+def _initial_weights(init_from: str, model_config: UNetConfig, model_name: str) -> dict:
+    """`--init-from`: the EMA weights of a checkpoint folder or shipped model, for a U-Net of the run's own
+    config (its dropout aside, which holds no weights); anything else is one line naming what differs."""
+    from ddpmrt.engine.backends import resolve_model_path
+    from ddpmrt.export.model.checkpoint import load_unet
+
+    path = resolve_model_path(init_from)
+    if not (path.is_dir() and (path / CONFIG_FILE).is_file()):
+        raise UserError(f"--init-from {init_from}: not a checkpoint folder (config.json and model.safetensors); "
+                        "give a folder written by `ddpmrt train` or a shipped model name")
+    unet, _ = load_unet(path)
+    theirs, ours = unet.config.to_dict(), model_config.to_dict()
+    differ = [f"{k} {theirs[k]} against {ours[k]}" for k in ours if k != "dropout" and theirs.get(k) != ours[k]]
+    if differ:
+        raise UserError(f"--init-from {init_from} is another U-Net than this run's --model {model_name} on this data "
+                        f"({'; '.join(differ)}); give the --model, --dataset and --image-size it was trained with")
+    return unet.state_dict()
 
 
 def _restore(state_path: Path, device, model_config: UNetConfig, model, ema, optimizer, scaler) -> int:
@@ -357,6 +379,10 @@ def train(args: TrainArgs) -> Path:
     ema.load_state_dict(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda", enabled=training_precision(args.precision, device) == "fp16")
+    if args.init_from and not args.resume:  # a fine-tune: model and EMA start at the given weights, AdamW afresh
+        initial = _initial_weights(args.init_from, model_config, args.model)
+        model.load_state_dict(initial)
+        ema.load_state_dict(initial)
     start = _restore(state_path, device, model_config, model, ema, optimizer, scaler) if args.resume else 0
 
     net = model
