@@ -335,6 +335,12 @@ def test_init_from_starts_a_run_at_a_model_s_weights_with_its_own_dropout(tmp_pa
     assert _state(fresh)["model_config"]["dropout"] == 0.1   # the tiny config's, when not given
     # Resumed, the run keeps its start and dropout: another is one line.
     assert_user_error(run_cli("train", "--resume", "--out", str(out), "--dropout", "0.2", timeout=120), "--dropout")
+    from ddpmrt.export.training.trainer import resume_args
+
+    args, _ = resume_args(out, {"iters": 2, "out": str(out), "progress": False})
+    assert args.dropout == 0.0 and args.init_from == "digits"
+    train(args)
+    assert _state(out)["step"] == 2 and _state(out)["model_config"]["dropout"] == 0.0
 
 
 @pytest.mark.parametrize("args,fragment", [
