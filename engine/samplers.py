@@ -45,7 +45,7 @@ SPACINGS = ("leading", "trailing", "linspace", "quad")
 # The step-count limit, stated one way by the samplers, the command line and the server.
 STEPS_RULE = "the number of steps must be an integer from 1 to the model's training timesteps"
 # What `ddpmrt sample` and `ddpmrt report` use unless told: the best spacing measured, by mean
-# rank of FID and of the exact Gaussian W2 over 11 sampler settings on the shipped digits model
+# rank of FID and of the exact Gaussian W2 over 21 sampler settings on the shipped digits model, two seeds
 # (benchmarks/results/cpu-digits-spacings/, `report --spacing leading,trailing,linspace`).
 # It is also diffusers' default, so the sampler classes share it.
 DEFAULT_SPACING = "leading"
