@@ -315,17 +315,22 @@ def test_the_cooldown_falls_linearly_to_zero_over_the_last_steps_and_is_logged(t
     assert resume_args(out, {"iters": 20})[0].cooldown == 0
 
 
-def test_init_from_starts_a_run_at_a_model_s_weights_with_its_own_dropout(tmp_path):
+def test_init_from_starts_a_run_at_a_model_s_weights_with_its_own_dropout_and_groups(tmp_path):
     # A fine-tune of the shipped digits model: model and EMA start at its weights (one step at a tiny rate moves
-    # them by little), the run's own settings (dropout 0 here) are recorded, and the optimizer starts afresh.
+    # them by little), the run's own settings (dropout 0 and 8 GroupNorm groups here, neither of which holds
+    # weights) are recorded, and the optimizer starts afresh.
     from ddpmrt.engine.backends import SHIPPED_MODELS_DIR
+    from ddpmrt.export.model.checkpoint import load_unet
 
     shipped = load_file(SHIPPED_MODELS_DIR / "digits" / "model.safetensors")
     out = tmp_path / "ft"
-    train(TrainArgs(out=str(out), iters=1, lr=1e-7, init_from="digits", dropout=0.0, **FAST))
+    train(TrainArgs(out=str(out), iters=1, lr=1e-7, init_from="digits", dropout=0.0, norm_groups=8, **FAST))
     state = _state(out)
     assert state["step"] == 1 and state["model_config"]["dropout"] == 0.0
     assert state["train_args"]["init_from"] == "digits" and state["train_args"]["dropout"] == 0.0
+    assert state["model_config"]["norm_groups"] == state["train_args"]["norm_groups"] == 8
+    unet, _ = load_unet(out)  # what config.json says is what the weights were trained as
+    assert unet.norm_out.num_groups == 8 and unet.config.norm_groups == 8
     for key in ("model", "ema"):
         for name, tensor in shipped.items():
             assert torch.allclose(state[key][name], tensor, atol=1e-5), f"{key}.{name}"
@@ -333,14 +338,18 @@ def test_init_from_starts_a_run_at_a_model_s_weights_with_its_own_dropout(tmp_pa
     train(TrainArgs(out=str(fresh), iters=1, lr=1e-7, **FAST))
     assert not torch.allclose(_state(fresh)["model"]["conv_in.weight"], shipped["conv_in.weight"], atol=1e-2)
     assert _state(fresh)["model_config"]["dropout"] == 0.1   # the tiny config's, when not given
-    # Resumed, the run keeps its start and dropout: another is one line.
+    assert _state(fresh)["model_config"]["norm_groups"] == 32
+    # Resumed, the run keeps its start, dropout and groups: another is one line.
     assert_user_error(run_cli("train", "--resume", "--out", str(out), "--dropout", "0.2", timeout=120), "--dropout")
+    assert_user_error(run_cli("train", "--resume", "--out", str(out), "--norm-groups", "4", timeout=120),
+                      "--norm-groups")
     from ddpmrt.export.training.trainer import resume_args
 
     args, _ = resume_args(out, {"iters": 2, "out": str(out), "progress": False})
-    assert args.dropout == 0.0 and args.init_from == "digits"
+    assert args.dropout == 0.0 and args.init_from == "digits" and args.norm_groups == 8
     train(args)
     assert _state(out)["step"] == 2 and _state(out)["model_config"]["dropout"] == 0.0
+    assert _state(out)["model_config"]["norm_groups"] == 8
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -348,6 +357,8 @@ def test_init_from_starts_a_run_at_a_model_s_weights_with_its_own_dropout(tmp_pa
     (["--dataset", "digits", "--init-from", "{tmp}"], "not a checkpoint folder"),
     (["--dataset", "digits", "--init-from", "{tmp}/nothing"], "not found"),
     (["--dataset", "digits", "--dropout", "1"], "--dropout"),
+    (["--dataset", "digits", "--norm-groups", "5"], "does not divide"),             # tiny's widths 32, 64, 96
+    (["--dataset", "digits", "--norm-groups", "64"], "does not divide"),
 ])
 def test_bad_init_from_and_dropout_are_one_line(tmp_path, args, fragment):
     argv = ["train", "--iters", "2", "--out", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in args]]

@@ -23,15 +23,20 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="checkpoint directory (required)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out with its saved settings; an option given here overrides its "
-                        "saved value (except --dataset, --model, --image-size, --seed, --schedule, --dropout and "
-                        "--init-from)")
+                        "saved value (except --dataset, --model, --image-size, --seed, --schedule, --dropout, "
+                        "--norm-groups and --init-from)")
     p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one (its files are removed)")
     p.add_argument("--image-size", type=int_in(4, 4096), help="resize the data to S×S (default: the data's own size)")
     p.add_argument("--dropout", type=real_in(0, 1, high_open=True),
                    help="the U-Net's dropout probability (default: the --model config's, 0.1)")
+    p.add_argument("--norm-groups", type=int_in(1, 4096), metavar="G",
+                   help="the U-Net's GroupNorm group count, a divisor of every GroupNorm's width (default: the "
+                        "--model config's, 32; with tiny's 32 channels that is one channel per group, which removes "
+                        "each channel's mean: docs/training.md)")
     p.add_argument("--init-from", metavar="MODEL",
                    help="start from the weights of this checkpoint folder or shipped model (a fine-tune, with a fresh "
-                        "optimizer), not from random weights; it must be the same --model on data of the same shape")
+                        "optimizer), not from random weights; it must be the same --model on data of the same shape "
+                        "(--dropout and --norm-groups may differ: they hold no weights)")
     p.add_argument("--lr", type=real_in(0, 1, low_open=True), help=f"peak learning rate (default {d.lr:g})")
     p.add_argument("--warmup", type=int_in(0, 10 ** 9), help=f"LR warm-up steps (default {d.warmup})")
     p.add_argument("--cooldown", type=int_in(0, 10 ** 9),

@@ -65,6 +65,14 @@ CONFIGS = {
 }
 
 
+def group_norm_widths(config: UNetConfig) -> set[int]:
+    """The channel counts of every GroupNorm of the U-Net `config` describes: `norm_groups` must divide each
+    (or exceed it: _norm then uses one group per channel).  Built on the meta device, so no memory is used."""
+    with torch.device("meta"):
+        net = UNet(dataclasses.replace(config, norm_groups=1))
+    return {m.num_channels for m in net.modules() if isinstance(m, nn.GroupNorm)}
+
+
 def get_config(name: str, **overrides) -> UNetConfig:
     if name not in CONFIGS:
         raise ValueError(f"unknown model config {name!r}; choose one of {sorted(CONFIGS)}")

@@ -23,6 +23,7 @@ class TrainArgs:
     ema_decay: float = 0.9999
     image_size: int | None = None     # default: the dataset's own size
     dropout: float | None = None      # the U-Net's dropout; default: the --model config's (0.1 for tiny and cifar10)
+    norm_groups: int | None = None    # the U-Net's GroupNorm group count; default: the --model config's (32)
     init_from: str | None = None      # start from this checkpoint's (or shipped model's) weights, not at random
     seed: int = 0
     num_train_timesteps: int = 1000
@@ -39,9 +40,10 @@ class TrainArgs:
 
 
 # What a run is: a resumed run must keep these (the data, the network, the noise it draws).
-FIXED_ON_RESUME = ("dataset", "model", "image_size", "seed", "num_train_timesteps", "schedule", "dropout", "init_from")
+FIXED_ON_RESUME = ("dataset", "model", "image_size", "seed", "num_train_timesteps", "schedule", "dropout", "norm_groups",
+                   "init_from")
 # What is not a setting of the run but of one command.
 NOT_SAVED = ("out", "resume", "overwrite", "progress")
 # Settings added after runs were first saved, with the value every run saved without them trained with: a resumed
 # older run keeps that, not a later default.
-BEFORE_SAVED = {"snr_gamma": 0.0, "cooldown": 0, "dropout": None, "init_from": None}
+BEFORE_SAVED = {"snr_gamma": 0.0, "cooldown": 0, "dropout": None, "norm_groups": None, "init_from": None}

@@ -32,13 +32,15 @@ from ddpmrt.engine.images import make_grid, save_png, to_uint8
 from ddpmrt.engine.samplers import DDIMSampler
 from ddpmrt.engine.schedule import NoiseSchedule
 from ddpmrt.export.model.checkpoint import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, make_config, save_weights, write_config
-from ddpmrt.export.model.unet import UNet, UNetConfig, count_parameters, get_config
+from ddpmrt.export.model.unet import UNet, UNetConfig, count_parameters, get_config, group_norm_widths
 from ddpmrt.export.training.args import BEFORE_SAVED, FIXED_ON_RESUME, NOT_SAVED, TrainArgs
 from ddpmrt.export.training.data import load_dataset
 
 # What a training run leaves in its folder; a fresh run refuses a folder holding any of them.
 LOG_FILE = "log.jsonl"
 RUN_FILES = (STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, LOG_FILE, "samples")
+# U-Net settings that hold no weights: --init-from may start a run whose values differ.
+WEIGHTLESS = ("dropout", "norm_groups")
 
 
 def saved_settings(state_path: Path) -> dict:
@@ -254,11 +256,15 @@ def _model_config(args: TrainArgs, data) -> UNetConfig:
     c, h, w = data.images.shape[1:]
     if h != w:
         raise UserError(f"images must be square, got {h}x{w}; pass --image-size")
-    overrides = {} if args.dropout is None else {"dropout": args.dropout}
+    overrides = {k: v for k, v in (("dropout", args.dropout), ("norm_groups", args.norm_groups)) if v is not None}
     try:
         model_config = get_config(args.model, image_channels=c, image_size=h, **overrides)
     except ValueError as exc:
         raise UserError(f"{exc}") from None
+    widths = group_norm_widths(model_config) if args.norm_groups is not None else set()
+    if any(n % args.norm_groups for n in widths):
+        raise UserError(f"--norm-groups {args.norm_groups} does not divide the {args.model} U-Net's GroupNorm widths "
+                        f"({', '.join(map(str, sorted(widths)))}); give a divisor of them all, e.g. 8")
     if h % 2 ** (len(model_config.ch_mult) - 1):
         raise UserError(f"image size {h} is not divisible by {2 ** (len(model_config.ch_mult) - 1)} "
                         f"(the {args.model} U-Net's downsampling); pass --image-size")
@@ -267,7 +273,8 @@ def _model_config(args: TrainArgs, data) -> UNetConfig:
 
 def _initial_weights(init_from: str, model_config: UNetConfig, model_name: str) -> dict:
     """`--init-from`: the EMA weights of a checkpoint folder or shipped model, for a U-Net of the run's own
-    config (its dropout aside, which holds no weights); anything else is one line naming what differs."""
+    config (its dropout and GroupNorm group count aside, which hold no weights); anything else is one line naming
+    what differs."""
     from ddpmrt.engine.backends import resolve_model_path
     from ddpmrt.export.model.checkpoint import load_unet
 
@@ -277,7 +284,8 @@ def _initial_weights(init_from: str, model_config: UNetConfig, model_name: str) 
                         "give a folder written by `ddpmrt train` or a shipped model name")
     unet, _ = load_unet(path)
     theirs, ours = unet.config.to_dict(), model_config.to_dict()
-    differ = [f"{k} {theirs[k]} against {ours[k]}" for k in ours if k != "dropout" and theirs.get(k) != ours[k]]
+    differ = [f"{k} {theirs[k]} against {ours[k]}" for k in ours
+              if k not in WEIGHTLESS and theirs.get(k) != ours[k]]
     if differ:
         raise UserError(f"--init-from {init_from} is another U-Net than this run's --model {model_name} on this data "
                         f"({'; '.join(differ)}); give the --model, --dataset and --image-size it was trained with")
