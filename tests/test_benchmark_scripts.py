@@ -368,3 +368,38 @@ def test_run_script_passes_a_bug_on_and_returns_main_s_status():
     assert run_main(refused, prog="x") == 2
     with pytest.raises(ZeroDivisionError):   # a bug keeps its traceback
         run_main(lambda: 1 / 0)
+
+
+def test_mean_gain_measures_the_gain_the_best_linear_predictor_has(tmp_path):
+    # The reference column is the regression of the true ε's channel means on x_t's, for data whose channel means
+    # are Gaussian: checked here by drawing exactly that (Monte Carlo), not by restating its formula.
+    import numpy as np
+
+    mean_gain = _benchmark_module("mean_gain")
+    rng = np.random.default_rng(0)
+    cov = np.array([[0.06, 0.03, 0.0], [0.03, 0.06, 0.0], [0.0, 0.0, 0.02]])
+    pixels, n = 256, 400_000
+    for abar in (4e-5, 1.5e-3, 0.03):
+        m = rng.multivariate_normal(np.zeros(3), cov, n)
+        noise_mean = rng.standard_normal((n, 3)) / np.sqrt(pixels)  # the channel means of N(0, I) noise
+        d = np.sqrt(abar) * m + np.sqrt(1 - abar) * noise_mean
+        # ε's channel means are noise_mean; the best linear predictor of them from d, its gain averaged over channels
+        slope = np.linalg.lstsq(d, noise_mean, rcond=None)[0]
+        assert mean_gain.best_linear_gain(cov, abar, pixels) == pytest.approx(np.trace(slope) / 3, abs=3e-3)
+    # gains() separates the channel means from the rest.
+    x = rng.standard_normal((64, 3, 8, 8)).astype(np.float32)
+    means = x.mean((2, 3), keepdims=True)
+    g_mean, g_rest = mean_gain.gains(0.9 * means + 1.1 * (x - means), x)
+    assert g_mean == pytest.approx(0.9, abs=1e-4) and g_rest == pytest.approx(1.1, abs=1e-4)
+    # The script end to end on the shipped digits model; a model that does not exist is one line.
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/mean_gain.py"), "digits", "--samples", "8",
+                             "--timesteps", "999,600", "--threads", "1", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert row["model"] == "digits" and set(row["timesteps"]) == {"999", "600"}
+    assert 0.9 < row["timesteps"]["999"]["rest"] < 1.1 and "| digits | 32 |" in (tmp_path / "results.md").read_text()
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/mean_gain.py"), "nothing-here", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
