@@ -61,9 +61,9 @@ def test_shapes_model_draws_every_shape():
     assert judge.test_accuracy > 0.95
     model = load_model("shapes")
     assert model.image_shape == (3, 16, 16)
-    # Clipped and unclipped: measured 4.6-4.7 and 5.7-6.0 (OpenVINO bf16 on a Zen 4, the thread count moves it; floor
-    # 1.06; the weights shipped until 2026-12-06 scored 16.0 clipped and 282 unclipped, in saturated colour fields);
-    # uniform noise scores over 100 and flat colours about 200.
+    # Clipped and unclipped: measured 4.7 and 4.3 (OpenVINO bf16 on a Zen 4, the thread count moves it; floor 1.06;
+    # the 45k-step weights shipped until 2026-12-07 scored 4.6-4.7 and 5.7-6.0, those until 2026-12-06 16.0 clipped
+    # and 282 unclipped, in saturated colour fields); uniform noise scores over 100 and flat colours about 200.
     for clip in (1.0, None):
         sampler = DDIMSampler(model.schedule, num_steps=50, clip_sample=clip)
         scores = judge.scores(sampler.sample(model, (300, 3, 16, 16), seed=0, progress=False))
