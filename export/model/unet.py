@@ -66,8 +66,8 @@ CONFIGS = {
 
 
 def group_norm_widths(config: UNetConfig) -> set[int]:
-    """The channel counts of every GroupNorm of the U-Net `config` describes: `norm_groups` must divide each
-    (or exceed it: _norm then uses one group per channel).  Built on the meta device, so no memory is used."""
+    """The channel counts of every GroupNorm of the U-Net `config` describes, each of which `train --norm-groups`
+    must divide (as diffusers' norm_num_groups must).  Built on the meta device, so no memory is used."""
     with torch.device("meta"):
         net = UNet(dataclasses.replace(config, norm_groups=1))
     return {m.num_channels for m in net.modules() if isinstance(m, nn.GroupNorm)}
