@@ -287,6 +287,21 @@ def test_a_run_saved_before_snr_gamma_resumes_with_equal_weights(tmp_path):
     assert resume_args(out, {"snr_gamma": 5.0})[0].snr_gamma == 5.0  # given on the command line, it is taken
 
 
+def test_a_run_started_under_tiny_s_earlier_32_groups_resumes_with_them(tmp_path):
+    # tiny had 32 GroupNorm groups until 2026-12-08; a run started then without --norm-groups saved none, and its
+    # U-Net was built with 32: resumed, it keeps them instead of taking today's default (which would not load).
+    out = tmp_path / "old"
+    train(TrainArgs(out=str(out), iters=2, norm_groups=32, **FAST))
+    state = _state(out)
+    state["train_args"]["norm_groups"] = None
+    torch.save(state, out / "training_state.pt")
+    train(TrainArgs(out=str(out), iters=4, resume=True, **FAST))
+    assert _state(out)["step"] == 4 and _state(out)["model_config"]["norm_groups"] == 32
+    from ddpmrt.export.model.checkpoint import load_unet
+
+    assert load_unet(out)[0].norm_out.num_groups == 32
+
+
 def test_bad_snr_gamma_is_one_line(tmp_path):
     assert_user_error(run_cli("train", "--dataset", "digits", "--iters", "2", "--snr-gamma", "-1",
                               "--out", str(tmp_path / "out"), timeout=120), "--snr-gamma")
@@ -338,7 +353,7 @@ def test_init_from_starts_a_run_at_a_model_s_weights_with_its_own_dropout_and_gr
     train(TrainArgs(out=str(fresh), iters=1, lr=1e-7, **FAST))
     assert not torch.allclose(_state(fresh)["model"]["conv_in.weight"], shipped["conv_in.weight"], atol=1e-2)
     assert _state(fresh)["model_config"]["dropout"] == 0.1   # the tiny config's, when not given
-    assert _state(fresh)["model_config"]["norm_groups"] == 32
+    assert _state(fresh)["model_config"]["norm_groups"] == 16   # tiny's (two channels per group at 32 channels)
     # Resumed, the run keeps its start, dropout and groups: another is one line.
     assert_user_error(run_cli("train", "--resume", "--out", str(out), "--dropout", "0.2", timeout=120), "--dropout")
     assert_user_error(run_cli("train", "--resume", "--out", str(out), "--norm-groups", "4", timeout=120),

@@ -251,12 +251,21 @@ def first_checkpoint_step(iters: int) -> int:
     return max(1, math.ceil(0.05 * iters))
 
 
-def _model_config(args: TrainArgs, data) -> UNetConfig:
-    """The U-Net config `args.model` for the data's images (square, divisible by the U-Net's downsampling)."""
+def _built_norm_groups(state_path: Path) -> int:
+    """The GroupNorm group count a saved run's U-Net was built with."""
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    return int(state["model_config"].get("norm_groups", UNetConfig.norm_groups))
+
+
+def _model_config(args: TrainArgs, data, built_norm_groups: int | None = None) -> UNetConfig:
+    """The U-Net config `args.model` for the data's images (square, divisible by the U-Net's downsampling).
+    `built_norm_groups`: a resumed run's own count, kept where --norm-groups was never given, since the --model
+    config's default may have changed since the run started (tiny: 32 until 2026-12-08, 16 since)."""
     c, h, w = data.images.shape[1:]
     if h != w:
         raise UserError(f"images must be square, got {h}x{w}; pass --image-size")
-    overrides = {k: v for k, v in (("dropout", args.dropout), ("norm_groups", args.norm_groups)) if v is not None}
+    groups = args.norm_groups if args.norm_groups is not None else built_norm_groups
+    overrides = {k: v for k, v in (("dropout", args.dropout), ("norm_groups", groups)) if v is not None}
     try:
         model_config = get_config(args.model, image_channels=c, image_size=h, **overrides)
     except ValueError as exc:
@@ -378,7 +387,7 @@ def train(args: TrainArgs) -> Path:
     _check_arguments(args, state_path, device)
     data = load_dataset(args.dataset, args.image_size, seed=args.seed)
     c, h, w = data.images.shape[1:]
-    model_config = _model_config(args, data)
+    model_config = _model_config(args, data, _built_norm_groups(state_path) if args.resume else None)
     schedule = _schedule(args)
 
     torch.manual_seed(args.seed)  # initial weights (DDP also broadcasts rank 0's)
