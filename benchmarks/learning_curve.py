@@ -29,8 +29,9 @@ from pathlib import Path
 
 from ddpmrt.engine.errors import UserError, run_script
 
-# The recipe the models were first shipped with (equal loss weights, L_simple, tiny's 32 GroupNorm groups of the time),
-# less the step count; --precision is this script's.  The digits model shipped since 2026-12-06 is digits-minsnr5 at 12k steps (engine/models/digits/).
+# The recipe the models were first shipped with (equal loss weights, L_simple, tiny's 32 GroupNorm groups of the
+# time), less the step count; --precision is this script's.  The digits model shipped since 2026-12-06 is
+# digits-minsnr5 at 12k steps (engine/models/digits/).
 RECIPES = {
     "digits": ["--dataset", "digits", "--model", "tiny", "--batch-size", "64", "--lr", "5e-4", "--warmup", "200",
                "--ema-decay", "0.999", "--snr-gamma", "0", "--norm-groups", "32"],
@@ -45,8 +46,8 @@ RECIPES["digits-b256"] = RECIPES["digits"] + ["--batch-size", "256", "--lr", "1e
 # minsnr5: Min-SNR-5 loss weights (trainer.min_snr_weight), for the high-noise ε precision the ODE needs.
 RECIPES["shapes-minsnr5"] = RECIPES["shapes"] + ["--snr-gamma", "5"]
 RECIPES["digits-minsnr5"] = RECIPES["digits"] + ["--snr-gamma", "5"]
-# groups16: 16 GroupNorm groups (tiny's default since 2026-12-08) instead of 32, so that no group holds one channel alone (whose mean the norm
-# would remove: results/cpu-shapes-mean-gain/), trained from scratch to compare with minsnr5 at equal steps.
+# groups16: 16 GroupNorm groups (tiny's default since 2026-12-08) instead of 32, so that no group holds one channel
+# alone (whose mean the norm would remove: results/cpu-shapes-mean-gain/), from scratch, against minsnr5 at equal steps.
 RECIPES["shapes-minsnr5-groups16"] = RECIPES["shapes-minsnr5"] + ["--norm-groups", "16"]
 RECIPES["digits-minsnr5-groups16"] = RECIPES["digits-minsnr5"] + ["--norm-groups", "16"]
 

@@ -23,7 +23,7 @@ class TrainArgs:
     ema_decay: float = 0.9999
     image_size: int | None = None     # default: the dataset's own size
     dropout: float | None = None      # the U-Net's dropout; default: the --model config's (0.1 for tiny and cifar10)
-    norm_groups: int | None = None    # the U-Net's GroupNorm group count; default: the --model config's (tiny 16, cifar10 32)
+    norm_groups: int | None = None    # the U-Net's GroupNorm groups; default: the --model config's (tiny 16, cifar10 32)
     init_from: str | None = None      # start from this checkpoint's (or shipped model's) weights, not at random
     seed: int = 0
     num_train_timesteps: int = 1000
