@@ -20,6 +20,7 @@ DDIM-1000 from the same noise, and the ε loss per timestep bucket; it writes cu
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -265,10 +266,13 @@ def write_curve(table: dict, results: Path) -> None:
     datasets = sorted({dataset_of(r["model"]) for r in rows})
     shown_labels = ["ddim50", "ddim50_clip", "ddim1000", "ddpm1000_clip"]
     plt = pyplot()
-    fig, axes = plt.subplots(2, max(1, len(datasets)), figsize=(6 * max(1, len(datasets)), 8), squeeze=False)
+    # Rows: FID, its legend, ε loss, its legend (a legend of every recipe would hide the panel it sat in).
+    fig, grid = plt.subplots(4, max(1, len(datasets)), figsize=(7 * max(1, len(datasets)), 17), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2, 3, 1.3]})
+    axes, legends = grid[0::2], grid[1::2]
     for column, dataset in enumerate(datasets):
         recipes = sorted({(r["model"], r["precision"]) for r in rows if dataset_of(r["model"]) == dataset})
-        for marker, (model, precision) in zip("os^vDP", recipes):
+        for marker, (model, precision) in zip(itertools.cycle("os^vDPX*<>"), recipes):  # every recipe, markers reused
             recipe = f"{model} {precision}"
             mine = [r for r in rows if (r["model"], r["precision"]) == (model, precision)]
             for colour, label in enumerate(shown_labels):
@@ -281,10 +285,11 @@ def write_curve(table: dict, results: Path) -> None:
                 axes[1][column].plot(range(10), r["loss_by_t_bucket"], marker=marker, label=f"{recipe} step {r['step']}")
         axes[0][column].set(title=f"{dataset}: FID against images seen", xlabel="million images seen", ylabel="FID",
                             yscale="log")
-        axes[0][column].legend(fontsize=6)
         axes[1][column].set(title=f"{dataset}: ε loss per timestep bucket", xlabel="t bucket (tenths of T)",
                             ylabel="loss", yscale="log")
-        axes[1][column].legend(fontsize=6)
+        for panel, legend in zip(axes, legends):
+            legend[column].axis("off")
+            legend[column].legend(*panel[column].get_legend_handles_labels(), fontsize=6, ncol=2, loc="upper center")
     fig.tight_layout()
     save_figure(fig, results / "curve.png")
 
